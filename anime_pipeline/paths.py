@@ -1,0 +1,57 @@
+"""Safe paths inside the data dir: nothing derived from outside input may escape it."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import unicodedata
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_COMPONENT = 100
+
+
+class UnsafePathError(ValueError):
+    """A path derived from input would leave its root directory."""
+
+
+def safe_component(text: str, *, fallback: str = "item") -> str:
+    """Turn arbitrary text (a title, an id) into one safe file-name component.
+
+    NUL, slashes, `..`, control characters and very long Unicode all end up as a short ASCII name.
+    """
+    norm = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode("ascii")
+    norm = _UNSAFE.sub("_", norm).strip("._-")
+    norm = norm[:MAX_COMPONENT].strip("._-")
+    return norm or fallback
+
+
+def within(root: Path, *parts: str) -> Path:
+    """Join parts under root and prove the result stays inside root (resolving symlinks and `..`)."""
+    root = Path(root).resolve()
+    candidate = root.joinpath(*parts).resolve()
+    if candidate != root and root not in candidate.parents:
+        raise UnsafePathError(f"path {candidate} is outside {root}")
+    return candidate
+
+
+@contextmanager
+def atomic_path(final: Path, *, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temp path beside `final`; on success rename it over `final`, on error remove it.
+
+    Readers never see a partial file: either the old file or the complete new one.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix or ".tmp", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
