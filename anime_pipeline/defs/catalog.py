@@ -1,0 +1,207 @@
+"""Catalog stage: `titles` and `synopses` (group `catalog`)."""
+
+from __future__ import annotations
+
+import time
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from anime_pipeline import schemas
+from anime_pipeline.catalog import checks as catalog_checks
+from anime_pipeline.catalog.demo import demo_catalog
+from anime_pipeline.defs._meta import md_table, path_meta
+from anime_pipeline.defs.partitions import MAL_ID_PARTITIONS_NAME
+from anime_pipeline.defs.resources import CatalogApiResource, PipelineResource
+from anime_pipeline.paths import atomic_path
+
+CATALOG_SOURCE = dg.AssetSpec(
+    key="anime_catalog_api",
+    group_name="catalog",
+    description="External anime catalogs (Shikimori / AniList GraphQL, MAL v2, Jikan v4). "
+    "In the demo profile: the bundled synthetic catalog.",
+    kinds={"api"},
+)
+
+
+class TitlesConfig(dg.Config):
+    max_titles: int = Field(default=614, description="Most titles to discover (live); the reference dataset had 614.")
+    min_score: float = Field(default=7.0, description="Minimum catalog score (live).")
+    page_size: int = Field(default=50, description="Titles per catalog page (the APIs allow at most 50).")
+
+
+class SynopsesConfig(dg.Config):
+    min_chars: int = Field(default=80, description="Shorter cleaned synopses are rejected as unusable.")
+
+
+def write_parquet(df: pl.DataFrame, path) -> int:
+    with atomic_path(path, suffix=".parquet") as tmp:
+        df.write_parquet(tmp)
+    return path.stat().st_size
+
+
+def make_http_client(api: CatalogApiResource, settings):
+    from anime_pipeline.catalog.http import HttpClient, HttpConfig
+
+    return HttpClient(
+        HttpConfig(
+            user_agent=api.user_agent,
+            cache_dir=settings.http_cache_dir if api.cache else None,
+            connect_timeout=api.connect_timeout_s,
+            read_timeout=api.read_timeout_s,
+            total_retries=api.total_retries,
+        )
+    )
+
+
+@dg.asset(
+    group_name="catalog",
+    deps=[CATALOG_SOURCE],
+    kinds={"parquet", "polars"},
+    code_version="titles-v1",
+)
+def titles(
+    context: dg.AssetExecutionContext, config: TitlesConfig, pipeline: PipelineResource, catalog_api: CatalogApiResource
+) -> dg.MaterializeResult:
+    """Discovered anime titles: TV, released, rated at most PG-13, score ≥ min_score, first seasons only.
+
+    One row per MAL id (the join key of every later table), with names, genres, main characters,
+    score, rating, popularity, episode count and duration. Titles dropped by the filters (sequels,
+    missing MAL id) are recorded in `catalog/rejected.parquet` with the reason.
+    """
+    s = pipeline.settings()
+    started = time.monotonic()
+    requests = 0
+    if s.profile == "demo":
+        df, _ = demo_catalog()
+        rejected = schemas.empty(schemas.REJECTED)
+        source = "demo"
+    else:
+        from anime_pipeline.catalog.discovery import discover_titles
+
+        client = make_http_client(catalog_api, s)
+        url = catalog_api.shikimori_url if s.catalog == "shikimori" else catalog_api.anilist_url
+        result = discover_titles(
+            client,
+            catalog=s.catalog,
+            url=url,
+            max_titles=config.max_titles,
+            min_score=config.min_score,
+            page_size=config.page_size,
+        )
+        df, rejected = result.titles, result.rejected
+        requests = client.requests_sent
+        source = s.catalog
+    df = schemas.conform(df, schemas.TITLES).sort("mal_id")
+    out = s.catalog_dir / "titles.parquet"
+    size = write_parquet(df, out)
+    write_parquet(schemas.conform(rejected, schemas.REJECTED), s.catalog_dir / "titles_rejected.parquet")
+    context.log.info(f"{df.height} titles from {source}, {rejected.height} rejected")
+    return dg.MaterializeResult(
+        metadata={
+            "num_titles": df.height,
+            "num_rejected": rejected.height,
+            "catalog": source,
+            "http_requests": requests,
+            "bytes": size,
+            "duration_s": round(time.monotonic() - started, 2),
+            "path": path_meta(out),
+            "preview": md_table(df.select("mal_id", "name", "score", "rating", "genres", "main_characters")),
+            "rejected_preview": md_table(rejected),
+        }
+    )
+
+
+@dg.asset(
+    group_name="catalog",
+    deps=[titles],
+    kinds={"parquet", "polars"},
+    code_version="synopses-v1",
+)
+def synopses(
+    context: dg.AssetExecutionContext,
+    config: SynopsesConfig,
+    pipeline: PipelineResource,
+    catalog_api: CatalogApiResource,
+) -> dg.MaterializeResult:
+    """One cleaned, human-written synopsis per title, with its source, URL, fetch time and content hash.
+
+    Live: MAL API v2 → Jikan v4 → AniList, "[Written by …]" / "(Source: …)" attribution stripped.
+    Titles without a usable synopsis are excluded with a reason (`catalog/rejected.parquet`). Every
+    title kept here becomes a partition (its MAL id) of the media assets.
+    """
+    s = pipeline.settings()
+    started = time.monotonic()
+    titles_df = pl.read_parquet(s.catalog_dir / "titles.parquet")
+    requests = 0
+    if s.profile == "demo":
+        _, df = demo_catalog()
+        rejected = schemas.empty(schemas.REJECTED)
+        by_source = {"demo": df.height}
+        errors: list[str] = []
+    else:
+        from anime_pipeline.catalog.synopses import SynopsisSources, fetch_synopses
+
+        client = make_http_client(catalog_api, s)
+        result = fetch_synopses(
+            client,
+            titles_df,
+            sources=SynopsisSources(
+                mal_url=catalog_api.mal_url,
+                mal_client_id=catalog_api.mal_client_id,
+                jikan_url=catalog_api.jikan_url,
+                anilist_url=catalog_api.anilist_url,
+            ),
+            min_chars=config.min_chars,
+        )
+        df, rejected, by_source, errors = result.synopses, result.rejected, result.by_source, result.errors
+        requests = client.requests_sent
+        for e in errors:
+            context.log.warning(e)
+    df = schemas.conform(df, schemas.SYNOPSES).filter(pl.col("mal_id").is_in(titles_df["mal_id"].implode())).sort("mal_id")
+    rejected = schemas.conform(rejected, schemas.REJECTED)
+    out = s.catalog_dir / "synopses.parquet"
+    size = write_parquet(df, out)
+    all_rejected = pl.concat(
+        [pl.read_parquet(s.catalog_dir / "titles_rejected.parquet"), rejected], how="vertical_relaxed"
+    )
+    write_parquet(all_rejected, s.catalog_dir / "rejected.parquet")
+
+    keys = [str(i) for i in df["mal_id"].to_list()]
+    existing = set(context.instance.get_dynamic_partitions(MAL_ID_PARTITIONS_NAME))
+    new_keys = [k for k in keys if k not in existing]
+    if new_keys:
+        context.instance.add_dynamic_partitions(MAL_ID_PARTITIONS_NAME, new_keys)
+    context.log.info(f"{df.height} synopses ({by_source}); {len(new_keys)} new title partitions")
+    return dg.MaterializeResult(
+        metadata={
+            "num_synopses": df.height,
+            "num_rejected": rejected.height,
+            "by_source": dg.MetadataValue.json(by_source),
+            "new_partitions": len(new_keys),
+            "http_requests": requests,
+            "bytes": size,
+            "duration_s": round(time.monotonic() - started, 2),
+            "path": path_meta(out),
+            "preview": md_table(df.select("mal_id", "source", "synopsis")),
+            "rejected": md_table(all_rejected),
+        }
+    )
+
+
+@dg.asset_check(asset=titles, blocking=True, description="Every title has a MAL id and no MAL id appears twice.")
+def titles_unique_mal_ids(pipeline: PipelineResource) -> dg.AssetCheckResult:
+    df = pl.read_parquet(pipeline.settings().catalog_dir / "titles.parquet")
+    ok, detail = catalog_checks.check_unique_mal_ids(df)
+    return dg.AssetCheckResult(passed=ok, metadata={"detail": detail, "rows": df.height})
+
+
+@dg.asset_check(
+    asset=synopses, blocking=True, description="Synopses are non-empty, unique per title and free of attribution text."
+)
+def synopses_clean(pipeline: PipelineResource) -> dg.AssetCheckResult:
+    df = pl.read_parquet(pipeline.settings().catalog_dir / "synopses.parquet")
+    ok, detail = catalog_checks.check_synopses_clean(df)
+    ok_ids, detail_ids = catalog_checks.check_unique_mal_ids(df)
+    return dg.AssetCheckResult(passed=ok and ok_ids, metadata={"detail": f"{detail}; {detail_ids}", "rows": df.height})

@@ -1,0 +1,193 @@
+"""Media stage: `episodes` and `frame_shards` (group `media`), one partition per MAL id."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from anime_pipeline.defs._meta import path_meta, png_md
+from anime_pipeline.defs.catalog import synopses
+from anime_pipeline.defs.partitions import mal_id_partitions
+from anime_pipeline.defs.resources import PipelineResource
+from anime_pipeline.media.errors import MediaError
+from anime_pipeline.paths import atomic_path
+
+DEMO_FRAMES = 8
+LIVE_FRAMES = 64
+
+
+class EpisodesConfig(dg.Config):
+    force: bool = Field(default=False, description="Acquire again even if a probed episode file is already present.")
+
+
+class FramesConfig(dg.Config):
+    num_frames: Optional[int] = Field(
+        default=None, description=f"Frames per title (uniform). Unset: {LIVE_FRAMES} live, {DEMO_FRAMES} in the demo."
+    )
+    strategy: str = Field(default="uniform", description="`uniform` (num_frames spread) or `fps` (a fixed rate).")
+    fps: float = Field(default=0.5, description="Frames per second for the `fps` strategy.")
+    skip_s: float = Field(default=1.0, description="Seconds skipped at both ends (openings often start black).")
+    max_side: int = Field(default=512, description="Longest side of stored frames in pixels (aspect kept).")
+    mode: str = Field(
+        default="exact",
+        description="`exact` decodes the exact frame; `keyframe` takes the keyframe nearest each target (much "
+        "faster on long episodes, drift ≤ half a GOP).",
+    )
+    jpeg_quality: int = Field(default=90, description="JPEG quality of stored frames.")
+    timeout_s: float = Field(default=600.0, description="Time limit for sampling one episode.")
+
+
+def _record(path, payload: dict) -> None:
+    with atomic_path(path, suffix=".json") as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, default=str))
+
+
+@dg.asset(
+    group_name="media",
+    deps=[synopses],
+    partitions_def=mal_id_partitions,
+    kinds={"ffmpeg", "video"},
+    code_version="episodes-v1",
+)
+def episodes(context: dg.AssetExecutionContext, config: EpisodesConfig, pipeline: PipelineResource) -> dg.MaterializeResult:
+    """Episode 1 of the title (one video file per MAL id partition), probed with ffprobe.
+
+    Sources: `demo` (generated with ffmpeg lavfi), `local` (a folder you already have) or `manifest`
+    (URLs you are permitted to download, fetched with yt-dlp). Stored at `episodes/<mal_id>/ep01.<ext>`
+    with `probe.json` (codec, fps, resolution, duration, size, sha256). A file that fails the probe is
+    removed and the failure recorded in `episodes/<mal_id>/error.json`.
+    """
+    from anime_pipeline.media.sources import acquire_episode
+
+    s = pipeline.settings()
+    mal_id = int(context.partition_key)
+    dest = s.episodes_dir / str(mal_id)
+    probe_file = dest / "probe.json"
+    started = time.monotonic()
+    source = s.resolved_episode_source
+    if probe_file.exists() and not config.force and Path(json.loads(probe_file.read_text()).get("path") or "/nonexistent").exists():
+        meta = json.loads(probe_file.read_text())
+        context.log.info(f"episode for {mal_id} already present ({meta['path']}); set force=true to re-acquire")
+        reused = True
+    else:
+        try:
+            got = acquire_episode(source, mal_id, dest, video_dir=s.video_dir, manifest=s.manifest)
+        except MediaError as e:
+            _record(dest / "error.json", {"mal_id": mal_id, "stage": "episodes", "source": source, "error": str(e)})
+            raise dg.Failure(description=f"episode for MAL id {mal_id}: {e}", metadata={"source": source}) from e
+        meta = {**got.probe.as_metadata(), "path": str(got.path), "source": got.source, "origin": str(got.origin)}
+        _record(probe_file, meta)
+        (dest / "error.json").unlink(missing_ok=True)
+        reused = False
+    return dg.MaterializeResult(
+        metadata={
+            "source": meta.get("source", source),
+            "path": path_meta(meta["path"]),
+            "codec": str(meta.get("codec")),
+            "fps": float(meta.get("fps") or 0.0),
+            "resolution": f"{meta.get('width')}x{meta.get('height')}",
+            "duration_s": float(meta.get("duration_s") or 0.0),
+            "bytes": int(meta.get("size_bytes") or 0),
+            "sha256": str(meta.get("sha256")),
+            "reused": reused,
+            "elapsed_s": round(time.monotonic() - started, 2),
+        },
+        data_version=dg.DataVersion(str(meta.get("sha256"))[:16]),
+    )
+
+
+@dg.asset(
+    group_name="media",
+    deps=[episodes],
+    partitions_def=mal_id_partitions,
+    kinds={"parquet", "pytorch"},
+    code_version="frame_shards-v1",
+)
+def frame_shards(context: dg.AssetExecutionContext, config: FramesConfig, pipeline: PipelineResource) -> dg.MaterializeResult:
+    """Frames sampled from episode 1 by seeking (decord, PyAV fallback), resized and JPEG-encoded into a
+    Parquet shard at `frames/mal_id=<id>/part-0.parquet` (mal_id, episode, frame_index, timestamp_s,
+    width, height, image, source_sha256). Written atomically: a failure never leaves a partial shard.
+    The metadata shows a contact sheet of the sampled frames.
+    """
+    from anime_pipeline.media.preview import contact_sheet
+    from anime_pipeline.media.probe import probe_video
+    from anime_pipeline.media.sampling import SamplingConfig
+    from anime_pipeline.media.shards import extract_frame_shard, read_frame_shard
+
+    s = pipeline.settings()
+    mal_id = int(context.partition_key)
+    probe_file = s.episodes_dir / str(mal_id) / "probe.json"
+    if not probe_file.exists():
+        raise dg.Failure(description=f"no episode for MAL id {mal_id}: materialize `episodes` for this partition first")
+    video = json.loads(probe_file.read_text())["path"]
+    num_frames = config.num_frames or (DEMO_FRAMES if s.profile == "demo" else LIVE_FRAMES)
+    cfg = SamplingConfig(
+        strategy=config.strategy,
+        num_frames=num_frames,
+        fps=config.fps,
+        skip_s=config.skip_s,
+        max_side=config.max_side,
+        mode=config.mode,
+        timeout_s=config.timeout_s,
+    )
+    dest = s.frames_dir / f"mal_id={mal_id}" / "part-0.parquet"
+    started = time.monotonic()
+    try:
+        probe = probe_video(video)
+        info = extract_frame_shard(video, mal_id=mal_id, episode=1, dest=dest, cfg=cfg, probe=probe, jpeg_quality=config.jpeg_quality)
+    except MediaError as e:
+        _record(dest.parent / "error.json", {"mal_id": mal_id, "stage": "frame_shards", "error": str(e)})
+        raise dg.Failure(description=f"frames for MAL id {mal_id}: {e}") from e
+    (dest.parent / "error.json").unlink(missing_ok=True)
+    elapsed = time.monotonic() - started
+    df = read_frame_shard(dest)
+    sheet = contact_sheet(df["image"].to_list(), columns=min(8, df.height))
+    return dg.MaterializeResult(
+        metadata={
+            "num_frames": info.num_frames,
+            "bytes": info.bytes,
+            "frame_size": f"{info.width}x{info.height}",
+            "duration_s": round(float(probe.duration_s), 2),
+            "first_ts_s": float(df["timestamp_s"].min()),
+            "last_ts_s": float(df["timestamp_s"].max()),
+            "elapsed_s": round(elapsed, 2),
+            "sampling": dg.MetadataValue.json({"strategy": cfg.strategy, "num_frames": num_frames, "mode": cfg.mode, "skip_s": cfg.skip_s}),
+            "path": path_meta(dest),
+            "contact_sheet": png_md(sheet, f"frames of {mal_id}"),
+        },
+        data_version=dg.DataVersion(_shard_version(df)),
+    )
+
+
+def _shard_version(df: pl.DataFrame) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for ts, img in zip(df["timestamp_s"].to_list(), df["image"].to_list()):
+        h.update(f"{ts:.3f}".encode())
+        h.update(img)
+    return h.hexdigest()[:16]
+
+
+@dg.asset_check(
+    asset=frame_shards,
+    partitions_def=mal_id_partitions,
+    blocking=True,
+    description="Frames per title as configured, timestamps strictly increasing and inside the episode.",
+)
+def frame_shards_contract(context: dg.AssetCheckExecutionContext, pipeline: PipelineResource) -> dg.AssetCheckResult:
+    from anime_pipeline.media.checks import check_frames
+    from anime_pipeline.media.shards import read_frame_shard
+
+    s = pipeline.settings()
+    mal_id = int(context.partition_key)
+    df = read_frame_shard(s.frames_dir / f"mal_id={mal_id}" / "part-0.parquet")
+    duration = json.loads((s.episodes_dir / str(mal_id) / "probe.json").read_text()).get("duration_s")
+    ok, detail = check_frames(df, duration_s=duration)
+    return dg.AssetCheckResult(passed=ok, metadata={"detail": detail, "frames": df.height})
