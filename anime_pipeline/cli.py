@@ -37,7 +37,7 @@ def _instance(settings: Settings):
     return dg.DagsterInstance.get()
 
 
-def run_all(settings: Settings, *, out=sys.stdout, run_config: dict | None = None) -> dict:
+def run_all(settings: Settings, *, out=sys.stdout, run_config: dict | None = None, instance=None) -> dict:
     """Materialize titles → synopses → (episodes → frame_shards per title) → split → finetune → eval.
 
     A title whose episode or frames fail is reported and skipped; the rest of the graph still runs.
@@ -47,10 +47,11 @@ def run_all(settings: Settings, *, out=sys.stdout, run_config: dict | None = Non
 
     from anime_pipeline.definitions import defs
     from anime_pipeline.defs.partitions import MAL_ID_PARTITIONS_NAME
+    from anime_pipeline.defs.resources import build_resources
 
-    instance = _instance(settings)
+    instance = instance or _instance(settings)
     assets = list(defs.assets or []) + list(defs.asset_checks or [])
-    resources = defs.resources
+    resources = build_resources(settings=settings)
     run_config = run_config or {}
     started = time.monotonic()
 

@@ -70,6 +70,8 @@ def empty(schema: dict) -> pl.DataFrame:
 
 def conform(df: pl.DataFrame, schema: dict) -> pl.DataFrame:
     """Select and cast the schema's columns in order (missing columns become nulls)."""
+    if df.height == 0:  # (pl.lit on a frame without rows/columns would make one row of nulls)
+        return empty(schema)
     cols = []
     for name, dtype in schema.items():
         if name in df.columns:

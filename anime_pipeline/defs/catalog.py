@@ -1,6 +1,5 @@
 """Catalog stage: `titles` and `synopses` (group `catalog`)."""
 
-from __future__ import annotations
 
 import time
 

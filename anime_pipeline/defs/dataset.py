@@ -1,6 +1,5 @@
 """Dataset stage: `train_val_split` (group `dataset`)."""
 
-from __future__ import annotations
 
 import time
 from typing import Optional

@@ -1,6 +1,5 @@
 """Evaluation stage: `caption_eval` (group `evaluation`): base model vs fine-tuned adapter on validation."""
 
-from __future__ import annotations
 
 import json
 import time

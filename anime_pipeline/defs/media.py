@@ -1,6 +1,5 @@
 """Media stage: `episodes` and `frame_shards` (group `media`), one partition per MAL id."""
 
-from __future__ import annotations
 
 import json
 import time

@@ -65,10 +65,13 @@ class CatalogApiResource(dg.ConfigurableResource):
     cache: bool = Field(default=True, description="Cache responses on disk under <home>/http-cache.")
 
 
-def build_resources(env: dict[str, str] | None = None) -> dict[str, object]:
-    """The resource wiring for the current environment (the only place the environment is read)."""
+def build_resources(env: dict[str, str] | None = None, settings: Settings | None = None) -> dict[str, object]:
+    """The resource wiring for the current environment (the only place the environment is read).
+
+    `settings` overrides what the environment says (tests and the CLI pass their own).
+    """
     env = dict(os.environ if env is None else env)
-    s = Settings.from_env(env)
+    s = settings or Settings.from_env(env)
     catalog_kwargs = dict(
         shikimori_url=s.shikimori_url,
         anilist_url=s.anilist_url,

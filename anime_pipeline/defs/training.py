@@ -1,6 +1,5 @@
 """Training stage: `finetuned_adapter` (group `training`), launched out of process through Dagster Pipes."""
 
-from __future__ import annotations
 
 import json
 import subprocess

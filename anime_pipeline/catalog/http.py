@@ -1,0 +1,538 @@
+"""The one HTTP client of the catalog stage.
+
+`HttpClient` wraps a `requests.Session` (a requests-cache `CachedSession` on disk when a cache
+directory is configured) with:
+
+* urllib3 `Retry` on 429/500/502/503/504 and on connect/read errors, for GET and POST (GraphQL
+  reads are POSTs). `Retry-After` is honoured up to `max_retry_after` seconds; without it the
+  client waits `backoff_factor * 2**(n-1)` (+ up to `backoff_jitter`) before retry n, at most
+  `backoff_max`. After `total_retries` the last response/error becomes a `CatalogHTTPError`, so a
+  429 storm ends with a clear error instead of a hang (see `HttpConfig.worst_case_wait_s`).
+* a per-host sliding-window rate limiter (`RateLimiter`) applied to every request that goes to
+  the network, retries included. Cache hits cost nothing.
+* a disk cache (sqlite) that also stores POST responses, keyed on the JSON body, so
+  re-materialising an asset does not refetch. Only HTTP 200 JSON documents without GraphQL
+  `errors` are cached. Secret headers (`X-MAL-CLIENT-ID`, `Authorization`) are excluded from the
+  cache keys and redacted from the stored requests.
+* `stats`: requests actually sent to the network per host (retries count, cache hits do not);
+  `cache_hits`: responses served from the cache per host.
+
+Header values are never logged nor put in exception messages; secret header values are also
+scrubbed from any message text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from itertools import takewhile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError, ReadTimeoutError
+from urllib3.util.retry import Retry
+
+from anime_pipeline.catalog.errors import CatalogError, CatalogHTTPError
+
+__all__ = [
+    "CatalogError",
+    "CatalogHTTPError",
+    "DEFAULT_RATE_LIMITS",
+    "DEFAULT_USER_AGENT",
+    "HttpClient",
+    "HttpConfig",
+    "RateLimiter",
+    "SECRET_HEADERS",
+    "host_key",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_USER_AGENT = "anime_pipeline/0.1 (+https://github.com/anime-pipeline)"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+RETRY_METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS"})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+# Lower-case header names whose values are secrets: excluded from cache keys, redacted from the
+# cached requests and scrubbed from messages.
+SECRET_HEADERS = frozenset({"x-mal-client-id", "authorization", "cookie", "x-api-key"})
+
+RateSpec = tuple[float | None, float | None]  # (per_second, per_minute); None = no limit of that kind
+
+# From the reference docs (shared/reference/catalog): Shikimori 5 rps + 90 rpm; AniList 90/min,
+# currently degraded to 30/min (plus an undocumented burst limiter, so at most 1/s); Jikan
+# 3/s + 60/min; MAL publishes no limit (community guidance ~1/s), so stay conservative.
+DEFAULT_RATE_LIMITS: dict[str, RateSpec] = {
+    "shikimori.one": (5.0, 90.0),
+    "shikimori.io": (5.0, 90.0),
+    "graphql.anilist.co": (1.0, 30.0),
+    "api.jikan.moe": (3.0, 60.0),
+    "api.myanimelist.net": (2.0, 60.0),
+}
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """Settings of `HttpClient`. Times are seconds.
+
+    `rate_limits` maps a host name (also matching its subdomains) to `(per_second, per_minute)`;
+    hosts not listed use `default_rate_limit` (None: not limited). `cache_dir=None` disables the
+    disk cache. `cache_expire_after=None` keeps cached responses forever.
+    """
+
+    user_agent: str = DEFAULT_USER_AGENT
+    cache_dir: Path | None = None
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    total_retries: int = 5
+    backoff_factor: float = 1.0
+    backoff_jitter: float = 1.0
+    backoff_max: float = 60.0
+    max_retry_after: float = 60.0
+    rate_limits: Mapping[str, RateSpec] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
+    default_rate_limit: RateSpec | None = None
+    max_rate_wait: float = 120.0
+    cache_expire_after: float | None = 30 * 24 * 3600.0
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> "HttpConfig":
+        """Config from `anime_pipeline.settings.Settings` (user agent, cache under the data dir)."""
+        kw: dict[str, Any] = {"user_agent": settings.user_agent, "cache_dir": Path(settings.http_cache_dir)}
+        kw.update(overrides)
+        return cls(**kw)
+
+    @property
+    def worst_case_wait_s(self) -> float:
+        """Upper bound of the time one call may take (timeouts, retries, rate limiting)."""
+        per_attempt = self.connect_timeout + self.read_timeout
+        per_retry = max(self.backoff_max, self.max_retry_after)
+        return (self.total_retries + 1) * (per_attempt + self.max_rate_wait) + self.total_retries * per_retry
+
+
+def host_key(url: str) -> str:
+    """`host` or `host:port` (non-default port) of a URL, lower-case, without user info."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return host if port is None or port == default else f"{host}:{port}"
+
+
+class RateLimiter:
+    """Per-host sliding-window limiter: at most N requests in any window of `period` seconds.
+
+    `limits` maps a host (matching itself and its subdomains) to `(per_second, per_minute)`.
+    A fractional `per_second` below 1 becomes "1 request per 1/per_second seconds". Hosts that
+    share a rule (shikimori.one and its CDN subdomains) share its window. `acquire` blocks until a
+    request may go; if that would take longer than `max_wait`, it raises `CatalogHTTPError`.
+    """
+
+    def __init__(
+        self,
+        limits: Mapping[str, RateSpec],
+        default: RateSpec | None = None,
+        *,
+        max_wait: float = 120.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self._rules = {host.lower().rstrip("."): self._windows(spec) for host, spec in limits.items()}
+        self._default = self._windows(default)
+        self.max_wait = max_wait
+        self._clock = clock
+        self._sleep = sleep
+        self._log: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _windows(spec: RateSpec | None) -> list[tuple[int, float]]:
+        if not spec:
+            return []
+        per_second, per_minute = spec
+        windows = []
+        for rate, period in ((per_second, 1.0), (per_minute, 60.0)):
+            if rate is None or rate <= 0 or rate == float("inf"):
+                continue
+            if rate >= 1:
+                windows.append((int(rate), period))
+            else:
+                windows.append((1, period / rate))
+        return windows
+
+    def rule_for(self, host: str) -> tuple[str, list[tuple[int, float]]]:
+        host = host.lower().split(":")[0]
+        for key, windows in self._rules.items():
+            if host == key or host.endswith("." + key):
+                return key, windows
+        return host, self._default
+
+    def acquire(self, host: str) -> float:
+        """Wait for a free slot for `host`; returns the seconds waited."""
+        key, windows = self.rule_for(host)
+        if not windows:
+            return 0.0
+        longest = max(period for _, period in windows)
+        waited = 0.0
+        while True:
+            with self._lock:
+                now = self._clock()
+                stamps = self._log.setdefault(key, deque())
+                while stamps and now - stamps[0] >= longest:
+                    stamps.popleft()
+                wait = 0.0
+                for count, period in windows:
+                    recent = [t for t in stamps if now - t < period]
+                    if len(recent) >= count:
+                        wait = max(wait, recent[-count] + period - now)
+                if wait <= 0:
+                    stamps.append(now)
+                    return waited
+            if waited + wait > self.max_wait:
+                raise CatalogHTTPError(
+                    f"rate limit for {key}: waiting {waited + wait:.1f}s exceeds max_rate_wait={self.max_wait}s",
+                    url=host,
+                    kind="rate_limit",
+                )
+            self._sleep(wait)
+            waited += wait
+
+
+class _CatalogRetry(Retry):
+    """urllib3 Retry with a capped Retry-After, backoff from the first retry on, and a hook.
+
+    `on_retry(host)` runs after the pause and before each retry goes out (rate limiting + stats).
+    """
+
+    def __init__(self, *args: Any, retry_after_cap: float = 60.0, on_retry: Callable[[str], None] | None = None,
+                 host: str = "", **kw: Any):
+        super().__init__(*args, **kw)
+        self.retry_after_cap = retry_after_cap
+        self.on_retry = on_retry
+        self.host = host
+
+    def new(self, **kw: Any) -> "_CatalogRetry":
+        new = super().new(**kw)
+        new.retry_after_cap = self.retry_after_cap
+        new.on_retry = self.on_retry
+        new.host = self.host
+        return new
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        new = super().increment(method, url, response, error, _pool, _stacktrace)
+        if _pool is not None:
+            new.host = host_key(f"{_pool.scheme}://{_pool.host}:{_pool.port}")
+        return new
+
+    def parse_retry_after(self, retry_after: str) -> float:
+        return min(float(super().parse_retry_after(retry_after)), float(self.retry_after_cap))
+
+    def get_backoff_time(self) -> float:
+        n = len(list(takewhile(lambda h: h.redirect_location is None, reversed(self.history))))
+        if n == 0:
+            return 0.0
+        value = self.backoff_factor * (2 ** (n - 1))
+        if self.backoff_jitter:
+            value += random.random() * self.backoff_jitter
+        return float(max(0.0, min(self.backoff_max, value)))
+
+    def sleep(self, response=None) -> None:
+        super().sleep(response)
+        if self.on_retry is not None:
+            self.on_retry(self.host)
+
+
+class _CountingAdapter(HTTPAdapter):
+    """Calls `before_send(host)` for every request that really goes to the network."""
+
+    def __init__(self, before_send: Callable[[str], None], **kw: Any):
+        self._before_send = before_send
+        super().__init__(**kw)
+
+    def send(self, request, **kw):  # type: ignore[override]
+        self._before_send(host_key(request.url or ""))
+        return super().send(request, **kw)
+
+
+def _cacheable(response: requests.Response) -> bool:
+    """Only a 200 JSON document without GraphQL errors goes into (or stays in) the cache."""
+    if response.status_code != 200:
+        return False
+    try:
+        doc = json.loads(response.content)
+    except ValueError:
+        return False
+    if isinstance(doc, dict) and (doc.get("errors") or ("data" in doc and doc["data"] is None)):
+        return False
+    return True
+
+
+def _snippet(content: bytes | str, limit: int = 160) -> str:
+    text = content.decode("utf-8", "replace") if isinstance(content, bytes) else content
+    text = " ".join(text.split())
+    if not text:
+        return "(empty body)"
+    return repr(text[:limit] + ("…" if len(text) > limit else ""))
+
+
+def _graphql_messages(errors: Any) -> str:
+    items = errors if isinstance(errors, list) else [errors]
+    msgs = []
+    for err in items[:5]:
+        if isinstance(err, dict):
+            msg = str(err.get("message") or err.get("exception") or json.dumps(err, ensure_ascii=False)[:160])
+            if err.get("status") is not None:
+                msg += f" (status {err['status']})"
+        else:
+            msg = str(err)
+        msgs.append(msg)
+    if len(items) > 5:
+        msgs.append(f"… {len(items) - 5} more")
+    return "; ".join(msgs)
+
+
+def _describe_body(content: bytes) -> str:
+    """A short, readable account of an error body (JSON error envelopes or a text snippet)."""
+    try:
+        doc = json.loads(content)
+    except ValueError:
+        return _snippet(content)
+    if isinstance(doc, dict):
+        if doc.get("errors"):
+            return _graphql_messages(doc["errors"])
+        message = doc.get("message") or doc.get("messages")
+        error = doc.get("error")
+        parts = [str(x) for x in (doc.get("type"), message, error) if x]
+        if parts:
+            return " / ".join(parts)
+    return _snippet(content)
+
+
+class HttpClient:
+    """Shared HTTP client: retries, rate limits, disk cache, request stats. See the module doc."""
+
+    def __init__(self, config: HttpConfig | None = None):
+        self.config = config or HttpConfig()
+        self.stats: Counter[str] = Counter()  # requests sent to the network, per host (retries included)
+        self.cache_hits: Counter[str] = Counter()  # responses served from the disk cache, per host
+        self._secrets: set[str] = set()
+        self._lock = threading.Lock()
+        self.limiter = RateLimiter(
+            self.config.rate_limits, self.config.default_rate_limit, max_wait=self.config.max_rate_wait
+        )
+        self.session = self._build_session()
+
+    # Construction ------------------------------------------------------------------------------
+    def _build_session(self) -> requests.Session:
+        cfg = self.config
+        session: requests.Session
+        if cfg.cache_dir is not None:
+            from requests_cache import CachedSession
+            from requests_cache.policy.expiration import NEVER_EXPIRE
+
+            try:
+                from requests_cache.policy.settings import DEFAULT_IGNORED_PARAMS
+            except ImportError:  # pragma: no cover - layout of other requests-cache versions
+                DEFAULT_IGNORED_PARAMS = ("Authorization",)
+            cache_dir = Path(cfg.cache_dir)
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            ignored = tuple(DEFAULT_IGNORED_PARAMS) + tuple(
+                h for h in ("X-MAL-CLIENT-ID", "X-Api-Key", "Cookie") if h not in DEFAULT_IGNORED_PARAMS
+            )
+            session = CachedSession(
+                str(cache_dir / "catalog_http"),
+                backend="sqlite",
+                expire_after=NEVER_EXPIRE if cfg.cache_expire_after is None else cfg.cache_expire_after,
+                allowable_methods=("GET", "POST"),
+                allowable_codes=(200,),
+                cache_control=False,
+                ignored_parameters=ignored,
+                filter_fn=_cacheable,
+                stale_if_error=False,
+            )
+        else:
+            session = requests.Session()
+        retry = _CatalogRetry(
+            total=cfg.total_retries,
+            allowed_methods=RETRY_METHODS,
+            status_forcelist=RETRY_STATUSES,
+            backoff_factor=cfg.backoff_factor,
+            backoff_jitter=cfg.backoff_jitter,
+            backoff_max=cfg.backoff_max,
+            respect_retry_after_header=True,
+            raise_on_status=False,
+            retry_after_cap=cfg.max_retry_after,
+            on_retry=self._before_network,
+        )
+        adapter = _CountingAdapter(self._before_network, max_retries=retry)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        session.headers.update({"User-Agent": cfg.user_agent, "Accept": "application/json"})
+        return session
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> "HttpClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # Bookkeeping -------------------------------------------------------------------------------
+    def _before_network(self, host: str) -> None:
+        self.limiter.acquire(host)
+        with self._lock:
+            self.stats[host] += 1
+
+    def _remember_secrets(self, headers: Mapping[str, str] | None) -> None:
+        for name, value in (headers or {}).items():
+            if name.lower() in SECRET_HEADERS and value and len(str(value)) >= 4:
+                self._secrets.add(str(value))
+
+    def redact(self, text: str) -> str:
+        """`text` with every secret header value this client has seen replaced by `***`."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    @property
+    def network_requests(self) -> int:
+        """Requests sent to the network so far (all hosts, retries included, cache hits excluded)."""
+        return sum(self.stats.values())
+
+    @property
+    def requests_sent(self) -> int:
+        """Alias of `network_requests` (asset metadata)."""
+        return self.network_requests
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Request counts for metadata: {"requests": {host: n}, "cache_hits": {host: n}}."""
+        return {"requests": dict(self.stats), "cache_hits": dict(self.cache_hits)}
+
+    # Requests ----------------------------------------------------------------------------------
+    def get_json(self, url: str, params: Mapping[str, Any] | None = None,
+                 headers: Mapping[str, str] | None = None) -> Any:
+        """GET `url` and return the parsed JSON body (raises `CatalogHTTPError`)."""
+        return self._request_json("GET", url, params=params, headers=headers)
+
+    def post_graphql(self, url: str, query: str, variables: Mapping[str, Any] | None = None,
+                     headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """POST a GraphQL query; return the whole parsed document (`{"data": ...}`).
+
+        Raises `CatalogHTTPError` (kind "graphql") when the document carries `errors` (even with
+        HTTP 200) or no `data`.
+        """
+        body = {"query": query, "variables": dict(variables or {})}
+        doc = self._request_json("POST", url, headers=headers, json_body=body)
+        if not isinstance(doc, dict):
+            raise CatalogHTTPError(
+                self.redact(f"POST {url}: GraphQL response is a JSON {type(doc).__name__}, not an object"),
+                url=url, kind="graphql", status=200,
+            )
+        if doc.get("errors"):
+            raise CatalogHTTPError(
+                self.redact(f"POST {url}: GraphQL error: {_graphql_messages(doc['errors'])}"),
+                url=url, kind="graphql", status=200,
+            )
+        if doc.get("data") is None:
+            raise CatalogHTTPError(f"POST {url}: GraphQL response has no data", url=url, kind="graphql", status=200)
+        return doc
+
+    def _display_url(self, method: str, url: str, params: Mapping[str, Any] | None) -> str:
+        try:
+            return requests.Request(method, url, params=params).prepare().url or url
+        except Exception:
+            return url
+
+    def _request_json(self, method: str, url: str, *, params: Mapping[str, Any] | None = None,
+                      headers: Mapping[str, str] | None = None, json_body: Any = None) -> Any:
+        self._remember_secrets(headers)
+        shown = self.redact(self._display_url(method, url, params))
+        resp = self._send(method, url, shown, params=params, headers=headers, json_body=json_body)
+        # Redirects are followed here, not by requests: a POST must stay a POST (requests turns a
+        # 301/302 POST into a GET, which breaks GraphQL behind shikimori.one → shikimori.io), and
+        # secret headers must not travel to another host.
+        hops = 0
+        while resp.status_code in REDIRECT_STATUSES and resp.headers.get("Location") and hops < MAX_REDIRECTS:
+            hops += 1
+            target = urljoin(resp.url or url, resp.headers["Location"])
+            if host_key(target) != host_key(resp.url or url):
+                headers = {k: v for k, v in (headers or {}).items() if k.lower() not in SECRET_HEADERS}
+            if resp.status_code == 303:
+                method, json_body = "GET", None
+            log.warning("%s %s redirected (HTTP %s) to %s; consider configuring the new URL",
+                        method, shown, resp.status_code, self.redact(target))
+            shown = self.redact(self._display_url(method, target, None))
+            resp = self._send(method, target, shown, params=None, headers=headers, json_body=json_body)
+
+        retries = len(getattr(getattr(resp.raw, "retries", None), "history", ()) or ())
+        after = f" after {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""
+        if not 200 <= resp.status_code < 300:
+            raise CatalogHTTPError(
+                self.redact(f"{method} {shown}: HTTP {resp.status_code}{after}: {_describe_body(resp.content)}"),
+                url=shown, kind="status", status=resp.status_code,
+            )
+        try:
+            return json.loads(resp.content)
+        except ValueError:
+            ctype = resp.headers.get("Content-Type", "no content type")
+            raise CatalogHTTPError(
+                self.redact(
+                    f"{method} {shown}: malformed JSON (HTTP {resp.status_code}, {ctype}): {_snippet(resp.content)}"
+                ),
+                url=shown, kind="json", status=resp.status_code,
+            ) from None
+
+    def _send(self, method: str, url: str, shown: str, *, params: Mapping[str, Any] | None,
+              headers: Mapping[str, str] | None, json_body: Any) -> requests.Response:
+        cfg = self.config
+        try:
+            resp = self.session.request(
+                method, url, params=params, headers=dict(headers) if headers else None, json=json_body,
+                timeout=(cfg.connect_timeout, cfg.read_timeout), allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            raise self._transport_error(method, shown, exc) from None
+        from_cache = bool(getattr(resp, "from_cache", False))
+        if from_cache:
+            with self._lock:
+                self.cache_hits[host_key(resp.url or url)] += 1
+        log.debug("%s %s -> %s%s", method, shown, resp.status_code, " (cache)" if from_cache else "")
+        return resp
+
+    def _transport_error(self, method: str, shown: str, exc: requests.RequestException) -> CatalogHTTPError:
+        reason: Any = exc.args[0] if exc.args else exc
+        if isinstance(reason, MaxRetryError):
+            reason = reason.reason
+        cfg = self.config
+        attempts = cfg.total_retries + 1
+        if isinstance(reason, NewConnectionError) or (
+            isinstance(exc, requests.ConnectionError) and not isinstance(exc, requests.Timeout)
+            and not isinstance(reason, (ReadTimeoutError, ConnectTimeoutError))
+        ):
+            detail = self.redact(str(reason))
+            return CatalogHTTPError(
+                f"{method} {shown}: connection failed after {attempts} attempt(s): {detail}", url=shown, kind="connection"
+            )
+        if isinstance(exc, requests.Timeout) or isinstance(reason, (ReadTimeoutError, ConnectTimeoutError)):
+            which = "connect" if isinstance(exc, requests.ConnectTimeout) or (
+                isinstance(reason, ConnectTimeoutError) and not isinstance(reason, ReadTimeoutError)
+            ) else "read"
+            limit = cfg.connect_timeout if which == "connect" else cfg.read_timeout
+            return CatalogHTTPError(
+                f"{method} {shown}: {which} timed out ({limit}s) after {attempts} attempt(s)", url=shown, kind="timeout"
+            )
+        return CatalogHTTPError(
+            self.redact(f"{method} {shown}: request failed: {type(exc).__name__}: {exc}"), url=shown, kind="connection"
+        )

@@ -1,0 +1,91 @@
+"""Small records shared by the catalog modules, and tolerant value converters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from anime_pipeline.catalog.errors import CatalogDataError
+
+ALLOWED_RATINGS = ("g", "pg", "pg_13")
+
+
+@dataclass
+class TitleCandidate:
+    """One catalog entry parsed into a TITLES row (without `popularity`, set by discovery).
+
+    `reject_reasons` is empty when the entry passes every filter.
+    """
+
+    catalog_id: str
+    row: dict[str, Any]
+    reject_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def rejected(self) -> bool:
+        return bool(self.reject_reasons)
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reject_reasons)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a catalog listing."""
+
+    items: list[Any]
+    has_next: bool
+
+
+@dataclass(frozen=True)
+class SourceText:
+    """A synopsis as fetched from one source (raw, uncleaned) and the URL it came from."""
+
+    text: str | None
+    url: str
+
+
+def as_int(value: Any) -> int | None:
+    """int from an int or a numeric string ("5114"); None for null/empty/invalid."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        text = str(value).strip()
+        return int(text) if text else None
+    except ValueError:
+        try:
+            f = float(text)
+        except ValueError:
+            return None
+        return int(f) if f.is_integer() else None
+
+
+def as_float(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def as_str(value: Any) -> str | None:
+    """The string unchanged (no normalisation: titles must stay byte-exact); "" and None → None."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        value = str(value)
+    return value if value.strip() else None
+
+
+def as_dict(value: Any, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise CatalogDataError(f"{what}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def as_list(value: Any) -> list:
+    return value if isinstance(value, list) else []

@@ -1,0 +1,135 @@
+"""Shikimori GraphQL title discovery (`animes` query). See shared/reference/catalog/shikimori.md.
+
+Server-side filters: kind "tv", status "released", rating "g,pg,pg_13", score ≥ an integer
+(the `score` argument is an Int filter that only accepts 1..9), ordered by popularity. Every
+filter is applied again client-side, exactly (e.g. min_score 7.5).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from anime_pipeline.catalog.cleaning import clean_synopsis, html_to_text, normalise_rating
+from anime_pipeline.catalog.errors import CatalogDataError
+from anime_pipeline.catalog.http import HttpClient
+from anime_pipeline.catalog.models import (
+    ALLOWED_RATINGS,
+    Page,
+    TitleCandidate,
+    as_dict,
+    as_float,
+    as_int,
+    as_list,
+    as_str,
+)
+
+MAX_LIMIT = 50
+FIRST_SEASON_BLOCKERS = ("prequel", "parent_story")
+
+SHIKIMORI_QUERY = (
+    "query Animes($page: PositiveInt, $limit: PositiveInt, $score: Int) { "
+    'animes(order: popularity, kind: "tv", status: "released", rating: "g,pg,pg_13", '
+    "score: $score, limit: $limit, page: $page) { "
+    "id malId name russian english japanese kind score status episodes duration rating "
+    "genres { id name russian kind } "
+    "description descriptionHtml "
+    "related { relationKind relationText anime { id name kind } manga { id name } } "
+    "characterRoles { rolesEn rolesRu character { id name russian } } "
+    "} }"
+)
+
+
+def shikimori_score_arg(min_score: float) -> int | None:
+    """The server-side `score` Int filter for a (possibly fractional) minimum: floor, clamped to
+    1..9; None (no server filter) when min_score ≤ 0."""
+    if min_score is None or min_score <= 0:
+        return None
+    return max(1, min(9, math.floor(min_score)))
+
+
+def fetch_shikimori_page(client: HttpClient, url: str, *, page: int, page_size: int, min_score: float) -> Page:
+    limit = max(1, min(MAX_LIMIT, page_size))
+    variables: dict[str, Any] = {"page": page, "limit": limit}
+    score = shikimori_score_arg(min_score)
+    if score is not None:
+        variables["score"] = score
+    doc = client.post_graphql(url, SHIKIMORI_QUERY, variables)
+    data = as_dict(doc.get("data"), f"POST {url} page {page}: data")
+    items = data.get("animes")
+    if not isinstance(items, list):
+        raise CatalogDataError(f"POST {url} page {page}: data.animes is not a list")
+    # No pageInfo: a page shorter than the limit is the last one.
+    return Page(items=items, has_next=len(items) >= limit)
+
+
+def _first_season_blockers(related: Any) -> list[str]:
+    reasons = []
+    for rel in as_list(related):
+        if not isinstance(rel, dict):
+            continue
+        kind = str(rel.get("relationKind") or "").lower()
+        anime = rel.get("anime")
+        if kind in FIRST_SEASON_BLOCKERS and isinstance(anime, dict):
+            reasons.append(f"not a first season: has {kind} {anime.get('name')!r} (shikimori id {anime.get('id')})")
+    return reasons
+
+
+def parse_shikimori_anime(item: Any, *, min_score: float) -> TitleCandidate:
+    """One `animes` entry → TITLES row + reasons to reject it (filters re-checked client-side)."""
+    if not isinstance(item, dict):
+        return TitleCandidate(catalog_id="", row={"name": None}, reject_reasons=["malformed entry (not an object)"])
+    catalog_id = as_str(item.get("id")) or ""
+    rating = normalise_rating(item.get("rating"))
+    score = as_float(item.get("score"))
+    genres = [g.get("name") for g in as_list(item.get("genres")) if isinstance(g, dict) and g.get("name")]
+    main_characters = []
+    for role in as_list(item.get("characterRoles")):
+        if not isinstance(role, dict):
+            continue
+        roles = [str(r).lower() for r in as_list(role.get("rolesEn"))]
+        character = role.get("character")
+        if "main" in roles and isinstance(character, dict) and as_str(character.get("name")):
+            main_characters.append(character["name"])
+    description = item.get("description")
+    description_ru = (
+        clean_synopsis(description, bbcode=True)
+        if description
+        else clean_synopsis(html_to_text(item.get("descriptionHtml")))
+    )
+    row = {
+        "mal_id": as_int(item.get("malId")),
+        "name": as_str(item.get("name")),
+        "name_english": as_str(item.get("english")),
+        "name_native": as_str(item.get("japanese")),
+        "name_russian": as_str(item.get("russian")),
+        "kind": as_str(item.get("kind")),
+        "status": as_str(item.get("status")),
+        "rating": rating,
+        "score": score,
+        "popularity": None,
+        "episodes": as_int(item.get("episodes")) or None,  # 0 = unknown
+        "episode_duration_min": as_float(item.get("duration")) or None,
+        "genres": genres,
+        "main_characters": main_characters,
+        "catalog": "shikimori",
+        "catalog_id": catalog_id,
+        "description_ru": description_ru or None,
+    }
+    reasons: list[str] = []
+    if not catalog_id:
+        reasons.append("malformed entry (no id)")
+    if row["mal_id"] is None:
+        reasons.append("no MAL id")
+    reasons += _first_season_blockers(item.get("related"))
+    if row["kind"] != "tv":
+        reasons.append(f"kind {row['kind']} is not tv")
+    if row["status"] != "released":
+        reasons.append(f"status {row['status']} is not released")
+    if rating not in ALLOWED_RATINGS:
+        reasons.append(f"rating {rating} is not one of {', '.join(ALLOWED_RATINGS)}")
+    if score is None or score <= 0:
+        reasons.append("no score")
+    elif score < min_score:
+        reasons.append(f"score {score} < {min_score}")
+    return TitleCandidate(catalog_id=catalog_id, row=row, reject_reasons=reasons)

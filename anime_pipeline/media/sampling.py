@@ -1,0 +1,497 @@
+"""Sample frames from a video by seeking (never decoding the whole file).
+
+Timestamps
+    `plan_timestamps` is pure. It samples the window [skip_s, duration - skip_s] (opening and closing
+    credits are skipped); a clip with duration <= 2 * skip_s is too short for that window, so the skip is
+    ignored and the whole clip [0, duration] is sampled. Each timestamp is the centre of its slot, so all
+    are strictly inside the window:
+      * "uniform": `num_frames` slots of equal length;
+      * "fps": one sample every 1/fps seconds (a grid centred in the window), at most `num_frames`
+        (an over-long grid is thinned evenly).
+
+Which frame a timestamp gives
+    * exact: the frame on screen at that time (the last frame whose start time is <= t). Decoding starts
+      at the keyframe before t, so each sample costs up to one GOP of decoding.
+    * keyframe: the keyframe nearest to t (the keyframes on either side of t are found with two seeks;
+      one frame is decoded each), so each sample costs one decoded frame: the fast mode for long
+      episodes; the drift is at most half a GOP. Where that keyframe was already taken by the previous
+      sample (keyframes sparser than samples, e.g. short clips), the exact frame at t is used instead.
+    A frame is never returned twice: where several timestamps map to the same frame (a clip with fewer
+    frames than samples) only the first is kept, so fewer frames than planned may come back. The returned
+    `timestamp_s` is the frame's own start time (relative to the stream start), strictly increasing and
+    inside [0, duration]; `frame_index` is the sample's position (0, 1, 2, ...) in the episode's shard.
+
+Decoders
+    "decord" (`VideoReader.get_batch` at frame indices found from its timestamp table; keyframe mode via
+    `get_key_indices`), "pyav" (seek + decode), or "auto": decord for exact mode on constant-frame-rate
+    MP4/MOV/MKV/WebM files with PyAV as the fallback when decord fails; PyAV for variable-frame-rate
+    files, for other containers (decord mis-seeks MPEG-TS by a GOP) and for keyframe mode (decord as
+    its fallback there on CFR MP4/MKV).
+
+Time limit
+    With `timeout_s` set (the default) decoding runs in a separate Python process
+    (`python -m anime_pipeline.media._worker`, request and result pickled over its stdin/stdout). If it
+    has not answered after `timeout_s` seconds it is killed and `MediaError` is raised; a decoder crash
+    (segfault on a corrupt file) also ends as `MediaError` instead of taking the caller down. A thread
+    could not be stopped once stuck inside a C decoder, and a plain subprocess (unlike multiprocessing)
+    does not re-import the caller's `__main__` and works from daemonic processes. `timeout_s=None`
+    decodes in the calling process (no protection; used by fast unit tests).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import os
+import pickle
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from PIL import Image
+
+from .errors import MediaError
+from .probe import ALLOWED_DEMUXERS, VideoProbe, check_regular_file, probe_video
+
+STRATEGIES = ("uniform", "fps")
+MODES = ("exact", "keyframe")
+DECODERS = ("auto", "decord", "pyav")
+_EPS = 1e-4  # seconds: timestamps closer than this are the same instant
+_LINEAR_WINDOW_S = 2.0  # exact mode: decode on (instead of seeking) when the next target is this close
+_BATCH_PIXELS = 24_000_000  # decord: frames per get_batch call so one batch stays under ~72 MB of RGB
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    strategy: str = "uniform"  # "uniform" | "fps"
+    num_frames: int = 64  # uniform: frames; fps: the maximum
+    fps: float = 0.5  # "fps" strategy: samples per second
+    skip_s: float = 1.0  # skipped at both ends (ignored for clips <= 2 * skip_s)
+    max_side: int = 512  # longest side of the returned images (never upscaled)
+    mode: str = "exact"  # "exact" | "keyframe"
+    decoder: str = "auto"  # "auto" | "decord" | "pyav"
+    timeout_s: float | None = 600.0  # per episode; None: decode in-process without a limit
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        if not isinstance(self.num_frames, int) or self.num_frames < 1:
+            raise ValueError(f"num_frames must be a positive integer, got {self.num_frames!r}")
+        if not (self.fps > 0 and math.isfinite(self.fps)):
+            raise ValueError(f"fps must be positive, got {self.fps!r}")
+        if not (self.skip_s >= 0 and math.isfinite(self.skip_s)):
+            raise ValueError(f"skip_s must be >= 0, got {self.skip_s!r}")
+        if not isinstance(self.max_side, int) or self.max_side < 16:
+            raise ValueError(f"max_side must be an integer >= 16, got {self.max_side!r}")
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive or None, got {self.timeout_s!r}")
+
+    def as_metadata(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SampledFrame:
+    frame_index: int  # position of the sample in the episode (0, 1, 2, ...)
+    timestamp_s: float  # start time of the decoded frame, seconds from the stream start
+    image: Image.Image  # RGB, longest side <= max_side
+
+
+# --------------------------------------------------------------------------------------------- plan
+def plan_timestamps(duration_s: float, cfg: SamplingConfig) -> list[float]:
+    """Target timestamps (seconds, strictly increasing, inside (0, duration)); see the module docstring."""
+    if not (isinstance(duration_s, (int, float)) and math.isfinite(duration_s) and duration_s > 0):
+        raise ValueError(f"duration must be a positive number of seconds, got {duration_s!r}")
+    start, end = cfg.skip_s, duration_s - cfg.skip_s
+    if duration_s <= 2 * cfg.skip_s:  # too short to skip anything: sample the whole clip
+        start, end = 0.0, float(duration_s)
+    span = end - start
+    if cfg.strategy == "uniform":
+        n = cfg.num_frames
+        ts = [start + (i + 0.5) * span / n for i in range(n)]
+    else:
+        step = 1.0 / cfg.fps
+        n = max(1, int(span * cfg.fps + 1e-9))
+        first = start + (span - (n - 1) * step) / 2
+        ts = [first + i * step for i in range(n)]
+        if n > cfg.num_frames:
+            m = cfg.num_frames
+            picks = [round(i * (n - 1) / (m - 1)) for i in range(m)] if m > 1 else [n // 2]
+            ts = [ts[i] for i in picks]
+    out: list[float] = []
+    for t in ts:
+        t = round(t, 6)
+        if (not out or t > out[-1]) and 0 <= t <= duration_s:
+            out.append(t)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def resize_max_side(img: Image.Image, max_side: int) -> Image.Image:
+    """RGB copy with the longest side at most `max_side`, aspect ratio kept (never upscaled)."""
+    img = img.convert("RGB") if img.mode != "RGB" else img
+    w, h = img.size
+    if max(w, h) <= max_side:
+        return img
+    scale = max_side / max(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def _pick_nearest(candidates: list[float], t: float) -> int:
+    """Index of the candidate nearest to t (ties: the earlier one)."""
+    best = 0
+    for i, c in enumerate(candidates):
+        if abs(c - t) < abs(candidates[best] - t) - 1e-9:
+            best = i
+    return best
+
+
+# ------------------------------------------------------------------------------------------ decord
+def _decode_decord(
+    path: str, targets: list[float], mode: str, max_side: int, frame_pixels: int
+) -> list[tuple[float, Image.Image]]:
+    import decord
+
+    vr = decord.VideoReader(path, ctx=decord.cpu(0))
+    n = len(vr)
+    if n == 0:
+        raise MediaError(f"{path}: decord found no frames")
+    starts = [float(s) for s in vr.get_frame_timestamp(list(range(n)))[:, 0]]
+    origin = starts[0] if starts[0] > 0 else 0.0
+    starts = [s - origin for s in starts]
+
+    def exact_index(t: float) -> int:
+        return max(0, bisect.bisect_right(starts, t + _EPS) - 1)
+
+    indices: list[int] = []
+    if mode == "exact":
+        for t in targets:
+            i = exact_index(t)
+            if not indices or i > indices[-1]:
+                indices.append(i)
+    else:
+        keys = sorted(int(k) for k in vr.get_key_indices()) or [0]
+        key_starts = [starts[k] for k in keys]
+        for t in targets:
+            j = bisect.bisect_right(key_starts, t + _EPS) - 1
+            cands = [keys[k] for k in (j, j + 1) if 0 <= k < len(keys)]
+            i = cands[_pick_nearest([starts[c] for c in cands], t)]
+            if indices and i <= indices[-1]:
+                i = exact_index(t)
+            if not indices or i > indices[-1]:
+                indices.append(i)
+    out: list[tuple[float, Image.Image]] = []
+    per_batch = max(1, _BATCH_PIXELS // max(1, frame_pixels))
+    for k in range(0, len(indices), per_batch):
+        chunk = indices[k : k + per_batch]
+        arr = vr.get_batch(chunk).asnumpy()
+        for i, frame in zip(chunk, arr):
+            out.append((starts[i], resize_max_side(Image.fromarray(frame, "RGB"), max_side)))
+    return out
+
+
+# -------------------------------------------------------------------------------------------- PyAV
+class _PyAVReader:
+    def __init__(self, path: str):
+        import av
+
+        self.path = path
+        self.container = av.open(path, options={"format_whitelist": ALLOWED_DEMUXERS})
+        streams = [s for s in self.container.streams.video if not _is_attached_pic(s)]
+        if not streams:
+            raise MediaError(f"{path}: no video stream")
+        self.stream = s = streams[0]
+        s.thread_type = "AUTO"
+        self.tb = s.time_base
+        self.origin = float(s.start_time * s.time_base) if s.start_time is not None else 0.0
+        rate = float(s.average_rate or s.guessed_rate or 0) or 1.0
+        self.max_gap = max(1.0, 4.0 / rate)  # a frame "on screen" at t must start this close before t
+        self.gen: Iterator | None = None
+        self.cur = None  # latest frame with time <= the current target
+        self.look = None  # decoded frame after the current target, not yet consumed
+        self.eof = False
+
+    def close(self) -> None:
+        self.container.close()
+
+    def _time(self, frame) -> float | None:
+        if frame.pts is None:
+            return None
+        return float(frame.pts * self.tb) - self.origin
+
+    def _frames_after_seek(self, t: float, *, backward: bool) -> Iterator:
+        offset = int((t + self.origin) / self.tb)
+        self.container.seek(offset, stream=self.stream, backward=backward, any_frame=False)
+        self.eof = False
+        return (f for f in self.container.decode(self.stream) if f.pts is not None)
+
+    def _first(self, gen: Iterator):
+        try:
+            return next(gen)
+        except StopIteration:
+            return None
+
+    def seek_before(self, t: float):
+        """Seek so that decoding starts at a keyframe at or before t; return (generator, first frame)."""
+        back = 0.0
+        while True:
+            pos = max(0.0, t - back)
+            gen = self._frames_after_seek(pos, backward=True)
+            first = self._first(gen)
+            if first is None:
+                if pos <= 0.0:
+                    return gen, None
+            elif self._time(first) <= t + _EPS or pos <= 0.0:
+                return gen, first
+            back = max(1.0, back * 2)
+
+    def _packet_time(self, packet) -> float | None:
+        return None if packet.pts is None else float(packet.pts * self.tb) - self.origin
+
+    def keyframe_near(self, t: float):
+        """The keyframe nearest to t (ties: the earlier), decoding only that one frame.
+
+        Seek to the keyframe at or before t, then read packets (no decoding) while the next keyframe could
+        still be nearer than that one. Container-agnostic: also right where seeking is imprecise
+        (MPEG-TS lands a little early or late; landing after t retries from earlier).
+        """
+        back = 0.0
+        while True:
+            pos = max(0.0, t - back)
+            self.container.seek(int((pos + self.origin) / self.tb), stream=self.stream, backward=True, any_frame=False)
+            before = after = None
+            before_t = 0.0
+            for packet in self.container.demux(self.stream):
+                pt = self._packet_time(packet)
+                if pt is None:
+                    continue
+                if before is not None and pt > t + (t - before_t) + _EPS:
+                    break  # any later keyframe is farther from t than `before`
+                if not packet.is_keyframe:
+                    continue
+                if pt <= t + _EPS:
+                    before, before_t = packet, pt
+                else:
+                    after = packet
+                    break
+            if before is None and after is not None and pos > 0.0:
+                back = max(1.0, back * 2)  # landed after t: retry from earlier
+                continue
+            break
+        self.gen, self.cur, self.look = None, None, None  # the demuxer is no longer positioned for `exact`
+        cands = [p for p in (before, after) if p is not None]
+        if not cands:
+            return None
+        packet = cands[_pick_nearest([self._packet_time(p) for p in cands], t)]
+        return self._decode_one(packet)
+
+    def _decode_one(self, packet):
+        """Decode one keyframe packet on its own (flush, send, drain, flush)."""
+        cc = self.stream.codec_context
+        cc.flush_buffers()
+        try:
+            frames = [f for f in cc.decode(packet) if f.pts is not None]
+            frames += [f for f in cc.decode(None) if f.pts is not None]
+        finally:
+            cc.flush_buffers()
+        return frames[0] if frames else None
+
+    def exact(self, t: float, *, allow_linear: bool = True):
+        """The frame on screen at t (relative seconds)."""
+        pos = self._time(self.look) if self.look is not None else (self._time(self.cur) if self.cur else None)
+        linear = (
+            allow_linear
+            and self.gen is not None
+            and self.cur is not None
+            and self._time(self.cur) <= t + _EPS
+            and pos is not None
+            and t - pos <= _LINEAR_WINDOW_S
+        )
+        if not linear:
+            self.gen, first = self.seek_before(t)
+            if first is None:
+                raise MediaError(f"{self.path}: no decodable frame at {t:.3f} s (file truncated or corrupt?)")
+            self.cur, self.look = first, None
+        if self.look is not None:
+            if self._time(self.look) > t + _EPS:
+                return self.cur
+            self.cur, self.look = self.look, None
+        if self._time(self.cur) > t + _EPS:  # target before the first frame of the stream
+            return self.cur
+        for f in self.gen:
+            if self._time(f) <= t + _EPS:
+                self.cur = f
+            else:
+                self.look = f
+                return self.cur
+        self.eof = True
+        if t - self._time(self.cur) > self.max_gap:
+            raise MediaError(
+                f"{self.path}: no decodable frame at {t:.3f} s, the last one is at {self._time(self.cur):.3f} s "
+                f"(file truncated or corrupt?)"
+            )
+        return self.cur
+
+
+def _is_attached_pic(stream) -> bool:
+    try:
+        import av
+
+        return bool(stream.disposition & av.stream.Disposition.attached_pic)
+    except Exception:
+        return False
+
+
+def _decode_pyav(
+    path: str, targets: list[float], mode: str, max_side: int, frame_pixels: int = 0
+) -> list[tuple[float, Image.Image]]:
+    reader = _PyAVReader(path)
+    try:
+        out: list[tuple[float, Image.Image]] = []
+        last = -math.inf
+        for t in targets:
+            if mode == "exact":
+                frame = reader.exact(t)
+            else:
+                frame = reader.keyframe_near(t)
+                if frame is None:
+                    raise MediaError(f"{path}: no decodable keyframe near {t:.3f} s (file truncated or corrupt?)")
+                if reader._time(frame) <= last + _EPS:  # keyframe already taken: the exact frame instead
+                    frame = reader.exact(t, allow_linear=False)
+            ts = reader._time(frame)
+            if ts > last + _EPS:
+                out.append((ts, resize_max_side(frame.to_image(), max_side)))
+                last = ts
+        return out
+    finally:
+        reader.close()
+
+
+# ------------------------------------------------------------------------------------------ driver
+def _decord_safe(container: str) -> bool:
+    """decord seeks by its own frame index; trusted only for containers with a real index (MP4/MOV, MKV/WebM).
+
+    It returns frames one GOP off in MPEG-TS (checked against a full decode), so "auto" never uses it there.
+    """
+    names = set(container.split(","))
+    return bool(names & {"mov", "mp4", "matroska", "webm"})
+
+
+def _backends(decoder: str, mode: str, vfr: bool, container: str = "") -> list[str]:
+    if decoder != "auto":
+        return [decoder]
+    if vfr or not _decord_safe(container):
+        return ["pyav"]
+    return ["decord", "pyav"] if mode == "exact" else ["pyav", "decord"]
+
+
+def decode_targets(
+    path: str,
+    targets: list[float],
+    *,
+    mode: str,
+    decoder: str,
+    max_side: int,
+    vfr: bool,
+    duration_s: float,
+    frame_pixels: int = 1920 * 1080,
+    container: str = "",
+) -> list[tuple[float, Image.Image]]:
+    """Decode the frames for `targets` (in this process); MediaError when no backend can."""
+    errors = []
+    for name in _backends(decoder, mode, vfr, container):
+        fn = _decode_decord if name == "decord" else _decode_pyav
+        try:
+            frames = fn(path, targets, mode, max_side, frame_pixels)
+        except Exception as e:  # any decoder failure: try the next backend
+            msg = str(e).replace(f"{path}: ", "").strip()[:300]
+            errors.append(f"{name}: {msg}" if isinstance(e, MediaError) else f"{name}: {type(e).__name__}: {msg}")
+            continue
+        if not frames:
+            errors.append(f"{name}: no frames decoded")
+            continue
+        return _clean(frames, duration_s)
+    raise MediaError(f"{path}: could not decode frames ({'; '.join(errors)})", path=path)
+
+
+def _clean(frames: list[tuple[float, Image.Image]], duration_s: float) -> list[tuple[float, Image.Image]]:
+    """Clamp into [0, duration] and keep timestamps strictly increasing."""
+    out: list[tuple[float, Image.Image]] = []
+    for ts, img in frames:
+        ts = round(min(max(ts, 0.0), duration_s), 6)
+        if not out or ts > out[-1][0]:
+            out.append((ts, img))
+    return out
+
+
+def _worker_argv() -> list[str]:
+    return [sys.executable, "-m", "anime_pipeline.media._worker"]
+
+
+def run_worker(job: dict, *, timeout_s: float, what: str, argv: list[str] | None = None) -> Any:
+    """Run `job` in a worker process (see the module docstring); MediaError on timeout, crash or failure."""
+    import anime_pipeline
+
+    env = dict(os.environ)
+    pkg_root = str(Path(anime_pipeline.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("OMP_NUM_THREADS", "2")
+    proc = subprocess.Popen(
+        argv or _worker_argv(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(pickle.dumps(job), timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise MediaError(f"{what}: decoding did not finish within {timeout_s:g} s; the decoder was stopped") from None
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    try:
+        status, payload = pickle.loads(out)
+    except Exception:
+        tail = err.decode("utf-8", "replace").strip()[-500:]
+        raise MediaError(f"{what}: the decoder process died (exit code {proc.returncode}): {tail}") from None
+    if status == "ok":
+        return payload
+    raise MediaError(payload)
+
+
+def sample_frames(path: Path | str, cfg: SamplingConfig | None = None, probe: VideoProbe | None = None) -> list[SampledFrame]:
+    """Sample `path` per `cfg` (see the module docstring). MediaError when it cannot be decoded in time."""
+    cfg = cfg or SamplingConfig()
+    if probe is None:
+        probe = probe_video(path, sha256=False)
+    p = check_regular_file(path)
+    targets = plan_timestamps(probe.duration_s, cfg)
+    job = dict(
+        path=str(p),
+        targets=targets,
+        mode=cfg.mode,
+        decoder=cfg.decoder,
+        max_side=cfg.max_side,
+        vfr=probe.variable_frame_rate,
+        duration_s=probe.duration_s,
+        frame_pixels=probe.width * probe.height,
+        container=probe.container,
+    )
+    if cfg.timeout_s is None:
+        frames = decode_targets(**job)
+    else:
+        raw = run_worker(job, timeout_s=cfg.timeout_s, what=str(p))
+        frames = [(ts, Image.frombytes("RGB", size, data)) for ts, size, data in raw]
+    return [SampledFrame(frame_index=i, timestamp_s=ts, image=img) for i, (ts, img) in enumerate(frames)]

@@ -1,0 +1,157 @@
+"""Frame shards: one Parquet file per (title, episode) with exactly the `schemas.FRAMES` columns.
+
+Each row is one sampled frame as JPEG bytes. A shard is written as a single row group, to a temp file
+beside the destination that is renamed over it only when complete (`paths.atomic_path`): readers see the
+old shard or the new one, never a partial file, and a failure leaves neither a shard nor a temp file.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import polars as pl
+from PIL import Image
+
+from anime_pipeline.paths import atomic_path, within
+from anime_pipeline.schemas import FRAMES
+
+from .errors import MediaError
+from .probe import VideoProbe, probe_video
+from .sampling import SampledFrame, SamplingConfig, sample_frames
+
+SHARD_COMPRESSION = "zstd"
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    path: Path
+    num_frames: int
+    bytes: int
+    width: int
+    height: int
+
+    def as_metadata(self) -> dict:
+        return {"path": str(self.path), "num_frames": self.num_frames, "bytes": self.bytes,
+                "width": self.width, "height": self.height}
+
+
+def shard_path(frames_dir: Path, mal_id: int, episode: int = 1) -> Path:
+    """`<frames_dir>/mal_id=<id>/part-<episode - 1>.parquet` (episode 1 → part-0), proven inside frames_dir."""
+    mal_id, episode = _check_ids(mal_id, episode)
+    return within(Path(frames_dir), f"mal_id={mal_id}", f"part-{episode - 1}.parquet")
+
+
+def _check_ids(mal_id: int, episode: int) -> tuple[int, int]:
+    if isinstance(mal_id, bool) or not isinstance(mal_id, int) or mal_id <= 0:
+        raise ValueError(f"mal_id must be a positive integer, got {mal_id!r}")
+    if isinstance(episode, bool) or not isinstance(episode, int) or not 1 <= episode <= 32767:
+        raise ValueError(f"episode must be an integer in 1..32767, got {episode!r}")
+    return mal_id, episode
+
+
+def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def frames_dataframe(
+    frames: Iterable[SampledFrame], *, mal_id: int, episode: int, source_sha256: str, jpeg_quality: int = 90
+) -> pl.DataFrame:
+    """The shard's rows, typed exactly as `schemas.FRAMES` (columns in that order)."""
+    mal_id, episode = _check_ids(mal_id, episode)
+    frames = list(frames)
+    if not frames:
+        raise ValueError(f"no frames to write for MAL id {mal_id} episode {episode}")
+    if not isinstance(source_sha256, str) or not source_sha256:
+        raise ValueError("source_sha256 must be a non-empty string")
+    if not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+    stamps = [f.timestamp_s for f in frames]
+    if any(b <= a for a, b in zip(stamps, stamps[1:])):
+        raise ValueError(f"frame timestamps for MAL id {mal_id} are not strictly increasing: {stamps}")
+    data = {
+        "mal_id": [mal_id] * len(frames),
+        "episode": [episode] * len(frames),
+        "frame_index": [f.frame_index for f in frames],
+        "timestamp_s": [float(f.timestamp_s) for f in frames],
+        "width": [f.image.width for f in frames],
+        "height": [f.image.height for f in frames],
+        "image": [encode_jpeg(f.image, jpeg_quality) for f in frames],
+        "source_sha256": [source_sha256] * len(frames),
+    }
+    return pl.DataFrame(data, schema=FRAMES)
+
+
+def write_frame_shard(
+    frames: Iterable[SampledFrame],
+    *,
+    mal_id: int,
+    episode: int,
+    source_sha256: str,
+    dest: Path,
+    jpeg_quality: int = 90,
+) -> ShardInfo:
+    """Write one shard atomically; returns what was written."""
+    df = frames_dataframe(frames, mal_id=mal_id, episode=episode, source_sha256=source_sha256,
+                          jpeg_quality=jpeg_quality)
+    dest = Path(dest)
+    with atomic_path(dest, suffix=".parquet.tmp") as tmp:
+        df.write_parquet(tmp, compression=SHARD_COMPRESSION, row_group_size=df.height, statistics=True)
+    return ShardInfo(
+        path=dest,
+        num_frames=df.height,
+        bytes=dest.stat().st_size,
+        width=int(df["width"][0]),
+        height=int(df["height"][0]),
+    )
+
+
+def read_frame_shard(path: Path) -> pl.DataFrame:
+    """Read a shard and check it has exactly the FRAMES schema (MediaError naming the file otherwise)."""
+    path = Path(path)
+    try:
+        df = pl.read_parquet(path)
+    except Exception as e:
+        raise MediaError(f"{path}: not a readable frame shard ({type(e).__name__}: {e})", path=path) from None
+    got = dict(df.schema)
+    if got != FRAMES or list(got) != list(FRAMES):
+        raise MediaError(f"{path}: frame shard schema {got} differs from schemas.FRAMES", path=path)
+    return df
+
+
+def decode_frames(df: pl.DataFrame) -> list[Image.Image]:
+    """The shard's JPEG images as RGB PIL images, in row order."""
+    out = []
+    for i, data in enumerate(df["image"].to_list()):
+        try:
+            img = Image.open(io.BytesIO(data))
+            img.load()
+        except Exception as e:
+            raise MediaError(f"frame row {i}: image bytes are not a readable JPEG ({e})") from None
+        out.append(img.convert("RGB"))
+    return out
+
+
+def extract_frame_shard(
+    video_path: Path,
+    *,
+    mal_id: int,
+    episode: int = 1,
+    dest: Path,
+    cfg: SamplingConfig | None = None,
+    probe: VideoProbe | None = None,
+    jpeg_quality: int = 90,
+) -> ShardInfo:
+    """Probe → sample → write: the frame shard of one episode (used by the Dagster asset)."""
+    if probe is None or not probe.sha256:
+        probe = probe_video(video_path)
+    frames = sample_frames(video_path, cfg or SamplingConfig(), probe)
+    if not frames:
+        raise MediaError(f"{video_path}: no frames could be sampled", path=video_path)
+    return write_frame_shard(
+        frames, mal_id=mal_id, episode=episode, source_sha256=probe.sha256, dest=dest, jpeg_quality=jpeg_quality
+    )

@@ -1,0 +1,147 @@
+"""Samples table (schemas.SAMPLES) + per-title frame shards (schemas.FRAMES) → collator-ready samples."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import polars as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from anime_pipeline import schemas
+from anime_pipeline.paths import within
+from anime_pipeline.training.prompt import uniform_indices
+
+
+class FramesMissingError(FileNotFoundError):
+    """A sample's frame shard is absent or holds no frames for the title."""
+
+
+def read_samples(samples: pl.DataFrame | str | Path, *, split: str | None = None) -> pl.DataFrame:
+    """The samples table (a DataFrame or a Parquet path), optionally filtered to one split."""
+    df = samples if isinstance(samples, pl.DataFrame) else pl.read_parquet(Path(samples))
+    missing = {"mal_id", "prompt", "synopsis", "frames_path"} - set(df.columns)
+    if missing:
+        raise ValueError(f"samples table lacks columns {sorted(missing)}")
+    if split is not None and "split" in df.columns:
+        df = df.filter(pl.col("split") == split)
+    return df
+
+
+def decode_jpeg(data: bytes):
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return img.convert("RGB")
+
+
+class ShardVideoDataset(Dataset):
+    """One item per samples row: `{"images", "timestamps", "duration_s", "prompt", "answer", "mal_id",
+    "name"}`. Frames come from `data_home / frames_path` (a FRAMES Parquet shard), filtered to the row's
+    `mal_id`, ordered by timestamp, decoded from JPEG; with `max_frames`, spread uniformly (first and
+    last kept)."""
+
+    def __init__(self, samples: pl.DataFrame | str | Path, data_home: Path, max_frames: int | None = None):
+        if max_frames is not None and max_frames < 1:
+            raise ValueError("max_frames must be >= 1 or None")
+        self.data_home = Path(data_home)
+        self.max_frames = max_frames
+        df = read_samples(samples)
+        self.rows = df.to_dicts()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def read_frames(self, row: dict) -> pl.DataFrame:
+        path = within(self.data_home, row["frames_path"])
+        if not path.is_file():
+            raise FramesMissingError(f"frame shard {path} for MAL {row['mal_id']} does not exist")
+        cols = ["mal_id", "frame_index", "timestamp_s", "image"]
+        frames = pl.read_parquet(path, columns=cols)
+        frames = frames.filter(pl.col("mal_id") == row["mal_id"]).sort(["timestamp_s", "frame_index"])
+        if frames.height == 0:
+            raise FramesMissingError(f"frame shard {path} holds no frames for MAL {row['mal_id']}")
+        return frames
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.rows[i]
+        frames = self.read_frames(row)
+        idx = uniform_indices(frames.height, self.max_frames) if self.max_frames else list(range(frames.height))
+        ts = frames["timestamp_s"].to_list()
+        blobs = frames["image"].to_list()
+        duration = row.get("duration_s")
+        if duration is None:
+            duration = float(ts[-1]) if ts else 0.0
+        return {
+            "images": [decode_jpeg(blobs[j]) for j in idx],
+            "timestamps": [float(ts[j]) for j in idx],
+            "duration_s": float(duration),
+            "prompt": row["prompt"],
+            "answer": row["synopsis"],
+            "mal_id": int(row["mal_id"]),
+            "name": row.get("name"),
+        }
+
+
+class EpochSampler(Sampler[int]):
+    """Deterministic order per (seed, epoch), resumable: `set_epoch(e, start=k)` skips the first k items."""
+
+    def __init__(self, n: int, *, shuffle: bool = True, seed: int = 0):
+        self.n, self.shuffle, self.seed = int(n), bool(shuffle), int(seed)
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = int(epoch), int(start)
+
+    def order(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.n))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order(self.epoch)[self.start:])
+
+    def __len__(self) -> int:
+        return max(0, self.n - self.start)
+
+
+def _identity(x):
+    return x
+
+
+def make_dataloader(dataset: Dataset, collator=None, *, batch_size: int = 1, shuffle: bool = False,
+                    num_workers: int = 0, pin_memory: bool | None = None, prefetch_factor: int | None = 2,
+                    persistent_workers: bool | None = None, seed: int = 0, drop_last: bool = False,
+                    sampler: Sampler | None = None) -> DataLoader:
+    """DataLoader over a dataset of samples. `collator=None` yields lists of sample dicts.
+
+    Workers > 0 get `prefetch_factor` and persistent workers (unless told otherwise); `pin_memory`
+    defaults to CUDA being available. The order comes from an `EpochSampler(seed)` unless one is given.
+    """
+    if sampler is None:
+        sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed)
+    kw: dict = {}
+    if num_workers > 0:
+        kw["prefetch_factor"] = prefetch_factor or 2
+        kw["persistent_workers"] = True if persistent_workers is None else persistent_workers
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=collator or _identity,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        drop_last=drop_last,
+        # Own generator: creating an iterator never draws from the global RNG (keeps resumed runs'
+        # dropout streams identical to uninterrupted ones).
+        generator=torch.Generator().manual_seed(int(seed)),
+        **kw,
+    )
+
+
+def frames_table(rows: Sequence[dict]) -> pl.DataFrame:
+    """Build a FRAMES-schema table (handy for tests / tools)."""
+    return schemas.conform(pl.DataFrame(rows), schemas.FRAMES)

@@ -1,0 +1,92 @@
+"""Inference helpers for evaluation: load base (+ adapter), greedy captions, answer-token loss.
+
+Samples are the collator's dicts (`images`, `timestamps`, `duration_s`, `prompt`, and `answer` for the
+loss). Generation uses left padding (SmolVLM does not support right padding for batched generation).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from anime_pipeline.training.collator import VideoPromptCollator, VideoSFTCollator
+from anime_pipeline.training.model import answer_loss, load_base_model, model_inputs, to_device
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def load_model(base: str | Path, adapter_dir: str | Path | None = None, *, device: str = "auto",
+               dtype: str = "auto", attn_implementation: str = "auto", merge: bool = True):
+    """Frozen base model (+ peft adapter, merged into the weights unless `merge=False`) in eval mode."""
+    model = load_base_model(str(base), device=device, dtype=dtype, attn_implementation=attn_implementation)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+        if merge:
+            model = model.merge_and_unload()
+    model.requires_grad_(False)
+    model.eval()
+    return model
+
+
+def _chunks(items: Sequence, n: int):
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+@torch.no_grad()
+def generate_captions(model, processor, samples: Sequence[dict], *, max_new_tokens: int = 160,
+                      batch_size: int = 4, max_length: int | None = None) -> list[str]:
+    """Greedy captions, one per sample (left-padded batches; stops at `<end_of_utterance>`).
+
+    With `max_length`, frames are dropped uniformly so that prompt + `max_new_tokens` fit.
+    """
+    collator = VideoPromptCollator(processor, max_length=max_length, max_new_tokens=max_new_tokens,
+                                   padding_side="left")
+    device = _device(model)
+    was_training = model.training
+    model.eval()
+    out: list[str] = []
+    try:
+        for chunk in _chunks(list(samples), max(1, int(batch_size))):
+            batch = to_device(model_inputs(collator(chunk)), device)
+            gen = model.generate(
+                **batch,
+                max_new_tokens=int(max_new_tokens),
+                do_sample=False,
+                num_beams=1,
+                eos_token_id=processor.end_of_utterance_id,
+                pad_token_id=processor.pad_token_id,
+                use_cache=True,
+            )
+            new = gen[:, batch["input_ids"].shape[1]:]
+            out.extend(t.strip() for t in processor.batch_decode(new, skip_special_tokens=True))
+    finally:
+        model.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def compute_loss(model, processor, samples: Sequence[dict], *, batch_size: int = 4,
+                 max_length: int | None = None) -> float:
+    """Mean cross-entropy over the answer tokens (+ closing `<end_of_utterance>`) of all samples."""
+    collator = VideoSFTCollator(processor, max_length=max_length)
+    device = _device(model)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for chunk in _chunks(list(samples), max(1, int(batch_size))):
+            loss_sum, n = answer_loss(model, to_device(collator(chunk), device))
+            total += float(loss_sum)
+            count += n
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("no answer tokens to score")
+    return total / count

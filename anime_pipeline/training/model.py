@@ -1,0 +1,287 @@
+"""Loading SmolVLM for LoRA/DoRA/QLoRA training, and the loss used by training, eval and inference.
+
+Pitfalls handled (training-pitfalls.md):
+
+- P3 dtype: one dtype for every non-quantized module (bf16 on CUDA, fp32 on CPU), no blanket fp32
+  upcast (`prepare_model_for_kbit_training` is not used), the connector's output is cast to the text
+  embedding dtype, and `merge_image_features` casts explicitly when features are fed via `inputs_embeds`.
+- P4 frozen tower: vision tower and connector are frozen and their `forward` runs under
+  `torch.no_grad()` whenever none of their parameters requires grad, so autograd never records them
+  (even with `enable_input_require_grads` hooks). Gradient checkpointing is enabled on the text model
+  only (non-reentrant).
+- P5 attention: `flash_attention_2` only with CUDA + an importable `flash_attn` + bf16/fp16; SDPA otherwise.
+- P10 LoRA targets: a regex over the text model's projections only.
+- QLoRA (CUDA + bitsandbytes only): 4-bit NF4 text model; vision tower, connector and `lm_head` stay
+  unquantized via `llm_int8_skip_modules`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+TEXT_LORA_TARGET = r".*text_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask")
+QLORA_SKIP_MODULES = ["vision_model", "connector", "lm_head"]
+
+
+class ModelSetupError(RuntimeError):
+    """The requested model setup is impossible here (e.g. QLoRA without CUDA/bitsandbytes)."""
+
+
+# Resolution of device / dtype / attention ---------------------------------------------------------
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(device: torch.device, dtype: str | torch.dtype | None = "auto") -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+            "fp32": torch.float32, "float32": torch.float32}[str(dtype)]
+
+
+def flash_attn_available() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def resolve_attn(device: torch.device, dtype: torch.dtype, attn: str | None = "auto") -> str:
+    if attn not in (None, "auto"):
+        return str(attn)
+    if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) and flash_attn_available():
+        return "flash_attention_2"
+    return "sdpa"
+
+
+# Structure helpers -------------------------------------------------------------------------------
+def unwrap(model) -> Any:
+    """The `SmolVLMForConditionalGeneration` inside a peft wrapper (LoRA layers stay injected)."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
+def smolvlm_parts(model) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+    """(vision_model, connector, text_model) of a SmolVLM (possibly peft-wrapped) model."""
+    inner = unwrap(model).model
+    return inner.vision_model, inner.connector, inner.text_model
+
+
+def _run_without_grad_when_frozen(module: torch.nn.Module) -> None:
+    """Make `module.forward` run under `torch.no_grad()` while none of its parameters requires grad."""
+    if getattr(module, "_anime_no_grad_wrapped", False):
+        return
+    original = module.forward
+
+    @functools.wraps(original)
+    def forward(*args, **kwargs):
+        if any(p.requires_grad for p in module.parameters()):
+            return original(*args, **kwargs)
+        with torch.no_grad():
+            return original(*args, **kwargs)
+
+    module.forward = forward
+    module._anime_no_grad_wrapped = True
+
+
+def freeze_vision(model) -> None:
+    """Freeze vision tower + connector, run them without autograd, cast connector output to text dtype."""
+    vision, connector, text = smolvlm_parts(model)
+    for module in (vision, connector):
+        module.requires_grad_(False)
+        _run_without_grad_when_frozen(module)
+    if not getattr(connector, "_anime_cast_hook", False):
+        embed = text.get_input_embeddings()
+
+        def cast(_mod, _inp, out):
+            return out.to(embed.weight.dtype) if torch.is_tensor(out) and out.is_floating_point() else out
+
+        connector.register_forward_hook(cast)
+        connector._anime_cast_hook = True
+
+
+def enable_text_checkpointing(model) -> None:
+    """Gradient (activation) checkpointing on the text model only, non-reentrant."""
+    _, _, text = smolvlm_parts(model)
+    kwargs = {"use_reentrant": False}
+    if hasattr(text, "activation_checkpointing_enable"):
+        text.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # transformers < 5.x minor that only has the old name
+        text.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+# Loading -----------------------------------------------------------------------------------------
+def _cfg(cfg, name: str, default):
+    return getattr(cfg, name, default) if cfg is not None else default
+
+
+def load_base_model(model_id_or_dir: str, *, device: str | torch.device = "auto", dtype: Any = "auto",
+                    attn_implementation: str | None = "auto", qlora: bool = False):
+    """Load the (frozen) base model on `device` in one dtype; QLoRA quantizes the text model to 4 bit."""
+    from transformers import AutoModelForImageTextToText
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dev, dtype)
+    attn = resolve_attn(dev, dt, attn_implementation)
+    kwargs: dict[str, Any] = {"dtype": dt, "attn_implementation": attn}
+    if qlora:
+        if dev.type != "cuda":
+            raise ModelSetupError("qlora=True needs a CUDA device (bitsandbytes 4-bit); set qlora=false on CPU")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ModelSetupError("qlora=True needs the 'bitsandbytes' package (pip install anime_pipeline[gpu])")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dt,
+            bnb_4bit_quant_storage=dt,
+            llm_int8_skip_modules=list(QLORA_SKIP_MODULES),
+        )
+        kwargs["device_map"] = {"": dev.index if dev.index is not None else torch.cuda.current_device()}
+    model = AutoModelForImageTextToText.from_pretrained(str(model_id_or_dir), **kwargs)
+    if not qlora:
+        model.to(dev)
+    model.requires_grad_(False)
+    freeze_vision(model)
+    return model
+
+
+def load_for_training(model_id_or_dir: str, cfg=None):
+    """Base model + LoRA/DoRA adapters on the text model's q/k/v/o/gate/up/down projections.
+
+    `cfg` is a `TrainConfig` (or anything with its attribute names): `lora_r`, `lora_alpha`,
+    `lora_dropout`, `use_dora`, `qlora`, `gradient_checkpointing`, `attn_implementation`, `device`,
+    `dtype`. Returns a peft model in train mode whose only trainable parameters are the adapters.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    model = load_base_model(
+        model_id_or_dir, device=_cfg(cfg, "device", "auto"), dtype=_cfg(cfg, "dtype", "auto"),
+        attn_implementation=_cfg(cfg, "attn_implementation", "auto"), qlora=bool(_cfg(cfg, "qlora", False)),
+    )
+    model.config.use_cache = False
+    if _cfg(cfg, "gradient_checkpointing", True):
+        enable_text_checkpointing(model)
+    lora = LoraConfig(
+        r=int(_cfg(cfg, "lora_r", 16)),
+        lora_alpha=int(_cfg(cfg, "lora_alpha", 32)),
+        lora_dropout=float(_cfg(cfg, "lora_dropout", 0.05)),
+        target_modules=TEXT_LORA_TARGET,
+        use_dora=bool(_cfg(cfg, "use_dora", False)),
+        bias="none",
+    )
+    model = get_peft_model(model, lora)
+    bad = [n for n, p in model.named_parameters() if p.requires_grad and "text_model" not in n]
+    if bad:
+        raise ModelSetupError(f"trainable parameters outside the text model: {bad[:5]}")
+    model.train()
+    return model
+
+
+# Parameter accounting ----------------------------------------------------------------------------
+def _component(name: str) -> str:
+    if "vision_model" in name:
+        return "vision"
+    if "connector" in name:
+        return "connector"
+    if "lm_head" in name:
+        return "lm_head"
+    if "text_model" in name:
+        return "text"
+    return "other"
+
+
+def _numel(p: torch.nn.Parameter) -> int:
+    n = p.numel()
+    if type(p).__name__ == "Params4bit":  # two 4-bit values per stored byte
+        n *= 2
+    return int(n)
+
+
+def param_report(model) -> dict[str, dict[str, int]]:
+    """Trainable / frozen parameter counts per component (vision, connector, text, lm_head, total)."""
+    out = {k: {"trainable": 0, "frozen": 0} for k in ("vision", "connector", "text", "lm_head", "other", "total")}
+    for name, p in model.named_parameters():
+        key = "trainable" if p.requires_grad else "frozen"
+        n = _numel(p)
+        out[_component(name)][key] += n
+        out["total"][key] += n
+    if not any(out["other"].values()):
+        del out["other"]
+    return out
+
+
+# Forward / loss ------------------------------------------------------------------------------------
+def model_inputs(batch: dict) -> dict:
+    """Only the keys the model takes (drops labels and collator statistics)."""
+    return {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+
+
+def to_device(batch: dict, device: torch.device, *, non_blocking: bool = False) -> dict:
+    return {k: (v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def encode_frames(model, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None
+                  ) -> list[torch.Tensor]:
+    """Post-connector features per sample, `[n_real_frames, image_seq_len, hidden]` each."""
+    base = unwrap(model)
+    inner = base.model
+    real = (pixel_values != 0).flatten(2).any(-1)  # (B, F): zero frames are batch padding
+    out = inner.get_image_features(pixel_values, pixel_attention_mask, return_dict=True)
+    feats = out.pooler_output if hasattr(out, "pooler_output") else out
+    if torch.is_tensor(feats):
+        feats = list(feats.split(real.sum(1).tolist()))
+    seq = inner.image_seq_len
+    return [f.reshape(-1, seq, f.shape[-1]) for f in feats]
+
+
+def merge_image_features(model, input_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """Text embeddings with the `<image>` positions replaced (in order) by `features` (P7)."""
+    base = unwrap(model)
+    embeds = base.get_input_embeddings()(input_ids)
+    mask = input_ids == base.config.image_token_id
+    n = int(mask.sum())
+    if n * embeds.shape[-1] != features.numel():
+        raise ValueError(f"{n} <image> tokens but {features.numel() // embeds.shape[-1]} feature vectors")
+    return embeds.masked_scatter(mask.unsqueeze(-1), features.to(device=embeds.device, dtype=embeds.dtype))
+
+
+def answer_loss(model, batch: dict, *, image_features: list[torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over labelled tokens and their count.
+
+    The LM head runs only on positions with a label (no full-vocabulary logits for image tokens).
+    With `image_features` (one `[frames, seq, hidden]` tensor per sample, e.g. from the feature
+    cache), the vision tower is skipped and the features are merged into `inputs_embeds`.
+    """
+    base = unwrap(model)
+    labels = batch["labels"]
+    if image_features is not None:
+        feats = torch.cat([f.reshape(-1, f.shape[-1]) for f in image_features], 0)
+        embeds = merge_image_features(base, batch["input_ids"], feats)
+        out = base.model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=False)
+    else:
+        out = base.model(**model_inputs(batch), use_cache=False)
+    hidden = out.last_hidden_state[:, :-1]
+    target = labels[:, 1:].to(hidden.device)
+    sel = target != -100
+    n = int(sel.sum())
+    if n == 0:
+        return hidden.sum() * 0.0, 0
+    logits = base.lm_head(hidden[sel]).float()
+    return F.cross_entropy(logits, target[sel], reduction="sum"), n

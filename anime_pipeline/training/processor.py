@@ -1,0 +1,211 @@
+"""A SmolVLM processor for frames-as-images that needs no torchvision (training-pitfalls.md P8).
+
+`AutoProcessor.from_pretrained` fails without torchvision (the video processor is mandatory), and
+`SmolVLMProcessor` cannot be built with `video_processor=None`. The frames-as-images route only needs
+the tokenizer and the PIL image processor, so this is a small tokenizer + image-processor pair that does
+exactly what `SmolVLMProcessor.__call__` does for images with splitting off (P9): expand every
+`<image>` into `<fake_token_around_image><global-img>` + `image_seq_len` × `<image>` +
+`<fake_token_around_image>`, tokenize without adding special tokens (the template writes
+`<|im_start|>`), and turn each frame into one `image_size`² tile (long side → `max_side`, then squashed).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from anime_pipeline.training import prompt as P
+
+
+class ProcessorError(ValueError):
+    """The model's files do not describe a usable SmolVLM processor."""
+
+
+@dataclass
+class FramesProcessor:
+    """Tokenizer + image processor pair with SmolVLM's prompt expansion (image splitting always off)."""
+
+    tokenizer: Any
+    image_processor: Any
+    image_seq_len: int
+    image_size: int  # vision tower input edge (= max_image_size.longest_edge)
+    max_side: int  # first resize stage: long side → max_side (aspect kept), then squashed to image_size²
+    chat_template: str = field(default_factory=P.chat_template)
+
+    def __post_init__(self) -> None:
+        tok = self.tokenizer
+        self.image_token = P.IMAGE_TOKEN
+        self.fake_image_token = P.FAKE_IMAGE_TOKEN
+        self.global_image_token = P.GLOBAL_IMAGE_TOKEN
+        self.end_of_utterance_token = P.END_OF_UTTERANCE
+        ids = {}
+        for t in (P.IMAGE_TOKEN, P.FAKE_IMAGE_TOKEN, P.GLOBAL_IMAGE_TOKEN, P.END_OF_UTTERANCE, *P.ROW_COL_TOKENS):
+            i = tok.convert_tokens_to_ids(t)
+            if i is None or i == tok.unk_token_id:
+                raise ProcessorError(f"tokenizer has no special token {t}")
+            ids[t] = int(i)
+        self.image_token_id = ids[P.IMAGE_TOKEN]
+        self.fake_image_token_id = ids[P.FAKE_IMAGE_TOKEN]
+        self.global_image_token_id = ids[P.GLOBAL_IMAGE_TOKEN]
+        self.end_of_utterance_id = ids[P.END_OF_UTTERANCE]
+        self.row_col_token_ids = frozenset(ids[t] for t in P.ROW_COL_TOKENS)
+        pad = tok.pad_token_id
+        self.pad_token_id = int(pad) if pad is not None else int(tok.convert_tokens_to_ids(P.PAD_TOKEN))
+        # Ids that must never carry a label.
+        self.image_related_ids = frozenset(
+            {self.image_token_id, self.fake_image_token_id, self.global_image_token_id, *self.row_col_token_ids}
+        )
+        self._mean = np.asarray(getattr(self.image_processor, "image_mean", [0.5] * 3), np.float32).reshape(3, 1, 1)
+        self._std = np.asarray(getattr(self.image_processor, "image_std", [0.5] * 3), np.float32).reshape(3, 1, 1)
+        self._scale = float(getattr(self.image_processor, "rescale_factor", 1 / 255))
+
+    # Text --------------------------------------------------------------------------------------
+    def render(self, messages: list[dict], *, add_generation_prompt: bool = False) -> str:
+        """Chat template text with one `<image>` per frame (not expanded)."""
+        return P.render(messages, add_generation_prompt=add_generation_prompt, template=self.chat_template)
+
+    def expand(self, text: str) -> str:
+        return P.expand_images(text, self.image_seq_len)
+
+    def encode(self, expanded_text: str, *, offsets: bool = False) -> dict:
+        """Tokenize already-expanded text: no BOS/EOS added, no truncation."""
+        return self.tokenizer(expanded_text, add_special_tokens=False, truncation=False,
+                              return_offsets_mapping=offsets, return_attention_mask=False)
+
+    def decode(self, ids, **kw) -> str:
+        return self.tokenizer.decode(ids, **kw)
+
+    def batch_decode(self, ids, **kw) -> list[str]:
+        return self.tokenizer.batch_decode(ids, **kw)
+
+    # Images ------------------------------------------------------------------------------------
+    def frame_array(self, image) -> np.ndarray:
+        """One frame → float32 CHW `image_size`², normalised exactly like the image processor."""
+        from PIL import Image
+
+        if not isinstance(image, Image.Image):
+            image = Image.fromarray(np.asarray(image))
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        s = self.image_size
+        if image.size == (s, s):
+            # Fast path (P12): nothing to resize; same arithmetic as rescale + normalize.
+            arr = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) * np.float32(self._scale)
+            return (arr - self._mean) / self._std
+        out = self.image_processor(
+            images=[[image]], do_image_splitting=False, size={"longest_edge": self.max_side},
+            max_image_size={"longest_edge": s}, do_pad=False, return_tensors="np",
+        )
+        return np.asarray(out["pixel_values"][0][0], dtype=np.float32)
+
+    def images(self, batch: Sequence[Sequence[Any]]) -> dict[str, torch.Tensor]:
+        """Frames of each sample → `pixel_values (B, F, 3, S, S)` (zero-padded frames) and a bool
+        `pixel_attention_mask (B, F, S, S)`; F is the largest frame count in the batch."""
+        b = len(batch)
+        f = max((len(x) for x in batch), default=0)
+        s = self.image_size
+        pv = torch.zeros((b, max(f, 1), 3, s, s), dtype=torch.float32)
+        mask = torch.zeros((b, max(f, 1), s, s), dtype=torch.bool)
+        for i, frames in enumerate(batch):
+            for j, img in enumerate(frames):
+                pv[i, j] = torch.from_numpy(self.frame_array(img))
+                mask[i, j] = True
+        return {"pixel_values": pv, "pixel_attention_mask": mask}
+
+    # Both --------------------------------------------------------------------------------------
+    def __call__(self, text: Sequence[str], images: Sequence[Sequence[Any]] | None = None, *,
+                 padding_side: str = "right") -> dict[str, torch.Tensor]:
+        """Like `SmolVLMProcessor(text=..., images=...)`: `text` holds one `<image>` per frame."""
+        text = list(text)
+        if images is not None:
+            if len(images) != len(text):
+                raise ValueError(f"{len(text)} texts but {len(images)} image lists")
+            for t, ims in zip(text, images):
+                if t.count(self.image_token) != len(ims):
+                    raise ValueError(f"text has {t.count(self.image_token)} {self.image_token} but {len(ims)} images")
+        ids = [self.encode(self.expand(t))["input_ids"] for t in text]
+        out = self.pad(ids, padding_side=padding_side)
+        if images is not None and any(len(x) for x in images):
+            out.update(self.images(images))
+        return out
+
+    def pad(self, seqs: Sequence[Sequence[int]], *, padding_side: str = "right",
+            labels: Sequence[Sequence[int]] | None = None) -> dict[str, torch.Tensor]:
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
+        n = max(len(s) for s in seqs)
+        input_ids = torch.full((len(seqs), n), self.pad_token_id, dtype=torch.long)
+        attn = torch.zeros((len(seqs), n), dtype=torch.long)
+        lab = torch.full((len(seqs), n), -100, dtype=torch.long) if labels is not None else None
+        for i, s in enumerate(seqs):
+            sl = slice(n - len(s), n) if padding_side == "left" else slice(0, len(s))
+            input_ids[i, sl] = torch.as_tensor(list(s), dtype=torch.long)
+            attn[i, sl] = 1
+            if lab is not None:
+                lab[i, sl] = torch.as_tensor(list(labels[i]), dtype=torch.long)
+        out = {"input_ids": input_ids, "attention_mask": attn}
+        if lab is not None:
+            out["labels"] = lab
+        return out
+
+    def save_pretrained(self, dest: Path) -> None:
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(dest)
+        self.image_processor.save_pretrained(dest)
+        (dest / "processor_config.json").write_text(
+            json.dumps({"image_seq_len": self.image_seq_len, "processor_class": "SmolVLMProcessor"}, indent=2))
+        (dest / "chat_template.jinja").write_text(self.chat_template, encoding="utf-8")
+
+
+def _optional_json(model: str, name: str) -> dict | None:
+    p = Path(model)
+    if p.is_dir():
+        f = p / name
+        return json.loads(f.read_text()) if f.is_file() else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(model, name)).read_text())
+    except Exception:  # noqa: BLE001 - absent file / offline: the caller falls back
+        return None
+
+
+def load_processor(model_dir_or_id: str | Path, *, max_side: int | None = None) -> FramesProcessor:
+    """Build the frames processor for a SmolVLM checkpoint (local dir or hub id in the local cache).
+
+    `max_side`: first resize stage (long side); default the vision tower's `image_size` (512 for
+    SmolVLM2-500M, 64 for the tiny model), as the authors' trainer does for video (`video_target_size`).
+    `image_seq_len` is computed from the model config and cross-checked with `processor_config.json`.
+    """
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+
+    model = str(model_dir_or_id)
+    config = AutoConfig.from_pretrained(model)
+    vc = config.vision_config
+    image_size, patch, scale = int(vc.image_size), int(vc.patch_size), int(config.scale_factor)
+    if (image_size // patch) % scale:
+        raise ProcessorError(f"(image_size/patch_size)={image_size // patch} is not divisible by scale_factor={scale}")
+    image_seq_len = (image_size // patch) ** 2 // scale**2
+    pc = _optional_json(model, "processor_config.json")
+    if pc and "image_seq_len" in pc and int(pc["image_seq_len"]) != image_seq_len:
+        raise ProcessorError(f"processor_config image_seq_len={pc['image_seq_len']} but the model config implies "
+                             f"{image_seq_len}")
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    image_processor = AutoImageProcessor.from_pretrained(model)
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str) or not template:
+        template = P.chat_template()
+    proc = FramesProcessor(
+        tokenizer=tokenizer, image_processor=image_processor, image_seq_len=image_seq_len,
+        image_size=image_size, max_side=int(max_side or image_size), chat_template=template,
+    )
+    if proc.image_token_id != int(config.image_token_id):
+        raise ProcessorError(f"tokenizer <image> id {proc.image_token_id} != config.image_token_id "
+                             f"{config.image_token_id}")
+    return proc

@@ -1,0 +1,498 @@
+"""LoRA/DoRA/QLoRA fine-tuning of SmolVLM2 on video samples: a plain, resumable training loop.
+
+Why a plain loop and not trl's `SFTTrainer`: it keeps the pitfalls out by construction — no
+`max_length=1024` truncation (P1; our collator drops frames instead and never cuts the answer), labels
+built from token offsets (P2), no `prepare_model_for_kbit_training` blanket upcast (P3), the frozen
+vision tower runs under `no_grad` and checkpointing is on the text model only (P4), and no torchvision
+processor (P8).
+
+Per optimizer step: `grad_accum` micro-batches, loss = summed token cross-entropy / labelled tokens in
+the whole window (token-weighted, independent of how tokens fall into micro-batches), gradient clipping,
+torch AdamW over the adapter parameters, warmup + schedule set by hand each step.
+
+Checkpoints (every `save_steps`, and at the end) hold the adapter (safetensors), the optimizer state
+(`torch.save` of tensors/primitives, loaded with `weights_only=True`), the RNG states and a JSON state
+(step, loss history, ...). With `resume=True`, a run continues after the latest complete checkpoint in
+`output_dir/checkpoints`, with the same data order (deterministic per seed and epoch) and RNG streams.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+Reporter = Callable[[dict], None]
+CHECKPOINT_RE = re.compile(r"^step-(\d{8})$")
+# Fields that must match for a checkpoint to be resumed.
+RESUME_KEYS = ("base_model", "train_samples", "lora_r", "lora_alpha", "use_dora", "qlora", "batch_size",
+               "grad_accum", "max_frames", "max_length", "max_side", "seed", "mask_policy")
+
+
+class ResumeError(RuntimeError):
+    """The checkpoint in output_dir belongs to a different run configuration."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything `train()` reads. Paths may be relative to the working directory.
+
+    Model / adapters:
+      base_model: hub id or local directory of a SmolVLM checkpoint (the tiny model dir in the demo).
+      lora_r, lora_alpha, lora_dropout: LoRA rank, scaling numerator, dropout on the adapter input.
+      use_dora: DoRA (weight-decomposed LoRA) instead of plain LoRA.
+      qlora: load the text model in 4-bit NF4 via bitsandbytes (CUDA only; raises elsewhere).
+      gradient_checkpointing: non-reentrant activation checkpointing on the text model only.
+      attn_implementation: "auto" (flash_attention_2 on CUDA + flash_attn + bf16, else sdpa), or a name.
+      device: "auto" (cuda if available, else cpu) or a torch device string.
+      dtype: "auto" (bf16 on CUDA with bf16 support, else fp32), "bf16", "fp16" or "fp32".
+    Data:
+      train_samples / val_samples: SAMPLES-schema Parquet files (val optional: no val losses then).
+      data_home: root the samples' `frames_path` are relative to.
+      max_frames: frames per sample read from the shard (uniform, first/last kept); None = all.
+      max_length: token budget per sample; longer samples lose frames (never the answer); None = no limit.
+      max_side: first image-resize stage (long side); None = the vision tower's image_size.
+      mask_policy: "assistant_only" (answer + its <end_of_utterance>) or "all_text".
+      val_max_samples: evaluate on at most this many val samples (the first ones); None = all.
+      num_workers, pin_memory (None = CUDA available), prefetch_factor: DataLoader settings
+        (persistent workers when num_workers > 0).
+    Optimisation:
+      lr, weight_decay, warmup_steps, lr_schedule ("constant" | "linear" | "cosine", after warmup),
+      max_grad_norm (clipping; 0/None = off), epochs, max_steps (optimizer steps; overrides epochs when
+      set), batch_size (samples per micro-batch), grad_accum (micro-batches per optimizer step),
+      eval_batch_size, seed (init, data order, dropout), torch_threads (CPU intra-op threads; None = torch
+      default).
+    Run control:
+      output_dir: checkpoints/, adapter/, train_config.json and train_result.json go here.
+      save_steps: checkpoint every N optimizer steps (0 = only the final one); keep_checkpoints: how
+        many to keep; resume: continue from the latest checkpoint in output_dir (else start afresh and
+        delete old checkpoints); log_every: progress report every N steps.
+      feature_cache: reuse post-connector vision features across epochs (safetensors under
+        feature_cache_dir, default output_dir/feature-cache).
+    """
+
+    base_model: str
+    train_samples: str
+    output_dir: str
+    data_home: str = "."
+    val_samples: str | None = None
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    use_dora: bool = False
+    qlora: bool = False
+    gradient_checkpointing: bool = True
+    attn_implementation: str = "auto"
+    device: str = "auto"
+    dtype: str = "auto"
+    max_frames: int | None = 64
+    max_length: int | None = None
+    max_side: int | None = None
+    mask_policy: str = "assistant_only"
+    val_max_samples: int | None = None
+    num_workers: int = 0
+    pin_memory: bool | None = None
+    prefetch_factor: int = 2
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_schedule: str = "cosine"
+    max_grad_norm: float | None = 1.0
+    epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int = 1
+    grad_accum: int = 1
+    eval_batch_size: int = 4
+    seed: int = 0
+    torch_threads: int | None = None
+    save_steps: int = 50
+    keep_checkpoints: int = 2
+    resume: bool = True
+    log_every: int = 1
+    feature_cache: bool = False
+    feature_cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in ("constant", "linear", "cosine"):
+            raise ValueError(f"lr_schedule must be constant, linear or cosine, not {self.lr_schedule!r}")
+        for name in ("batch_size", "grad_accum", "eval_batch_size", "log_every", "lora_r"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError("max_steps must be >= 1 or null")
+        if self.max_steps is None and not self.epochs > 0:
+            raise ValueError("epochs must be > 0 when max_steps is null")
+        if self.save_steps < 0 or self.keep_checkpoints < 1:
+            raise ValueError("save_steps must be >= 0 and keep_checkpoints >= 1")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {unknown}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, path_or_text: str | Path) -> "TrainConfig":
+        p = Path(path_or_text) if not str(path_or_text).lstrip().startswith("{") else None
+        text = p.read_text() if p is not None else str(path_or_text)
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass
+class TrainResult:
+    steps: int  # optimizer steps reached (including those before a resume)
+    total_steps: int
+    resumed_from_step: int | None
+    epochs: float  # passes over the training set
+    train_samples: int
+    val_samples: int
+    samples_seen: int  # training samples consumed in total (all runs)
+    loss_start: float | None  # loss of the first optimizer step
+    loss_end: float | None  # loss of the last optimizer step
+    loss_history: list[float]
+    val_loss_before: float | None  # mean answer-token loss of the base model on val
+    val_loss_after: float | None
+    samples_per_s: float  # this process's training throughput (eval excluded)
+    train_seconds: float  # this process's training time
+    peak_memory_bytes: int
+    peak_memory_kind: str  # "cuda_max_allocated" | "cpu_max_rss"
+    device: str
+    dtype: str
+    adapter_path: str
+    adapter_bytes: int
+    trainable_params: int
+    frozen_params: int
+    params: dict = field(default_factory=dict)  # per component: {"trainable": n, "frozen": n}
+    frames_dropped: int = 0  # frames dropped by the max_length policy (this process)
+    feature_cache_hits: int = 0
+    feature_cache_misses: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def metadata(self) -> dict[str, Any]:
+        """Flat, JSON-friendly values for Dagster metadata (no None, no long lists)."""
+        out: dict[str, Any] = {}
+        for k, v in self.to_dict().items():
+            if v is None or k == "loss_history":
+                continue
+            if k == "params":
+                for comp, d in v.items():
+                    out[f"params_{comp}_trainable"] = d["trainable"]
+                    out[f"params_{comp}_frozen"] = d["frozen"]
+                continue
+            out[k] = v
+        return out
+
+
+# Helpers -----------------------------------------------------------------------------------------
+def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    """Learning rate for optimizer step `step` (0-based)."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    span = max(1, total - cfg.warmup_steps)
+    frac = min(1.0, (step - cfg.warmup_steps) / span)
+    if cfg.lr_schedule == "linear":
+        return cfg.lr * (1.0 - frac)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "cpu_max_rss"
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def _labelled(batch: dict) -> int:
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def _checkpoints(root: Path) -> list[tuple[int, Path]]:
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        m = CHECKPOINT_RE.match(p.name)
+        if m and (p / "state.json").is_file():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def _rng_state() -> tuple[dict, dict]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda_{i}"] = s
+    py = random.getstate()
+    return tensors, {"python": [py[0], list(py[1]), py[2]]}
+
+
+def _set_rng_state(tensors: dict, meta: dict) -> None:
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda_")), key=lambda k: int(k[5:]))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    py = meta.get("python")
+    if py:
+        random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+def _atomic_dir(final: Path, write: Callable[[Path], None]) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        write(tmp)
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+            os.replace(final, old / "x")
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_adapter(model, dest: Path) -> Path:
+    """Standard peft adapter dir (adapter_config.json + adapter_model.safetensors), written atomically."""
+    _atomic_dir(Path(dest), lambda tmp: model.save_pretrained(str(tmp), safe_serialization=True))
+    return Path(dest)
+
+
+# Evaluation --------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model, loader, device: torch.device, *, cache=None) -> float | None:
+    """Mean answer-token loss over a loader of SFT batches (token-weighted)."""
+    from anime_pipeline.training.model import answer_loss, to_device
+
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for batch in loader:
+            batch.pop("frames_kept", None)
+            batch.pop("frames_total", None)
+            batch = to_device(batch, device)
+            feats = cache.get(model, batch["pixel_values"], batch.get("pixel_attention_mask")) if cache else None
+            loss_sum, n = answer_loss(model, batch, image_features=feats)
+            total += float(loss_sum)
+            count += n
+    finally:
+        model.train(was_training)
+    return total / count if count else None
+
+
+# Training ----------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
+    """Fine-tune `cfg.base_model` with adapters; returns metrics and the final adapter's location."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from anime_pipeline.training.collator import VideoSFTCollator
+    from anime_pipeline.training.data import EpochSampler, ShardVideoDataset, make_dataloader
+    from anime_pipeline.training.model import (answer_loss, load_for_training, param_report, resolve_device,
+                                               to_device)
+    from anime_pipeline.training.processor import load_processor
+
+    report = reporter or (lambda event: None)
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_root = out_dir / "checkpoints"
+    if cfg.torch_threads:
+        torch.set_num_threads(int(cfg.torch_threads))
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    # Data ----------------------------------------------------------------------------------------
+    processor = load_processor(cfg.base_model, max_side=cfg.max_side)
+    collator = VideoSFTCollator(processor, max_length=cfg.max_length, mask_policy=cfg.mask_policy,
+                                padding_side="right", return_stats=True)
+    train_ds = ShardVideoDataset(cfg.train_samples, Path(cfg.data_home), cfg.max_frames)
+    if len(train_ds) == 0:
+        raise ValueError(f"no training samples in {cfg.train_samples}")
+    val_ds = None
+    if cfg.val_samples:
+        val_ds = ShardVideoDataset(cfg.val_samples, Path(cfg.data_home), cfg.max_frames)
+        if cfg.val_max_samples is not None:
+            val_ds.rows = val_ds.rows[: cfg.val_max_samples]
+        if len(val_ds) == 0:
+            val_ds = None
+    device = resolve_device(cfg.device)
+    pin = (device.type == "cuda") if cfg.pin_memory is None else cfg.pin_memory
+    sampler = EpochSampler(len(train_ds), shuffle=True, seed=cfg.seed)
+    loader = make_dataloader(train_ds, collator, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                             pin_memory=pin, prefetch_factor=cfg.prefetch_factor, sampler=sampler)
+    val_loader = None
+    if val_ds is not None:
+        val_loader = make_dataloader(val_ds, collator, batch_size=cfg.eval_batch_size, shuffle=False,
+                                     num_workers=cfg.num_workers, pin_memory=pin,
+                                     prefetch_factor=cfg.prefetch_factor)
+    batches_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum))
+
+    # Model ---------------------------------------------------------------------------------------
+    model = load_for_training(cfg.base_model, cfg)
+    params = param_report(model)
+    dtype = next(p for p in model.parameters() if p.is_floating_point() and not p.requires_grad).dtype
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    cache = None
+    if cfg.feature_cache:
+        from anime_pipeline.training.feature_cache import FeatureCache
+
+        cache = FeatureCache(Path(cfg.feature_cache_dir or out_dir / "feature-cache"), model)
+
+    # Resume --------------------------------------------------------------------------------------
+    state: dict[str, Any] = {"step": 0, "micro": 0, "samples_seen": 0, "loss_history": [],
+                             "val_loss_before": None}
+    resumed_from = None
+    existing = _checkpoints(ckpt_root)
+    if existing and cfg.resume:
+        step_no, ck = existing[-1]
+        saved = json.loads((ck / "state.json").read_text())
+        mismatch = {k: (saved["config"].get(k), getattr(cfg, k)) for k in RESUME_KEYS
+                    if saved["config"].get(k) != getattr(cfg, k)}
+        if mismatch:
+            raise ResumeError(f"checkpoint {ck} was made with different settings {mismatch}; "
+                              "use another output_dir or resume=false")
+        set_peft_model_state_dict(model, load_file(str(ck / "adapter" / "adapter_model.safetensors"),
+                                                   device=str(device)))
+        optimizer.load_state_dict(torch.load(ck / "optimizer.pt", map_location=device, weights_only=True))
+        rng_tensors = torch.load(ck / "rng.pt", weights_only=True)
+        state = saved["state"]
+        resumed_from = step_no
+        report({"event": "resume", "step": step_no, "checkpoint": str(ck)})
+    elif existing:
+        shutil.rmtree(ckpt_root)
+
+    report({"event": "start", "total_steps": total_steps, "start_step": state["step"], "device": str(device),
+            "dtype": str(dtype).replace("torch.", ""), "train_samples": len(train_ds),
+            "val_samples": len(val_ds) if val_ds else 0, "params": params})
+
+    if val_loader is not None and state["val_loss_before"] is None:
+        state["val_loss_before"] = evaluate(model, val_loader, device, cache=cache)
+        report({"event": "eval", "phase": "before", "val_loss": state["val_loss_before"]})
+    if resumed_from is not None:
+        _set_rng_state(rng_tensors, saved.get("rng", {}))
+
+    def save_checkpoint(step: int) -> Path:
+        tensors, meta = _rng_state()
+
+        def write(tmp: Path) -> None:
+            model.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(tensors, tmp / "rng.pt")
+            (tmp / "state.json").write_text(json.dumps({"config": cfg.to_dict(), "state": state, "rng": meta}))
+
+        final = ckpt_root / f"step-{step:08d}"
+        _atomic_dir(final, write)
+        for _, old in _checkpoints(ckpt_root)[:-cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        report({"event": "checkpoint", "step": step, "path": str(final)})
+        return final
+
+    def micro_batches(start_micro: int) -> Iterator[dict]:
+        epoch, pos = divmod(start_micro, batches_per_epoch)
+        while True:
+            sampler.set_epoch(epoch, start=pos * cfg.batch_size)
+            yield from loader
+            epoch, pos = epoch + 1, 0
+
+    # Loop ----------------------------------------------------------------------------------------
+    model.train()
+    stream = micro_batches(state["micro"])
+    t0 = time.perf_counter()
+    run_samples = 0
+    frames_dropped = 0
+    non_blocking = pin and device.type == "cuda"
+    while state["step"] < total_steps:
+        step = state["step"]
+        window = [next(stream) for _ in range(cfg.grad_accum)]
+        n_tokens = sum(_labelled(b) for b in window)
+        optimizer.zero_grad(set_to_none=True)
+        loss_total = 0.0
+        for batch in window:
+            kept, total = batch.pop("frames_kept"), batch.pop("frames_total")
+            frames_dropped += int((total - kept).sum())
+            run_samples += int(batch["input_ids"].shape[0])
+            batch = to_device(batch, device, non_blocking=non_blocking)
+            feats = cache.get(model, batch["pixel_values"], batch.get("pixel_attention_mask")) if cache else None
+            loss_sum, _ = answer_loss(model, batch, image_features=feats)
+            if n_tokens:
+                (loss_sum / n_tokens).backward()
+            loss_total += float(loss_sum)
+        if cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+        lr = lr_at(cfg, step, total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+        loss = loss_total / n_tokens if n_tokens else float("nan")
+        state["step"] = step + 1
+        state["micro"] += cfg.grad_accum
+        state["samples_seen"] += sum(int(b["input_ids"].shape[0]) for b in window)
+        state["loss_history"].append(loss)
+        elapsed = time.perf_counter() - t0
+        if cfg.save_steps and state["step"] % cfg.save_steps == 0 and state["step"] < total_steps:
+            save_checkpoint(state["step"])
+        if state["step"] % cfg.log_every == 0 or state["step"] == total_steps:
+            report({"event": "progress", "step": state["step"], "total_steps": total_steps, "loss": loss,
+                    "lr": lr, "samples_per_s": run_samples / elapsed if elapsed > 0 else 0.0,
+                    "epoch": state["samples_seen"] / len(train_ds), "elapsed_s": elapsed})
+    train_seconds = time.perf_counter() - t0
+    if resumed_from is None or resumed_from < total_steps:
+        save_checkpoint(state["step"])
+
+    # Final ---------------------------------------------------------------------------------------
+    val_after = None
+    if val_loader is not None:
+        val_after = evaluate(model, val_loader, device, cache=cache)
+        report({"event": "eval", "phase": "after", "val_loss": val_after})
+    adapter_dir = save_adapter(model, out_dir / "adapter")
+    mem, mem_kind = peak_memory(device)
+    hist = state["loss_history"]
+    result = TrainResult(
+        steps=state["step"], total_steps=total_steps, resumed_from_step=resumed_from,
+        epochs=state["samples_seen"] / len(train_ds), train_samples=len(train_ds),
+        val_samples=len(val_ds) if val_ds else 0, samples_seen=state["samples_seen"],
+        loss_start=hist[0] if hist else None, loss_end=hist[-1] if hist else None, loss_history=list(hist),
+        val_loss_before=state["val_loss_before"], val_loss_after=val_after,
+        samples_per_s=run_samples / train_seconds if train_seconds > 0 else 0.0, train_seconds=train_seconds,
+        peak_memory_bytes=mem, peak_memory_kind=mem_kind, device=str(device),
+        dtype=str(dtype).replace("torch.", ""), adapter_path=str(adapter_dir),
+        adapter_bytes=dir_bytes(adapter_dir), trainable_params=params["total"]["trainable"],
+        frozen_params=params["total"]["frozen"], params=params, frames_dropped=frames_dropped,
+        feature_cache_hits=cache.hits if cache else 0, feature_cache_misses=cache.misses if cache else 0,
+    )
+    cfg.to_json(out_dir / "train_config.json")
+    (out_dir / "train_result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    report({"event": "done", **result.metadata()})
+    return result

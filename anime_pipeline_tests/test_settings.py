@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import pytest
+
+from anime_pipeline.paths import UnsafePathError, atomic_path, safe_component, within
+from anime_pipeline.settings import DEFAULT_BASE_MODEL, Settings, SettingsError
+
+
+def test_defaults_are_demo_and_local_data_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = Settings.from_env({})
+    assert s.home == (tmp_path / "data").resolve()
+    assert s.profile == "demo"
+    assert s.resolved_episode_source == "demo"
+    assert s.resolved_base_model == str(s.tiny_model_dir)
+
+
+def test_live_profile_defaults_to_real_model_and_local_videos(tmp_path):
+    s = Settings.from_env({"ANIME_PIPELINE_HOME": str(tmp_path), "ANIME_PIPELINE_PROFILE": "live"})
+    assert s.resolved_base_model == DEFAULT_BASE_MODEL
+    assert s.resolved_episode_source == "local"
+
+
+def test_every_variable_is_read(tmp_path):
+    env = {
+        "ANIME_PIPELINE_HOME": str(tmp_path),
+        "ANIME_PIPELINE_PROFILE": "live",
+        "ANIME_PIPELINE_BASE_MODEL": "some/model",
+        "ANIME_PIPELINE_CATALOG": "anilist",
+        "ANIME_PIPELINE_EPISODE_SOURCE": "manifest",
+        "ANIME_PIPELINE_VIDEO_DIR": str(tmp_path / "v"),
+        "ANIME_PIPELINE_MANIFEST": str(tmp_path / "m.csv"),
+        "ANIME_PIPELINE_SHIKIMORI_URL": "http://127.0.0.1:1/graphql",
+        "ANIME_PIPELINE_ANILIST_URL": "http://127.0.0.1:2/",
+        "ANIME_PIPELINE_MAL_URL": "http://127.0.0.1:3/v2",
+        "ANIME_PIPELINE_JIKAN_URL": "http://127.0.0.1:4/v4",
+        "ANIME_PIPELINE_USER_AGENT": "test-agent/1 (me@example.org)",
+    }
+    s = Settings.from_env(env)
+    assert (s.base_model, s.catalog, s.resolved_episode_source) == ("some/model", "anilist", "manifest")
+    assert s.video_dir == (tmp_path / "v").resolve() and s.manifest == (tmp_path / "m.csv").resolve()
+    assert (s.shikimori_url, s.anilist_url, s.mal_url, s.jikan_url) == (
+        "http://127.0.0.1:1/graphql",
+        "http://127.0.0.1:2/",
+        "http://127.0.0.1:3/v2",
+        "http://127.0.0.1:4/v4",
+    )
+    assert s.user_agent == "test-agent/1 (me@example.org)"
+
+
+@pytest.mark.parametrize("var,value", [("ANIME_PIPELINE_PROFILE", "prod"), ("ANIME_PIPELINE_CATALOG", "mal")])
+def test_bad_values_name_the_variable(var, value):
+    with pytest.raises(SettingsError, match=var):
+        Settings.from_env({var: value})
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["../../etc/passwd", "a/b\\c", "nul\x00byte", "..", "", "ｆｕｌｌｗｉｄｔｈ/..", "進撃の巨人" * 200, "-rf"],
+)
+def test_safe_component_stays_inside_root(tmp_path, hostile):
+    name = safe_component(hostile)
+    assert name and "/" not in name and "\x00" not in name and name not in (".", "..")
+    assert len(name) <= 100
+    p = within(tmp_path, name)
+    assert tmp_path.resolve() in p.parents
+
+
+def test_within_rejects_escape(tmp_path):
+    with pytest.raises(UnsafePathError):
+        within(tmp_path, "../outside")
+
+
+def test_atomic_path_leaves_nothing_on_error(tmp_path):
+    final = tmp_path / "out" / "x.bin"
+    with pytest.raises(RuntimeError):
+        with atomic_path(final) as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("boom")
+    assert not final.exists()
+    assert list(final.parent.iterdir()) == []
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(b"whole")
+    assert final.read_bytes() == b"whole"
+    assert [p.name for p in final.parent.iterdir()] == ["x.bin"]
