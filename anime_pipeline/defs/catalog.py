@@ -79,18 +79,18 @@ def titles(
     else:
         from anime_pipeline.catalog.discovery import discover_titles
 
-        client = make_http_client(catalog_api, s)
         url = catalog_api.shikimori_url if s.catalog == "shikimori" else catalog_api.anilist_url
-        result = discover_titles(
-            client,
-            catalog=s.catalog,
-            url=url,
-            max_titles=config.max_titles,
-            min_score=config.min_score,
-            page_size=config.page_size,
-        )
+        with make_http_client(catalog_api, s) as client:
+            result = discover_titles(
+                client,
+                catalog=s.catalog,
+                url=url,
+                max_titles=config.max_titles,
+                min_score=config.min_score,
+                page_size=config.page_size,
+            )
+            requests = client.requests_sent
         df, rejected = result.titles, result.rejected
-        requests = client.requests_sent
         source = s.catalog
     df = schemas.conform(df, schemas.TITLES).sort("mal_id")
     out = s.catalog_dir / "titles.parquet"
@@ -142,20 +142,16 @@ def synopses(
     else:
         from anime_pipeline.catalog.synopses import SynopsisSources, fetch_synopses
 
-        client = make_http_client(catalog_api, s)
-        result = fetch_synopses(
-            client,
-            titles_df,
-            sources=SynopsisSources(
-                mal_url=catalog_api.mal_url,
-                mal_client_id=catalog_api.mal_client_id,
-                jikan_url=catalog_api.jikan_url,
-                anilist_url=catalog_api.anilist_url,
-            ),
-            min_chars=config.min_chars,
+        sources = SynopsisSources(
+            mal_url=catalog_api.mal_url,
+            mal_client_id=catalog_api.mal_client_id,
+            jikan_url=catalog_api.jikan_url,
+            anilist_url=catalog_api.anilist_url,
         )
+        with make_http_client(catalog_api, s) as client:
+            result = fetch_synopses(client, titles_df, sources=sources, min_chars=config.min_chars)
+            requests = client.requests_sent
         df, rejected, by_source, errors = result.synopses, result.rejected, result.by_source, result.errors
-        requests = client.requests_sent
         for e in errors:
             context.log.warning(e)
     df = schemas.conform(df, schemas.SYNOPSES).filter(pl.col("mal_id").is_in(titles_df["mal_id"].implode())).sort("mal_id")

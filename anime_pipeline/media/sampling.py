@@ -44,6 +44,7 @@ import bisect
 import math
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -305,7 +306,9 @@ class _PyAVReader:
 
     def exact(self, t: float, *, allow_linear: bool = True):
         """The frame on screen at t (relative seconds)."""
-        pos = self._time(self.look) if self.look is not None else (self._time(self.cur) if self.cur else None)
+        pos = self._time(self.look) if self.look is not None else (
+            self._time(self.cur) if self.cur is not None else None
+        )
         linear = (
             allow_linear
             and self.gen is not None
@@ -435,6 +438,15 @@ def _worker_argv() -> list[str]:
     return [sys.executable, "-m", "anime_pipeline.media._worker"]
 
 
+def _kill(proc: subprocess.Popen) -> None:
+    """Kill the worker and its process group (it was started in a new session), then reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        proc.kill()
+    proc.communicate()
+
+
 def run_worker(job: dict, *, timeout_s: float, what: str, argv: list[str] | None = None) -> Any:
     """Run `job` in a worker process (see the module docstring); MediaError on timeout, crash or failure."""
     import anime_pipeline
@@ -454,12 +466,10 @@ def run_worker(job: dict, *, timeout_s: float, what: str, argv: list[str] | None
     try:
         out, err = proc.communicate(pickle.dumps(job), timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
+        _kill(proc)
         raise MediaError(f"{what}: decoding did not finish within {timeout_s:g} s; the decoder was stopped") from None
     except BaseException:
-        proc.kill()
-        proc.communicate()
+        _kill(proc)
         raise
     try:
         status, payload = pickle.loads(out)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import logging
 import os
 import re
@@ -225,7 +226,7 @@ def load_manifest(path: Path | str) -> list[ManifestRow]:
         raise _manifest_error(path, None, f"cannot read manifest ({e})") from None
     raw_rows: list[tuple[int, dict]] = []
     if suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         header = [h.strip().lower() for h in (reader.fieldnames or []) if h is not None]
         if "mal_id" not in header or not ({"url", "path"} & set(header)):
             raise _manifest_error(path, None, f"CSV header must have mal_id and url (or path), got {header}")
@@ -313,7 +314,10 @@ def _install(staged: Path, dest_dir: Path, ext: str, origin: str) -> tuple[Path,
 
 
 def _stage_dir(dest_dir: Path) -> Path:
+    """A fresh staging folder in dest_dir; staging folders left by a killed run are removed first."""
     dest_dir.mkdir(parents=True, exist_ok=True)
+    for stale in dest_dir.glob(".acquire-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=".acquire-", dir=dest_dir))
 
 

@@ -89,33 +89,36 @@ class FeatureCache:
         device = pixel_values.device
         real = (pixel_values != 0).flatten(2).any(-1)  # (B, F)
         per_sample: list[list[torch.Tensor | None]] = []
-        missing: list[tuple[int, int, str]] = []
+        missing: dict[str, list[tuple[int, int]]] = {}  # key -> (sample, j-th real frame); deduplicated
         for b in range(pixel_values.shape[0]):
-            row = []
+            row: list[torch.Tensor | None] = []
             for f in range(pixel_values.shape[1]):
                 if not real[b, f]:
                     continue
                 key = frame_key(pixel_values[b, f])
-                feats = self._load(key)
+                feats = None if key in missing else self._load(key)
                 if feats is None:
-                    missing.append((b, len(row), key))
-                    self.misses += 1
+                    if key not in missing:
+                        self.misses += 1
+                    missing.setdefault(key, []).append((b, len(row)))
                 else:
                     self.hits += 1
                 row.append(feats)
             per_sample.append(row)
-        for start in range(0, len(missing), self.chunk_frames):
-            chunk = missing[start:start + self.chunk_frames]
-            frames = torch.stack([pixel_values[b][self._frame_pos(real[b], j)] for b, j, _ in chunk]).unsqueeze(1)
+        keys = list(missing)
+        for start in range(0, len(keys), self.chunk_frames):
+            chunk = keys[start:start + self.chunk_frames]
+            where = [(missing[k][0][0], self._frame_pos(real[missing[k][0][0]], missing[k][0][1])) for k in chunk]
+            frames = torch.stack([pixel_values[b, f] for b, f in where]).unsqueeze(1)
             mask = None
             if pixel_attention_mask is not None:
-                mask = torch.stack([pixel_attention_mask[b][self._frame_pos(real[b], j)]
-                                    for b, j, _ in chunk]).unsqueeze(1)
+                mask = torch.stack([pixel_attention_mask[b, f] for b, f in where]).unsqueeze(1)
             feats = encode_frames(model, frames, mask)  # list of [1, seq, hidden]
-            for (b, j, key), f in zip(chunk, feats):
+            for key, f in zip(chunk, feats):
                 f = f[0]
                 self._store(key, f)
-                per_sample[b][j] = f
+                for b, j in missing[key]:
+                    per_sample[b][j] = f
         return [torch.stack([t.to(device) for t in row]) for row in per_sample]
 
     @staticmethod

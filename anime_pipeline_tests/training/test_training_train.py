@@ -1,0 +1,154 @@
+"""Training loop: (f) resume after interruption, (g) the CLI, the final adapter, inference helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from anime_pipeline.training.train import ResumeError, TrainConfig, TrainResult, train
+
+
+class Interrupt(RuntimeError):
+    pass
+
+
+def _cfg(tiny_model_dir, ds, out: Path, **kw) -> TrainConfig:
+    base = dict(base_model=str(tiny_model_dir), train_samples=str(ds["train"]), val_samples=str(ds["val"]),
+                data_home=str(ds["home"]), output_dir=str(out), lora_r=4, lora_alpha=8, lora_dropout=0.1,
+                lr=2e-3, batch_size=2, grad_accum=2, max_steps=6, save_steps=2, keep_checkpoints=2,
+                torch_threads=2, gradient_checkpointing=True, warmup_steps=1, val_max_samples=2, seed=7)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_config_json_roundtrip(tmp_path):
+    cfg = TrainConfig(base_model="m", train_samples="t.parquet", output_dir="o", max_length=2048, use_dora=True)
+    p = tmp_path / "c.json"
+    cfg.to_json(p)
+    assert TrainConfig.from_json(p) == cfg
+    assert TrainConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ValueError, match="unknown"):
+        TrainConfig.from_dict({**cfg.to_dict(), "nope": 1})
+    with pytest.raises(ValueError):
+        TrainConfig(base_model="m", train_samples="t", output_dir="o", lr_schedule="weird")
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tiny_model_dir, colour_dataset, tmp_path):
+    events: list[dict] = []
+    straight = train(_cfg(tiny_model_dir, colour_dataset, tmp_path / "a"), reporter=events.append)
+    assert straight.steps == 6 and len(straight.loss_history) == 6
+    progress = [e for e in events if e["event"] == "progress"]
+    assert [e["step"] for e in progress] == [1, 2, 3, 4, 5, 6]
+    assert all(e["samples_per_s"] > 0 and "loss" in e for e in progress)
+
+    def stop_at_3(event):
+        if event["event"] == "progress" and event["step"] == 3:
+            raise Interrupt
+
+    out = tmp_path / "b"
+    with pytest.raises(Interrupt):
+        train(_cfg(tiny_model_dir, colour_dataset, out), reporter=stop_at_3)
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts == ["step-00000002"] and not (out / "adapter").exists()
+    resumed_events: list[dict] = []
+    resumed = train(_cfg(tiny_model_dir, colour_dataset, out), reporter=resumed_events.append)
+    assert resumed.resumed_from_step == 2 and resumed.steps == 6
+    assert [e["step"] for e in resumed_events if e["event"] == "progress"] == [3, 4, 5, 6]
+    assert not [e for e in resumed_events if e["event"] == "eval" and e["phase"] == "before"]
+    # same data order, same RNG streams (dropout 0.1) → the same losses and the same adapter
+    assert resumed.loss_history == pytest.approx(straight.loss_history, rel=1e-4, abs=1e-5)
+    assert resumed.val_loss_before == pytest.approx(straight.val_loss_before)
+    assert resumed.val_loss_after == pytest.approx(straight.val_loss_after, rel=1e-4)
+    assert resumed.samples_seen == straight.samples_seen == 6 * 2 * 2
+    from safetensors.torch import load_file
+
+    a = load_file(Path(straight.adapter_path) / "adapter_model.safetensors")
+    b = load_file(Path(resumed.adapter_path) / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000004", "step-00000006"]
+    opt = torch.load(out / "checkpoints/step-00000006/optimizer.pt", weights_only=True)
+    assert opt["state"]
+    # a finished run resumed again does nothing more
+    again = train(_cfg(tiny_model_dir, colour_dataset, out))
+    assert again.steps == 6 and again.resumed_from_step == 6
+    with pytest.raises(ResumeError):
+        train(_cfg(tiny_model_dir, colour_dataset, out, lora_r=8))
+    fresh = train(_cfg(tiny_model_dir, colour_dataset, out, resume=False, max_steps=1, save_steps=0))
+    assert fresh.resumed_from_step is None and fresh.steps == 1
+
+
+def test_result_and_adapter_are_loadable(tiny_model_dir, colour_dataset, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from anime_pipeline.training.data import ShardVideoDataset
+    from anime_pipeline.training.inference import compute_loss, generate_captions, load_model
+    from anime_pipeline.training.processor import load_processor
+
+    cfg = _cfg(tiny_model_dir, colour_dataset, tmp_path / "r", max_steps=3, save_steps=0, feature_cache=True,
+               use_dora=True, max_length=60)
+    res = train(cfg)
+    assert isinstance(res, TrainResult)
+    assert res.adapter_bytes > 0 and res.trainable_params > 0 and res.frozen_params > res.trainable_params
+    assert res.frames_dropped > 0  # max_length=60 forces dropping frames
+    assert res.feature_cache_misses > 0 and res.feature_cache_hits > 0
+    assert res.peak_memory_bytes > 0 and res.peak_memory_kind == "cpu_max_rss" and res.dtype == "float32"
+    assert res.params["vision"]["trainable"] == 0 and res.params["text"]["trainable"] == res.trainable_params
+    assert set(os.listdir(res.adapter_path)) >= {"adapter_config.json", "adapter_model.safetensors"}
+    saved = json.loads((tmp_path / "r/train_result.json").read_text())
+    assert saved["steps"] == 3 and TrainConfig.from_json(tmp_path / "r/train_config.json") == cfg
+    meta = res.metadata()
+    assert all(v is not None and not isinstance(v, (dict, list)) for v in meta.values())
+
+    base = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
+    peft_model = PeftModel.from_pretrained(base, res.adapter_path)
+    assert any("lora_" in n for n, _ in peft_model.named_parameters())
+
+    proc = load_processor(tiny_model_dir)
+    samples = [ShardVideoDataset(colour_dataset["val"], colour_dataset["home"])[i] for i in range(3)]
+    base_loss = compute_loss(load_model(tiny_model_dir), proc, samples)
+    tuned = load_model(tiny_model_dir, res.adapter_path)
+    tuned_loss = compute_loss(tuned, proc, samples)
+    assert tuned_loss != pytest.approx(base_loss)
+    caps = generate_captions(tuned, proc, samples, max_new_tokens=8, batch_size=2)
+    single = [generate_captions(tuned, proc, [s], max_new_tokens=8)[0] for s in samples]
+    assert caps == single and all(isinstance(c, str) for c in caps)
+
+
+def test_cli_runs_training_and_writes_a_peft_adapter(tiny_model_dir, colour_dataset, tmp_path):
+    cfg = _cfg(tiny_model_dir, colour_dataset, tmp_path / "cli", max_steps=2, save_steps=1)
+    cfg_path = tmp_path / "train.json"
+    cfg.to_json(cfg_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_PIPES")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "anime_pipeline.training", "--config", str(cfg_path),
+                           "--set", "log_every=1"], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("progress") == 2
+    done = events[-1]
+    assert done["steps"] == 2 and Path(done["adapter_path"]).is_dir()
+
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tiny_model_dir),
+                                      done["adapter_path"])
+    assert model.peft_config["default"].r == 4
+
+
+def test_cli_requires_config(capsys):
+    from anime_pipeline.training.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main([])
