@@ -73,7 +73,7 @@ def build_train_config(config: FinetuneConfig, settings, run_dir: Path, base_mod
         output_dir=str(run_dir),
         epochs=config.epochs if config.epochs is not None else (40.0 if demo else 3.0),
         max_steps=config.max_steps,
-        learning_rate=config.learning_rate if config.learning_rate is not None else (3e-3 if demo else 1e-4),
+        lr=config.learning_rate if config.learning_rate is not None else (3e-3 if demo else 1e-4),
         batch_size=config.batch_size,
         grad_accum=config.grad_accum,
         lora_r=config.lora_r,

@@ -1,0 +1,142 @@
+"""Evaluate a fine-tuned adapter against its base model on the validation split.
+
+Pure (no Dagster): the `caption_eval` asset calls `evaluate_adapter` and turns its result into metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import polars as pl
+
+from anime_pipeline.evaluation.metrics import demo_expected_terms, score_captions
+from anime_pipeline.evaluation.model_card import ModelCardInfo, write_model_card
+from anime_pipeline.paths import atomic_path
+
+METRIC_NAMES = ("val_loss", "bleu", "rouge_l", "cider", "content_score")
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]  # "<metric>_base" / "<metric>_finetuned"; content_score only where defined
+    num_samples: int
+    captions_path: Path
+    table: pl.DataFrame
+    preview_png: bytes | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def examples_markdown(self, n: int = 3) -> str:
+        lines = ["| MAL id | reference | base | fine-tuned |", "|---|---|---|---|"]
+        for row in self.table.head(n).iter_rows(named=True):
+            cells = [str(row["mal_id"])] + [
+                (row[k] or "").replace("|", "\\|").replace("\n", " ")[:300]
+                for k in ("reference", "caption_base", "caption_finetuned")
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def _scores(model, processor, samples: list[dict], *, max_new_tokens: int, batch_size: int, terms) -> tuple[dict, list[str], Any]:
+    from anime_pipeline.training.inference import compute_loss, generate_captions
+
+    loss = compute_loss(model, processor, samples, batch_size=batch_size)
+    captions = generate_captions(model, processor, samples, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    scores = score_captions(captions, [s["answer"] for s in samples], terms)
+    summary = {"val_loss": loss, **scores.summary()}
+    summary["content_score"] = summary.pop("content")
+    return summary, captions, scores
+
+
+def evaluate_adapter(
+    *,
+    base_model: str,
+    adapter_dir: Path,
+    val_samples: Path,
+    train_samples: Path | None,
+    data_home: Path,
+    out_dir: Path,
+    max_new_tokens: int = 96,
+    batch_size: int = 4,
+    lineage: dict | None = None,
+    log: Callable[[str], None] = print,
+) -> EvalResult:
+    """Captions and scores for every validation title, base vs fine-tuned; writes captions.parquet and the
+    adapter's model card (README.md)."""
+    from anime_pipeline.training.data import ShardVideoDataset
+    from anime_pipeline.training.inference import load_model
+    from anime_pipeline.training.processor import load_processor
+
+    val = pl.read_parquet(val_samples)
+    if val.is_empty():
+        raise ValueError(f"{val_samples}: the validation split is empty; nothing to evaluate")
+    dataset = ShardVideoDataset(val, data_home)
+    samples = [dataset[i] for i in range(len(dataset))]
+    terms = [demo_expected_terms(s["mal_id"]) for s in samples]
+    processor = load_processor(base_model)
+
+    results = {}
+    for label, adapter in (("base", None), ("finetuned", adapter_dir)):
+        log(f"evaluating {label} model on {len(samples)} validation titles")
+        model = load_model(base_model, adapter)
+        results[label] = _scores(model, processor, samples, max_new_tokens=max_new_tokens, batch_size=batch_size, terms=terms)
+        del model
+
+    metrics: dict[str, float] = {}
+    for label, (summary, _, _) in results.items():
+        for k, v in summary.items():
+            if v is not None:
+                metrics[f"{k}_{label}"] = float(v)
+    table = pl.DataFrame(
+        {
+            "mal_id": [s["mal_id"] for s in samples],
+            "name": [s.get("name") for s in samples],
+            "reference": [s["answer"] for s in samples],
+            "caption_base": results["base"][1],
+            "caption_finetuned": results["finetuned"][1],
+            "rouge_l_base": [r["rouge_l"] for r in results["base"][2].per_item],
+            "rouge_l_finetuned": [r["rouge_l"] for r in results["finetuned"][2].per_item],
+            "cider_base": [r["cider"] for r in results["base"][2].per_item],
+            "cider_finetuned": [r["cider"] for r in results["finetuned"][2].per_item],
+            "content_base": [r["content"] for r in results["base"][2].per_item],
+            "content_finetuned": [r["content"] for r in results["finetuned"][2].per_item],
+        },
+        schema_overrides={"content_base": pl.Boolean, "content_finetuned": pl.Boolean},
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    captions_path = out_dir / "captions.parquet"
+    with atomic_path(captions_path, suffix=".parquet") as tmp:
+        table.write_parquet(tmp)
+    with atomic_path(out_dir / "metrics.json", suffix=".json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2))
+
+    _write_card(adapter_dir, base_model, val, train_samples, metrics, lineage or {})
+
+    from anime_pipeline.media.preview import contact_sheet
+
+    preview = contact_sheet(samples[0]["images"], columns=min(8, len(samples[0]["images"])))
+    return EvalResult(metrics=metrics, num_samples=len(samples), captions_path=captions_path, table=table, preview_png=preview)
+
+
+def _write_card(adapter_dir: Path, base_model: str, val: pl.DataFrame, train_samples: Path | None, metrics: dict, lineage: dict) -> Path:
+    train = pl.read_parquet(train_samples) if train_samples and Path(train_samples).exists() else None
+    hp = lineage.get("hyperparameters") or {}
+    if isinstance(hp, str):
+        hp = json.loads(hp)
+    names = ("val_loss", "bleu", "rouge_l", "cider", "content_score")
+    info = ModelCardInfo(
+        model_name=f"{Path(base_model).name}-anime-lora-{Path(adapter_dir).parent.name}",
+        base_model=base_model,
+        train_samples=train.height if train is not None else 0,
+        val_samples=val.height,
+        hyperparameters=hp,
+        base_metrics={n: metrics.get(f"{n}_base") for n in names},
+        finetuned_metrics={n: metrics.get(f"{n}_finetuned") for n in names},
+        data_version=str(lineage.get("data_version", "unknown")),
+        code_version=str(lineage.get("code_version", "unknown")),
+        git_commit=str(lineage.get("git_commit")) if lineage.get("git_commit") else None,
+        frames_per_sample=int(val["num_frames"].max()) if "num_frames" in val.columns else None,
+    )
+    return write_model_card(adapter_dir, info)
