@@ -37,7 +37,9 @@ def _instance(settings: Settings):
     return dg.DagsterInstance.get()
 
 
-def run_all(settings: Settings, *, out=sys.stdout, run_config: dict | None = None, instance=None) -> dict:
+def run_all(
+    settings: Settings, *, out=sys.stdout, run_config: dict | None = None, instance=None, log_level: str = "INFO"
+) -> dict:
     """Materialize titles → synopses → (episodes → frame_shards per title) → split → finetune → eval.
 
     A title whose episode or frames fail is reported and skipped; the rest of the graph still runs.
@@ -64,7 +66,10 @@ def run_all(settings: Settings, *, out=sys.stdout, run_config: dict | None = Non
             resources=resources,
             partition_key=partition_key,
             raise_on_error=False,
-            run_config={"ops": {k: v for k, v in run_config.items() if k in selection}},
+            run_config={
+                "ops": {k: v for k, v in run_config.items() if k in selection},
+                "loggers": {"console": {"config": {"log_level": log_level}}},
+            },
             tags={"anime_pipeline/launched_by": "cli"},
         )
         label = ",".join(selection) + (f" [{partition_key}]" if partition_key else "")

@@ -297,7 +297,9 @@ class ObjectStore:
         """A `pyarrow.fs.S3FileSystem` for this store (paths: `arrow_path(...)`)."""
         from pyarrow import fs
 
-        kw: dict[str, Any] = {"region": self.region}
+        # allow_delayed_open: a small file goes up as one PutObject when it is closed, not as a
+        # multipart upload (pyarrow's CompleteMultipartUpload is refused by moto_server 5.2)
+        kw: dict[str, Any] = {"region": self.region, "allow_delayed_open": True}
         if self.endpoint_url:
             scheme, _, host = self.endpoint_url.partition("://")
             kw.update(endpoint_override=host, scheme=scheme)
@@ -333,3 +335,65 @@ def store_from_resource(resource, env: Mapping[str, str] | None = None) -> "Obje
         return store
     store.client = resource.get_client()
     return store
+
+
+# Command line: stage files in and out of a worker that shares no disk with the others -------------
+def _home(env: Mapping[str, str]) -> Path:
+    return Path(env.get("ANIME_PIPELINE_HOME", "./data")).expanduser().resolve()
+
+
+def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """`python -m anime_pipeline.storage {fetch,publish} PATH...` (paths relative to the data dir).
+
+    fetch: download each file, or every object under each folder, that is missing locally.
+    publish: upload each file, or every file under each folder (unchanged ones are skipped).
+    Prints one line per object (`fetched|present|uploaded|unchanged <uri>`); exits 2 when no bucket is
+    configured, 1 when a path exists neither locally (publish) nor remotely (fetch).
+    """
+    import argparse
+
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(prog="python -m anime_pipeline.storage", description=main.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("fetch", "publish"))
+    parser.add_argument("paths", nargs="+", help="paths relative to the data dir (files or folders)")
+    parser.add_argument("--home", default=None, help="data dir (default: ANIME_PIPELINE_HOME, else ./data)")
+    args = parser.parse_args(argv)
+    store = ObjectStore.from_env(env)
+    if store is None:
+        print(f"{ENV_BUCKET} is not set: nothing to {args.action} (local filesystem only)", flush=True)
+        return 2
+    home = Path(args.home).expanduser().resolve() if args.home else _home(env)
+    status = 0
+    for raw in args.paths:
+        rel = relative_key(raw)
+        if args.action == "publish":
+            local = within(home, *rel.split("/"))
+            if local.is_dir():
+                results = store.publish_tree(local, home)
+            elif local.is_file():
+                results = [store.publish_file(local, home)]
+            else:
+                print(f"missing {local}", flush=True)
+                status = 1
+                continue
+            for r in results:
+                print(f"{'uploaded' if r.uploaded else 'unchanged'} {r.uri}", flush=True)
+        else:
+            if store.head(rel) is not None:
+                rels = [rel]
+            else:
+                rels = store.list_paths(rel)
+            if not rels:
+                print(f"missing {store.uri(rel)}", flush=True)
+                status = 1
+                continue
+            for r in rels:
+                present = within(home, *r.split("/")).is_file()
+                store.fetch(r, home)
+                print(f"{'present' if present else 'fetched'} {store.uri(r)}", flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,7 +2,8 @@
 
 Runs `train()`. Under Dagster Pipes (launched by a Pipes client), progress goes to `pipes.log.info`
 and the final metrics to `pipes.report_asset_materialization(metadata=...)`; a `train_config` dict in
-the Pipes extras is merged over the file's values. Otherwise every event is printed as one JSON line on
+the Pipes extras is merged over the file's values (and an `asset_key` extra picks the asset to report
+when the step targets several). Otherwise every event is printed as one JSON line on
 stdout (the last one has `"event": "done"`).
 """
 
@@ -13,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from anime_pipeline.training.train import TrainConfig, train
+from anime_pipeline.training.config import TrainConfig
 
 
 def _parse_value(text: str):
@@ -63,8 +64,11 @@ def main(argv: list[str] | None = None) -> int:
             def reporter(event: dict) -> None:
                 pipes.log.info(json.dumps(event, default=str))
 
+            from anime_pipeline.training.train import train
+
             result = train(cfg, reporter=reporter)
-            pipes.report_asset_materialization(metadata=result.metadata())
+            asset_key = (pipes.extras or {}).get("asset_key")  # needed only when several assets are in scope
+            pipes.report_asset_materialization(metadata=result.metadata(), asset_key=asset_key)
         return 0
 
     if not args.config and not args.overrides:
@@ -73,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def printer(event: dict) -> None:
         print(json.dumps(event, default=str), flush=True)
+
+    from anime_pipeline.training.train import train
 
     train(cfg, reporter=printer)
     return 0

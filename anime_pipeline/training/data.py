@@ -26,7 +26,10 @@ def read_samples(samples: pl.DataFrame | str | Path, *, split: str | None = None
     if missing:
         raise ValueError(f"samples table lacks columns {sorted(missing)}")
     if split is not None and "split" in df.columns:
+        present = sorted(set(df["split"].drop_nulls().to_list()))
         df = df.filter(pl.col("split") == split)
+        if df.height == 0 and present:
+            raise ValueError(f"samples table has no rows with split={split!r} (splits present: {present})")
     return df
 
 
@@ -41,14 +44,15 @@ class ShardVideoDataset(Dataset):
     """One item per samples row: `{"images", "timestamps", "duration_s", "prompt", "answer", "mal_id",
     "name"}`. Frames come from `data_home / frames_path` (a FRAMES Parquet shard), filtered to the row's
     `mal_id`, ordered by timestamp, decoded from JPEG; with `max_frames`, spread uniformly (first and
-    last kept)."""
+    last kept). `split` keeps only the samples rows of that split (when the column exists)."""
 
-    def __init__(self, samples: pl.DataFrame | str | Path, data_home: Path, max_frames: int | None = None):
+    def __init__(self, samples: pl.DataFrame | str | Path, data_home: Path, max_frames: int | None = None, *,
+                 split: str | None = None):
         if max_frames is not None and max_frames < 1:
             raise ValueError("max_frames must be >= 1 or None")
         self.data_home = Path(data_home)
         self.max_frames = max_frames
-        df = read_samples(samples)
+        df = read_samples(samples, split=split)
         self.rows = df.to_dicts()
 
     def __len__(self) -> int:
@@ -59,8 +63,8 @@ class ShardVideoDataset(Dataset):
         if not path.is_file():
             raise FramesMissingError(f"frame shard {path} for MAL {row['mal_id']} does not exist")
         cols = ["mal_id", "frame_index", "timestamp_s", "image"]
-        frames = pl.read_parquet(path, columns=cols)
-        frames = frames.filter(pl.col("mal_id") == row["mal_id"]).sort(["timestamp_s", "frame_index"])
+        frames = (pl.scan_parquet(path).select(cols).filter(pl.col("mal_id") == row["mal_id"])
+                  .sort(["timestamp_s", "frame_index"]).collect())
         if frames.height == 0:
             raise FramesMissingError(f"frame shard {path} holds no frames for MAL {row['mal_id']}")
         return frames
@@ -115,11 +119,12 @@ def _identity(x):
 def make_dataloader(dataset: Dataset, collator=None, *, batch_size: int = 1, shuffle: bool = False,
                     num_workers: int = 0, pin_memory: bool | None = None, prefetch_factor: int | None = 2,
                     persistent_workers: bool | None = None, seed: int = 0, drop_last: bool = False,
-                    sampler: Sampler | None = None) -> DataLoader:
+                    sampler: Sampler | None = None, multiprocessing_context: str | None = "spawn") -> DataLoader:
     """DataLoader over a dataset of samples. `collator=None` yields lists of sample dicts.
 
     Workers > 0 get `prefetch_factor` and persistent workers (unless told otherwise); `pin_memory`
     defaults to CUDA being available. The order comes from an `EpochSampler(seed)` unless one is given.
+    Workers are spawned, not forked: polars (and OpenMP) thread pools deadlock in forked children.
     """
     if sampler is None:
         sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed)
@@ -127,6 +132,8 @@ def make_dataloader(dataset: Dataset, collator=None, *, batch_size: int = 1, shu
     if num_workers > 0:
         kw["prefetch_factor"] = prefetch_factor or 2
         kw["persistent_workers"] = True if persistent_workers is None else persistent_workers
+        if multiprocessing_context:
+            kw["multiprocessing_context"] = multiprocessing_context
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from anime_pipeline.training.collator import VideoPromptCollator, VideoSFTCollator
-from anime_pipeline.training.model import answer_loss, load_base_model, model_inputs, to_device
+from anime_pipeline.training.model import answer_loss, load_base_model, model_inputs, quiet_peft, to_device
 
 
 def _device(model) -> torch.device:
@@ -26,7 +26,8 @@ def load_model(base: str | Path, adapter_dir: str | Path | None = None, *, devic
     if adapter_dir is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+        with quiet_peft():
+            model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
         if merge:
             model = model.merge_and_unload()
     model.requires_grad_(False)

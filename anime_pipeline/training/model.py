@@ -17,9 +17,11 @@ Pitfalls handled (training-pitfalls.md):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import logging
+import warnings
 from typing import Any
 
 import torch
@@ -123,6 +125,14 @@ def enable_text_checkpointing(model) -> None:
 
 
 # Loading -----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def quiet_peft():
+    """peft 0.21 still reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def _cfg(cfg, name: str, default):
     return getattr(cfg, name, default) if cfg is not None else default
 
@@ -184,7 +194,8 @@ def load_for_training(model_id_or_dir: str, cfg=None):
         use_dora=bool(_cfg(cfg, "use_dora", False)),
         bias="none",
     )
-    model = get_peft_model(model, lora)
+    with quiet_peft():
+        model = get_peft_model(model, lora)
     bad = [n for n, p in model.named_parameters() if p.requires_grad and "text_model" not in n]
     if bad:
         raise ModelSetupError(f"trainable parameters outside the text model: {bad[:5]}")

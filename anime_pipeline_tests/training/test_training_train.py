@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+
 from anime_pipeline.training.train import ResumeError, TrainConfig, TrainResult, train
 
 
@@ -94,11 +96,11 @@ def test_result_and_adapter_are_loadable(tiny_model_dir, colour_dataset, tmp_pat
     from anime_pipeline.training.processor import load_processor
 
     cfg = _cfg(tiny_model_dir, colour_dataset, tmp_path / "r", max_steps=3, save_steps=0, feature_cache=True,
-               use_dora=True, max_length=60)
+               use_dora=True, max_length=100)
     res = train(cfg)
     assert isinstance(res, TrainResult)
     assert res.adapter_bytes > 0 and res.trainable_params > 0 and res.frozen_params > res.trainable_params
-    assert res.frames_dropped > 0  # max_length=60 forces dropping frames
+    assert res.frames_dropped > 0  # max_length=100 forces dropping frames
     assert res.feature_cache_misses > 0 and res.feature_cache_hits > 0
     assert res.peak_memory_bytes > 0 and res.peak_memory_kind == "cpu_max_rss" and res.dtype == "float32"
     assert res.params["vision"]["trainable"] == 0 and res.params["text"]["trainable"] == res.trainable_params
@@ -124,7 +126,7 @@ def test_result_and_adapter_are_loadable(tiny_model_dir, colour_dataset, tmp_pat
 
 
 def test_cli_runs_training_and_writes_a_peft_adapter(tiny_model_dir, colour_dataset, tmp_path):
-    cfg = _cfg(tiny_model_dir, colour_dataset, tmp_path / "cli", max_steps=2, save_steps=1)
+    cfg = _cfg(tiny_model_dir, colour_dataset, tmp_path / "cli", max_steps=2, save_steps=1, num_workers=1)
     cfg_path = tmp_path / "train.json"
     cfg.to_json(cfg_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_PIPES")}
@@ -152,3 +154,29 @@ def test_cli_requires_config(capsys):
 
     with pytest.raises(SystemExit):
         main([])
+
+
+def test_cli_under_dagster_pipes_reports_logs_and_materialization(tiny_model_dir, colour_dataset, tmp_path):
+    from dagster_pipes import encode_param
+
+    cfg = _cfg(tiny_model_dir, colour_dataset, tmp_path / "pipes", max_steps=2, save_steps=0)
+    messages = tmp_path / "messages.jsonl"
+    context = {"asset_keys": ["tiny_adapter"], "code_version_by_asset_key": None,
+               "provenance_by_asset_key": None, "partition_key": None, "partition_key_range": None,
+               "partition_time_window": None, "run_id": "r1", "job_name": "j", "retry_number": 0,
+               "extras": {"train_config": cfg.to_dict()}}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_PIPES")}
+    env.update(HF_HUB_OFFLINE="1", DAGSTER_PIPES_CONTEXT=encode_param({"data": context}),
+               DAGSTER_PIPES_MESSAGES=encode_param({"path": str(messages)}))
+    proc = subprocess.run([sys.executable, "-m", "anime_pipeline.training"], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    msgs = [json.loads(line) for line in messages.read_text().splitlines() if line.strip()]
+    methods = [m["method"] for m in msgs]
+    assert "report_asset_materialization" in methods and methods[-1] == "closed"
+    logs = [m["params"]["message"] for m in msgs if m["method"] == "log"]
+    assert sum('"event": "progress"' in x for x in logs) == 2
+    mat = next(m for m in msgs if m["method"] == "report_asset_materialization")["params"]
+    assert mat["asset_key"] == "tiny_adapter"
+    assert mat["metadata"]["steps"]["raw_value"] == 2
+    assert Path(mat["metadata"]["adapter_path"]["raw_value"]).is_dir()
