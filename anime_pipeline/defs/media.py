@@ -147,8 +147,11 @@ def frame_shards(context: dg.AssetExecutionContext, config: FramesConfig, pipeli
     elapsed = time.monotonic() - started
     df = read_frame_shard(dest)
     sheet = contact_sheet(df["image"].to_list(), columns=min(8, df.height))
+    store = pipeline.object_store()
+    extra = {"s3_uri": dg.MetadataValue.url(store.publish(dest, s.home))} if store else {}
     return dg.MaterializeResult(
         metadata={
+            **extra,
             "num_frames": info.num_frames,
             "bytes": info.bytes,
             "frame_size": f"{info.width}x{info.height}",

@@ -36,6 +36,25 @@ class PipelineResource(dg.ConfigurableResource):
         default=None, description="CSV/YAML of mal_id,url[,episode] you may download (manifest source)."
     )
 
+    s3_bucket: Optional[str] = Field(
+        default=None, description="Also publish frame shards to this S3 bucket (ANIME_PIPELINE_S3_BUCKET); unset: local only."
+    )
+    s3_prefix: str = Field(default="", description="Key prefix inside the bucket (ANIME_PIPELINE_S3_PREFIX).")
+    s3_endpoint_url: Optional[str] = Field(
+        default=None, description="S3-compatible endpoint (ANIME_PIPELINE_S3_ENDPOINT_URL); unset: AWS."
+    )
+
+    s3_region: Optional[str] = Field(default=None, description="Bucket region (ANIME_PIPELINE_S3_REGION); unset: us-east-1.")
+
+    def object_store(self):
+        """The S3 mirror of the data dir, or None when no bucket is configured (credentials: AWS chain)."""
+        if not self.s3_bucket:
+            return None
+        from anime_pipeline.storage import ObjectStore
+
+        kw = {"region": self.s3_region} if self.s3_region else {}
+        return ObjectStore(bucket=self.s3_bucket, prefix=self.s3_prefix, endpoint_url=self.s3_endpoint_url, **kw)
+
     def settings(self) -> Settings:
         return Settings(
             home=Path(self.home).expanduser().resolve(),
@@ -90,6 +109,10 @@ def build_resources(env: dict[str, str] | None = None, settings: Settings | None
             episode_source=s.episode_source,
             video_dir=str(s.video_dir) if s.video_dir else None,
             manifest=str(s.manifest) if s.manifest else None,
+            s3_bucket=env.get("ANIME_PIPELINE_S3_BUCKET") or None,
+            s3_prefix=env.get("ANIME_PIPELINE_S3_PREFIX", ""),
+            s3_endpoint_url=env.get("ANIME_PIPELINE_S3_ENDPOINT_URL") or None,
+            s3_region=env.get("ANIME_PIPELINE_S3_REGION") or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
         ),
         "catalog_api": CatalogApiResource(**catalog_kwargs),
         "pipes_client": dg.PipesSubprocessClient(),
