@@ -24,7 +24,7 @@ def _cfg(tiny_model_dir, ds, out: Path, **kw) -> TrainConfig:
     base = dict(base_model=str(tiny_model_dir), train_samples=str(ds["train"]), val_samples=str(ds["val"]),
                 data_home=str(ds["home"]), output_dir=str(out), lora_r=4, lora_alpha=8, lora_dropout=0.1,
                 lr=2e-3, batch_size=2, grad_accum=2, max_steps=6, save_steps=2, keep_checkpoints=2,
-                torch_threads=2, gradient_checkpointing=True, warmup_steps=1, val_max_samples=2, seed=7)
+                torch_threads=1, gradient_checkpointing=True, warmup_steps=1, val_max_samples=2, seed=7)
     base.update(kw)
     return TrainConfig(**base)
 
