@@ -8,6 +8,10 @@ directory is configured) with:
   client waits `backoff_factor * 2**(n-1)` (+ up to `backoff_jitter`) before retry n, at most
   `backoff_max`. After `total_retries` the last response/error becomes a `CatalogHTTPError`, so a
   429 storm ends with a clear error instead of a hang (see `HttpConfig.worst_case_wait_s`).
+  A response whose body breaks off (connection reset mid-body, fewer bytes than Content-Length, a
+  read timeout while reading the body) is not seen by urllib3's Retry (requests reads the body
+  later); `HttpClient` retries it itself, with the same backoff, while the call has sent at most
+  `total_retries` requests.
 * a per-host sliding-window rate limiter (`RateLimiter`) applied to every request that goes to
   the network, retries included. Cache hits cost nothing.
 * a disk cache (sqlite) that also stores POST responses, keyed on the JSON body, so
@@ -26,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import threading
 import time
 from collections import Counter, deque
@@ -37,6 +42,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.exceptions import ChunkedEncodingError
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
@@ -110,11 +116,18 @@ class HttpConfig:
         return cls(**kw)
 
     @property
+    def max_attempts(self) -> int:
+        """Most requests one call (one URL, no redirect) may send: urllib3's 1 + total_retries, plus the
+        re-sends of broken bodies, which start only while at most total_retries were sent."""
+        return 2 * self.total_retries + 1
+
+    @property
     def worst_case_wait_s(self) -> float:
         """Upper bound of the time one call may take (timeouts, retries, rate limiting)."""
         per_attempt = self.connect_timeout + self.read_timeout
         per_retry = max(self.backoff_max, self.max_retry_after)
-        return (self.total_retries + 1) * (per_attempt + self.max_rate_wait) + self.total_retries * per_retry
+        attempts = self.max_attempts
+        return attempts * (per_attempt + self.max_rate_wait) + (attempts - 1) * per_retry
 
 
 def host_key(url: str) -> str:
@@ -264,17 +277,55 @@ class _CountingAdapter(HTTPAdapter):
         return super().send(request, **kw)
 
 
+# A UTF-16 surrogate escape (`\ud800`) or a UTF-8-encoded surrogate: json.loads lets both through as lone
+# surrogates, which no UTF-8 writer (Parquet, hashlib input, logs) accepts.
+_SURROGATE_IN_JSON = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _scrub_surrogates(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return _LONE_SURROGATE.sub("\ufffd", obj)
+    if isinstance(obj, list):
+        return [_scrub_surrogates(x) for x in obj]
+    if isinstance(obj, dict):
+        return {_scrub_surrogates(k): _scrub_surrogates(v) for k, v in obj.items()}
+    return obj
+
+
+def _loads(content: bytes | str) -> Any:
+    """`json.loads` whose only failure is ValueError: a document nested too deeply for the decoder
+    (RecursionError) is malformed JSON too. Lone surrogates in strings become U+FFFD, so one broken
+    escape in one title cannot fail a whole table write later."""
+    try:
+        doc = json.loads(content)
+        raw = content.encode("utf-8", "surrogatepass") if isinstance(content, str) else content
+        if _SURROGATE_IN_JSON.search(raw):
+            doc = _scrub_surrogates(doc)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    return doc
+
+
 def _cacheable(response: requests.Response) -> bool:
     """Only a 200 JSON document without GraphQL errors goes into (or stays in) the cache."""
     if response.status_code != 200:
         return False
     try:
-        doc = json.loads(response.content)
+        doc = _loads(response.content)
     except ValueError:
         return False
     if isinstance(doc, dict) and (doc.get("errors") or ("data" in doc and doc["data"] is None)):
         return False
     return True
+
+
+def _broken_body(exc: requests.RequestException) -> bool:
+    """The response started but its body broke off: reset or closed mid-body, or a read timeout there."""
+    if isinstance(exc, ChunkedEncodingError):
+        return True
+    reason = exc.args[0] if exc.args else None
+    return isinstance(exc, requests.ConnectionError) and isinstance(reason, ReadTimeoutError)
 
 
 def _snippet(content: bytes | str, limit: int = 160) -> str:
@@ -304,7 +355,7 @@ def _graphql_messages(errors: Any) -> str:
 def _describe_body(content: bytes) -> str:
     """A short, readable account of an error body (JSON error envelopes or a text snippet)."""
     try:
-        doc = json.loads(content)
+        doc = _loads(content)
     except ValueError:
         return _snippet(content)
     if isinstance(doc, dict):
@@ -327,6 +378,7 @@ class HttpClient:
         self.cache_hits: Counter[str] = Counter()  # responses served from the disk cache, per host
         self._secrets: set[str] = set()
         self._lock = threading.Lock()
+        self._local = threading.local()  # .sent: requests sent to the network by the current call
         self.limiter = RateLimiter(
             self.config.rate_limits, self.config.default_rate_limit, max_wait=self.config.max_rate_wait
         )
@@ -394,6 +446,7 @@ class HttpClient:
         self.limiter.acquire(host)
         with self._lock:
             self.stats[host] += 1
+        self._local.sent = getattr(self._local, "sent", 0) + 1
 
     def _remember_secrets(self, headers: Mapping[str, str] | None) -> None:
         for name, value in (headers or {}).items():
@@ -484,7 +537,7 @@ class HttpClient:
                 url=shown, kind="status", status=resp.status_code,
             )
         try:
-            return json.loads(resp.content)
+            return _loads(resp.content)
         except ValueError:
             ctype = resp.headers.get("Content-Type", "no content type")
             raise CatalogHTTPError(
@@ -497,13 +550,27 @@ class HttpClient:
     def _send(self, method: str, url: str, shown: str, *, params: Mapping[str, Any] | None,
               headers: Mapping[str, str] | None, json_body: Any) -> requests.Response:
         cfg = self.config
-        try:
-            resp = self.session.request(
-                method, url, params=params, headers=dict(headers) if headers else None, json=json_body,
-                timeout=(cfg.connect_timeout, cfg.read_timeout), allow_redirects=False,
-            )
-        except requests.RequestException as exc:
-            raise self._transport_error(method, shown, exc) from None
+        self._local.sent = 0
+        resends = 0
+        while True:
+            try:
+                resp = self.session.request(
+                    method, url, params=params, headers=dict(headers) if headers else None, json=json_body,
+                    timeout=(cfg.connect_timeout, cfg.read_timeout), allow_redirects=False,
+                )
+                break
+            except requests.RequestException as exc:
+                sent = getattr(self._local, "sent", 0)
+                if _broken_body(exc) and 0 < sent <= cfg.total_retries:
+                    # urllib3's Retry never sees these (requests reads the body after urlopen returns).
+                    resends += 1
+                    wait = min(cfg.backoff_max, cfg.backoff_factor * (2 ** (resends - 1)))
+                    wait += random.random() * cfg.backoff_jitter if cfg.backoff_jitter else 0.0
+                    log.info("%s %s: response body broke off (%s); sending again in %.2fs",
+                             method, shown, type(exc).__name__, wait)
+                    time.sleep(max(0.0, min(cfg.backoff_max, wait)))
+                    continue
+                raise self._transport_error(method, shown, exc, sent=sent) from None
         from_cache = bool(getattr(resp, "from_cache", False))
         if from_cache:
             with self._lock:
@@ -511,12 +578,18 @@ class HttpClient:
         log.debug("%s %s -> %s%s", method, shown, resp.status_code, " (cache)" if from_cache else "")
         return resp
 
-    def _transport_error(self, method: str, shown: str, exc: requests.RequestException) -> CatalogHTTPError:
+    def _transport_error(self, method: str, shown: str, exc: requests.RequestException,
+                         sent: int = 0) -> CatalogHTTPError:
         reason: Any = exc.args[0] if exc.args else exc
         if isinstance(reason, MaxRetryError):
             reason = reason.reason
         cfg = self.config
-        attempts = cfg.total_retries + 1
+        attempts = sent or cfg.total_retries + 1
+        if isinstance(exc, ChunkedEncodingError):
+            return CatalogHTTPError(
+                f"{method} {shown}: connection broken mid-response after {attempts} attempt(s): "
+                f"{self.redact(str(reason))}", url=shown, kind="connection"
+            )
         if isinstance(reason, NewConnectionError) or (
             isinstance(exc, requests.ConnectionError) and not isinstance(exc, requests.Timeout)
             and not isinstance(reason, (ReadTimeoutError, ConnectTimeoutError))

@@ -23,10 +23,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 class FinetuneConfig(dg.Config):
     """Hyperparameters; unset fields take the profile's default (tiny and quick in the demo)."""
 
-    epochs: Optional[float] = Field(default=None, description="Passes over the train split (demo 40, live 3).")
+    epochs: Optional[float] = Field(default=None, description="Passes over the train split (demo 60, live 3).")
     max_steps: Optional[int] = Field(default=None, description="Stop after this many optimizer steps (overrides epochs).")
     learning_rate: Optional[float] = Field(default=None, description="Peak AdamW learning rate (demo 3e-3, live 1e-4).")
-    batch_size: int = Field(default=1, description="Samples per device step.")
+    batch_size: Optional[int] = Field(default=None, description="Samples per device step (demo 4, live 1).")
     grad_accum: int = Field(default=1, description="Device steps per optimizer step.")
     lora_r: int = Field(default=16, description="LoRA rank.")
     lora_alpha: int = Field(default=32, description="LoRA alpha (scaling = alpha / r).")
@@ -37,10 +37,15 @@ class FinetuneConfig(dg.Config):
     max_length: Optional[int] = Field(
         default=None, description="Token budget per sample; frames are dropped uniformly to fit, the answer never."
     )
-    num_workers: int = Field(default=1, description="DataLoader worker processes decoding frames.")
+    num_workers: Optional[int] = Field(
+        default=None, description="DataLoader worker processes decoding frames (demo 0: tiny frames, live 2)."
+    )
     feature_cache: bool = Field(default=False, description="Cache the frozen vision tower's features across epochs/runs.")
     save_steps: int = Field(default=50, description="Checkpoint every N optimizer steps (a run resumes from the last).")
     seed: int = Field(default=0, description="Random seed.")
+    torch_threads: Optional[int] = Field(
+        default=None, description="CPU threads for torch (demo 1: the tiny model's ops are too small to split; live: torch's default)."
+    )
 
 
 def git_commit() -> str:
@@ -62,7 +67,7 @@ def resolve_base_model(settings) -> str:
 
 
 def build_train_config(config: FinetuneConfig, settings, run_dir: Path, base_model: str):
-    from anime_pipeline.training.train import TrainConfig
+    from anime_pipeline.training.config import TrainConfig
 
     demo = settings.profile == "demo"
     return TrainConfig(
@@ -71,10 +76,11 @@ def build_train_config(config: FinetuneConfig, settings, run_dir: Path, base_mod
         val_samples=str(settings.splits_dir / "val.parquet"),
         data_home=str(settings.home),
         output_dir=str(run_dir),
-        epochs=config.epochs if config.epochs is not None else (40.0 if demo else 3.0),
+        epochs=config.epochs if config.epochs is not None else (60.0 if demo else 3.0),
         max_steps=config.max_steps,
         lr=config.learning_rate if config.learning_rate is not None else (3e-3 if demo else 1e-4),
-        batch_size=config.batch_size,
+        batch_size=config.batch_size or (4 if demo else 1),
+        warmup_steps=10 if demo else 50,
         grad_accum=config.grad_accum,
         lora_r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -83,11 +89,12 @@ def build_train_config(config: FinetuneConfig, settings, run_dir: Path, base_mod
         qlora=config.qlora,
         max_frames=config.max_frames,
         max_length=config.max_length,
-        num_workers=config.num_workers,
+        num_workers=config.num_workers if config.num_workers is not None else (0 if demo else 2),
         feature_cache=config.feature_cache,
         feature_cache_dir=str(settings.home / "feature-cache") if config.feature_cache else None,
         save_steps=config.save_steps,
         seed=config.seed,
+        torch_threads=config.torch_threads if config.torch_threads is not None else (1 if demo else None),
     )
 
 

@@ -455,6 +455,7 @@ def run_worker(job: dict, *, timeout_s: float, what: str, argv: list[str] | None
     pkg_root = str(Path(anime_pipeline.__file__).resolve().parents[1])
     env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("OMP_NUM_THREADS", "2")
+    env["ANIME_PIPELINE_WORKER_PARENT"] = str(os.getpid())  # the worker dies with us (see _worker.py)
     proc = subprocess.Popen(
         argv or _worker_argv(),
         stdin=subprocess.PIPE,

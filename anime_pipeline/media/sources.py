@@ -23,7 +23,9 @@ dest_dir.parent) makes yt-dlp skip a URL it already fetched; an existing, probed
 origin is reused without touching the network at all.
 
 Every acquired file is probed before it is moved into place: a file that fails the probe is deleted and
-`MediaError` raised (nothing partial is left; a download's archive entry is rolled back too).
+`MediaError` raised (nothing partial is left). yt-dlp writes its archive entry into the staging folder; it
+is copied to the real archive only after the episode is installed, so a run killed mid-download or before
+the install never leaves an archive entry without an episode.
 """
 
 from __future__ import annotations
@@ -502,27 +504,27 @@ def download_url(url: str, mal_id: int, dest_dir: Path, opts: YtDlpOptions | Non
     archive.parent.mkdir(parents=True, exist_ok=True)
     before = archive.read_text(encoding="utf-8") if archive.is_file() else None
 
-    def rollback_archive() -> None:
-        if before is None:
-            archive.unlink(missing_ok=True)
-        else:
-            archive.write_text(before, encoding="utf-8")
-
     import yt_dlp
 
     _disable_ytdlp_plugins()
     stage = _stage_dir(dest_dir)
     try:
+        # yt-dlp records the URL in a copy of the archive inside the staging folder; the real archive gets
+        # it only once the episode is installed. A run killed in between (or a file that fails the probe)
+        # leaves the real archive as it was, so the next run downloads again instead of being refused.
+        staged_archive = stage / ".download-archive.txt"
+        if before is not None:
+            staged_archive.write_text(before, encoding="utf-8")
         try:
-            with yt_dlp.YoutubeDL(ytdlp_params(opts, stage, archive)) as ydl:
+            with yt_dlp.YoutubeDL(ytdlp_params(opts, stage, staged_archive)) as ydl:
                 ydl.extract_info(url, download=True)
         except yt_dlp.utils.DownloadError as e:
             msg = re.sub(r"^ERROR:\s*", "", str(e)).strip()
             raise MediaError(f"{url}: download failed ({msg[:500]})") from None
         files = sorted(p for p in stage.iterdir() if p.is_file() and p.stem == EPISODE_STEM
                        and not p.name.endswith((".part", ".ytdl", ".temp")))
+        now = staged_archive.read_text(encoding="utf-8") if staged_archive.is_file() else None
         if not files:
-            now = archive.read_text(encoding="utf-8") if archive.is_file() else None
             if before and now == before:
                 raise MediaError(
                     f"{url}: already downloaded once (recorded in {archive}) but {dest_dir} has no episode file; "
@@ -530,11 +532,10 @@ def download_url(url: str, mal_id: int, dest_dir: Path, opts: YtDlpOptions | Non
                 )
             raise MediaError(f"{url}: yt-dlp wrote no file (over max_filesize {opts.max_filesize}?)")
         staged = files[0]
-        try:
-            path, probe = _install(staged, dest_dir, staged.suffix.lower(), url)
-        except MediaError:
-            rollback_archive()
-            raise
+        path, probe = _install(staged, dest_dir, staged.suffix.lower(), url)
+        if now is not None and now != before:
+            with atomic_path(archive, suffix=".txt") as tmp:
+                tmp.write_text(now, encoding="utf-8")
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return AcquiredEpisode(path, probe, "manifest", url)

@@ -39,7 +39,6 @@ def _train_and_check(tiny_model_dir, train_path, val_path, home, out, palette, *
                       lora_r=16, lora_alpha=32, lora_dropout=0.0, warmup_steps=10, save_steps=0,
                       torch_threads=1, eval_batch_size=8, log_every=50, seed=0, **kw)
     res = train(cfg)
-    assert res.train_seconds < 180
     assert res.val_loss_after < 0.35 * res.val_loss_before, (res.val_loss_before, res.val_loss_after)
 
     proc = load_processor(tiny_model_dir)
