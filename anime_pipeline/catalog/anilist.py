@@ -55,13 +55,14 @@ def anilist_score_arg(min_score: float) -> int | None:
     return max(0, math.ceil(min_score * 10) - 1)
 
 
-def fetch_anilist_page(client: HttpClient, url: str, *, page: int, page_size: int, min_score: float) -> Page:
+def fetch_anilist_page(client: HttpClient, url: str, *, page: int, page_size: int, min_score: float,
+                       max_age_s: float | None = None) -> Page:
     per_page = max(1, min(MAX_PER_PAGE, page_size))
     variables: dict[str, Any] = {"page": page, "perPage": per_page}
     score = anilist_score_arg(min_score)
     if score is not None:
         variables["minScore"] = score
-    doc = client.post_graphql(url, ANILIST_PAGE_QUERY, variables)
+    doc = client.post_graphql(url, ANILIST_PAGE_QUERY, variables, max_age_s=max_age_s)
     data = as_dict(doc.get("data"), f"POST {url} page {page}: data")
     page_obj = as_dict(data.get("Page"), f"POST {url} page {page}: data.Page")
     media = page_obj.get("media")

@@ -51,10 +51,14 @@ def discover_titles(
     min_score: float = 7.0,
     page_size: int = 50,
     max_pages: int | None = None,
+    listing_max_age_s: float | None = None,
 ) -> DiscoveryResult:
     """Most popular first-season TV titles of `catalog` ("shikimori" | "anilist") that pass the
     filters (released/finished, rating ≤ PG-13 where the catalog has ratings, score ≥ min_score),
-    deduplicated by MAL id, at most `max_titles`. Dropped entries go to `rejected` with a reason."""
+    deduplicated by MAL id, at most `max_titles`. Dropped entries go to `rejected` with a reason.
+
+    `listing_max_age_s`: listing pages cached longer ago than this are fetched again, so a scheduled
+    re-collection sees new titles while a re-materialisation soon after reuses the cache."""
     fetch: Callable[..., Page]
     parse: Callable[..., TitleCandidate]
     if catalog == "shikimori":

@@ -16,7 +16,7 @@ directory is configured) with:
   the network, retries included. Cache hits cost nothing.
 * a disk cache (sqlite) that also stores POST responses, keyed on the JSON body, so
   re-materialising an asset does not refetch. Only HTTP 200 JSON documents without GraphQL
-  `errors` are cached. Secret headers (`X-MAL-CLIENT-ID`, `Authorization`) are excluded from the
+  `errors` are cached, serialised as JSON (never pickle: the cache file is untrusted input). Secret headers (`X-MAL-CLIENT-ID`, `Authorization`) are excluded from the
   cache keys and redacted from the stored requests.
 * `stats`: requests actually sent to the network per host (retries count, cache hits do not);
   `cache_hits`: responses served from the cache per host.
@@ -307,6 +307,18 @@ def _loads(content: bytes | str) -> Any:
     return doc
 
 
+def _age_s(response: requests.Response) -> float:
+    """Seconds since a cached response was stored (requests-cache's `created_at`, UTC)."""
+    import datetime as _dt
+
+    created = getattr(response, "created_at", None)
+    if created is None:
+        return float("inf")
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=_dt.timezone.utc)
+    return (_dt.datetime.now(_dt.timezone.utc) - created).total_seconds()
+
+
 def _cacheable(response: requests.Response) -> bool:
     """Only a 200 JSON document without GraphQL errors goes into (or stays in) the cache."""
     if response.status_code != 200:
@@ -404,10 +416,16 @@ class HttpClient:
             session = CachedSession(
                 str(cache_dir / "catalog_http"),
                 backend="sqlite",
+                # JSON, not requests-cache's default pickle: loading a pickle runs code, and the cache file
+                # lives in the data dir (shared volumes, restored backups), so it is untrusted input.
+                serializer="json",
                 expire_after=NEVER_EXPIRE if cfg.cache_expire_after is None else cfg.cache_expire_after,
                 allowable_methods=("GET", "POST"),
                 allowable_codes=(200,),
                 cache_control=False,
+                # A cached response with a validator (ETag / Last-Modified) is revalidated on every use:
+                # an unchanged synopsis costs a 304 without a body, a changed one is fetched again.
+                always_revalidate=True,
                 ignored_parameters=ignored,
                 filter_fn=_cacheable,
                 stale_if_error=False,
@@ -475,19 +493,23 @@ class HttpClient:
 
     # Requests ----------------------------------------------------------------------------------
     def get_json(self, url: str, params: Mapping[str, Any] | None = None,
-                 headers: Mapping[str, str] | None = None) -> Any:
-        """GET `url` and return the parsed JSON body (raises `CatalogHTTPError`)."""
-        return self._request_json("GET", url, params=params, headers=headers)
+                 headers: Mapping[str, str] | None = None, *, max_age_s: float | None = None) -> Any:
+        """GET `url` and return the parsed JSON body (raises `CatalogHTTPError`).
+
+        `max_age_s`: a cached response older than this is fetched again (catalog listings, where a
+        scheduled re-collection must see new titles; 0 = always). None: the cache's own expiry.
+        """
+        return self._request_json("GET", url, params=params, headers=headers, max_age_s=max_age_s)
 
     def post_graphql(self, url: str, query: str, variables: Mapping[str, Any] | None = None,
-                     headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+                     headers: Mapping[str, str] | None = None, *, max_age_s: float | None = None) -> dict[str, Any]:
         """POST a GraphQL query; return the whole parsed document (`{"data": ...}`).
 
         Raises `CatalogHTTPError` (kind "graphql") when the document carries `errors` (even with
         HTTP 200) or no `data`.
         """
         body = {"query": query, "variables": dict(variables or {})}
-        doc = self._request_json("POST", url, headers=headers, json_body=body)
+        doc = self._request_json("POST", url, headers=headers, json_body=body, max_age_s=max_age_s)
         if not isinstance(doc, dict):
             raise CatalogHTTPError(
                 self.redact(f"POST {url}: GraphQL response is a JSON {type(doc).__name__}, not an object"),
@@ -509,10 +531,10 @@ class HttpClient:
             return url
 
     def _request_json(self, method: str, url: str, *, params: Mapping[str, Any] | None = None,
-                      headers: Mapping[str, str] | None = None, json_body: Any = None) -> Any:
+                      headers: Mapping[str, str] | None = None, json_body: Any = None, max_age_s: float | None = None) -> Any:
         self._remember_secrets(headers)
         shown = self.redact(self._display_url(method, url, params))
-        resp = self._send(method, url, shown, params=params, headers=headers, json_body=json_body)
+        resp = self._send(method, url, shown, params=params, headers=headers, json_body=json_body, max_age_s=max_age_s)
         # Redirects are followed here, not by requests: a POST must stay a POST (requests turns a
         # 301/302 POST into a GET, which breaks GraphQL behind shikimori.one → shikimori.io), and
         # secret headers must not travel to another host.
@@ -527,7 +549,7 @@ class HttpClient:
             log.warning("%s %s redirected (HTTP %s) to %s; consider configuring the new URL",
                         method, shown, resp.status_code, self.redact(target))
             shown = self.redact(self._display_url(method, target, None))
-            resp = self._send(method, target, shown, params=None, headers=headers, json_body=json_body)
+            resp = self._send(method, target, shown, params=None, headers=headers, json_body=json_body, max_age_s=max_age_s)
 
         retries = len(getattr(getattr(resp.raw, "retries", None), "history", ()) or ())
         after = f" after {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""
@@ -548,15 +570,17 @@ class HttpClient:
             ) from None
 
     def _send(self, method: str, url: str, shown: str, *, params: Mapping[str, Any] | None,
-              headers: Mapping[str, str] | None, json_body: Any) -> requests.Response:
+              headers: Mapping[str, str] | None, json_body: Any, max_age_s: float | None = None,
+              _refresh: bool = False) -> requests.Response:
         cfg = self.config
+        extra = {"force_refresh": True} if _refresh else {}
         self._local.sent = 0
         resends = 0
         while True:
             try:
                 resp = self.session.request(
                     method, url, params=params, headers=dict(headers) if headers else None, json=json_body,
-                    timeout=(cfg.connect_timeout, cfg.read_timeout), allow_redirects=False,
+                    timeout=(cfg.connect_timeout, cfg.read_timeout), allow_redirects=False, **extra,
                 )
                 break
             except requests.RequestException as exc:
@@ -572,6 +596,9 @@ class HttpClient:
                     continue
                 raise self._transport_error(method, shown, exc, sent=sent) from None
         from_cache = bool(getattr(resp, "from_cache", False))
+        if from_cache and max_age_s is not None and _age_s(resp) > max_age_s:
+            log.debug("%s %s: cached response older than %ss, fetching again", method, shown, max_age_s)
+            return self._send(method, url, shown, params=params, headers=headers, json_body=json_body, _refresh=True)
         if from_cache:
             with self._lock:
                 self.cache_hits[host_key(resp.url or url)] += 1

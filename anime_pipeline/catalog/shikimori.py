@@ -48,13 +48,14 @@ def shikimori_score_arg(min_score: float) -> int | None:
     return max(1, min(9, math.floor(min_score)))
 
 
-def fetch_shikimori_page(client: HttpClient, url: str, *, page: int, page_size: int, min_score: float) -> Page:
+def fetch_shikimori_page(client: HttpClient, url: str, *, page: int, page_size: int, min_score: float,
+                       max_age_s: float | None = None) -> Page:
     limit = max(1, min(MAX_LIMIT, page_size))
     variables: dict[str, Any] = {"page": page, "limit": limit}
     score = shikimori_score_arg(min_score)
     if score is not None:
         variables["score"] = score
-    doc = client.post_graphql(url, SHIKIMORI_QUERY, variables)
+    doc = client.post_graphql(url, SHIKIMORI_QUERY, variables, max_age_s=max_age_s)
     data = as_dict(doc.get("data"), f"POST {url} page {page}: data")
     items = data.get("animes")
     if not isinstance(items, list):

@@ -28,6 +28,11 @@ class TitlesConfig(dg.Config):
     max_titles: int = Field(default=614, description="Most titles to discover (live); the reference dataset had 614.")
     min_score: float = Field(default=7.0, description="Minimum catalog score (live).")
     page_size: int = Field(default=50, description="Titles per catalog page (the APIs allow at most 50).")
+    listing_max_age_s: float = Field(
+        default=12 * 3600.0,
+        description="Catalog listing pages cached longer ago than this are fetched again (0: always), so the "
+        "daily schedule sees new titles while a re-materialisation soon after reuses the cache.",
+    )
 
 
 class SynopsesConfig(dg.Config):
@@ -88,6 +93,7 @@ def titles(
                 max_titles=config.max_titles,
                 min_score=config.min_score,
                 page_size=config.page_size,
+                listing_max_age_s=config.listing_max_age_s,
             )
             requests = client.requests_sent
         df, rejected = result.titles, result.rejected

@@ -42,6 +42,9 @@ catalog_schedule = dg.ScheduleDefinition(
     job=catalog_job,
     cron_schedule=os.environ.get("ANIME_PIPELINE_CATALOG_CRON", "0 3 * * *"),
     default_status=_status("ANIME_PIPELINE_CATALOG_SCHEDULE", default_on=_demo()),
+    # A scheduled re-collection always fetches the listing afresh (new titles); per-title synopses are
+    # revalidated through the HTTP cache, so unchanged ones cost a 304 and no body.
+    run_config={"ops": {"titles": {"config": {"listing_max_age_s": 0.0}}}},
     description="Re-collect titles and synopses (cron from ANIME_PIPELINE_CATALOG_CRON, default daily 03:00).",
 )
 training_schedule = dg.ScheduleDefinition(

@@ -152,9 +152,35 @@ def test_cache_serves_second_client_without_network(catalog_server, make_client)
     second = make_client(cache=True)  # a new process re-materialising the asset
     assert second.post_graphql(catalog_server.shikimori_url, QUERY, {"page": 1, "limit": 2}) == a
     assert second.get_json(catalog_server.jikan_url + "/anime/5114") == b
-    assert catalog_server.count() == sent
-    assert second.network_requests == 0
+    # The GraphQL page (no validator) comes from the cache alone; Jikan's response carries an ETag, so
+    # it is revalidated: one conditional request answered 304 without a body.
+    assert catalog_server.count() == sent + 1
+    assert catalog_server.not_modified == 1
+    assert second.network_requests == 1
     assert sum(second.cache_hits.values()) == 2
+
+
+def test_changed_resource_is_refetched_unchanged_is_not(catalog_server, make_client):
+    url = catalog_server.jikan_url + "/anime/5114"
+    first = make_client(cache=True)
+    old = first.get_json(url)
+    first.close()
+    catalog_server.jikan_synopses[5114] = "A new synopsis for the test. " * 5
+    second = make_client(cache=True)
+    new = second.get_json(url)
+    assert new["data"]["synopsis"] != old["data"]["synopsis"]
+    assert catalog_server.not_modified == 0
+    assert second.get_json(url) == new
+    assert catalog_server.not_modified == 1
+
+
+def test_listing_max_age_refetches_old_cached_pages(catalog_server, make_client):
+    client = make_client(cache=True)
+    client.post_graphql(catalog_server.shikimori_url, QUERY, {"page": 1, "limit": 2})
+    client.post_graphql(catalog_server.shikimori_url, QUERY, {"page": 1, "limit": 2}, max_age_s=3600)
+    assert catalog_server.count(SHIKI) == 1  # young enough: served from the cache
+    client.post_graphql(catalog_server.shikimori_url, QUERY, {"page": 1, "limit": 2}, max_age_s=0)
+    assert catalog_server.count(SHIKI) == 2  # too old for this caller: fetched again
 
 
 def test_cache_key_includes_post_body(catalog_server, make_client):
