@@ -81,7 +81,8 @@ def discover_titles(
         return DiscoveryResult(empty(TITLES), empty(REJECTED), 0, "max_titles is 0")
 
     for page_no in range(1, cap + 1):
-        page = fetch(client, url, page=page_no, page_size=page_size, min_score=min_score)
+        page = fetch(client, url, page=page_no, page_size=page_size, min_score=min_score,
+                     max_age_s=listing_max_age_s)
         pages += 1
         new_ids = 0
         for index, item in enumerate(page.items):
