@@ -81,7 +81,7 @@ def run_all(
         raise SystemExit("catalog stage failed; see the run in `./scripts/dev`")
     keys = instance.get_dynamic_partitions(MAL_ID_PARTITIONS_NAME)
     failed = [k for k in keys if not step(["episodes", "frame_shards"], partition_key=k).success]
-    for name in ("train_val_split", "finetuned_adapter", "caption_eval"):
+    for name in ("train_val_split", "dataset_export", "finetuned_adapter", "caption_eval"):
         if not step([name]).success:
             raise SystemExit(f"{name} failed; see the run in `./scripts/dev`")
     summary = summarize(settings, instance)
@@ -105,6 +105,7 @@ def summarize(settings: Settings, instance) -> dict:
         "catalog": str(settings.catalog_dir),
         "frames": str(settings.frames_dir),
         "splits": str(settings.splits_dir),
+        "release": str(settings.home / "release"),
         "adapter": adapter.get("adapter_path"),
         "eval": ev.get("captions_path"),
         "val_loss_base": ev.get("val_loss_base"),

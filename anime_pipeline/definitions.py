@@ -13,6 +13,7 @@ defs = dg.Definitions(
         media.episodes,
         media.frame_shards,
         dataset.train_val_split,
+        dataset.dataset_export,
         training.finetuned_adapter,
         evaluation.caption_eval,
     ],

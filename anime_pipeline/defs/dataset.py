@@ -103,3 +103,56 @@ def samples_well_formed(pipeline: PipelineResource) -> dg.AssetCheckResult:
     train, val = (pl.read_parquet(p) for p in split_paths(pipeline.settings().home))
     ok, detail = check_samples_well_formed(pl.concat([train, val]))
     return dg.AssetCheckResult(passed=ok, metadata={"detail": detail})
+
+
+class ExportConfig(dg.Config):
+    shard_target_mb: int = Field(default=500, description="Target size of one release shard, in MB.")
+    pretty_name: str = Field(default="Anime first episodes with synopses", description="Dataset name in the card.")
+
+
+@dg.asset(
+    group_name="dataset",
+    deps=[train_val_split],
+    kinds={"parquet", "huggingface"},
+    code_version="dataset_export-v1",
+)
+def dataset_export(context: dg.AssetExecutionContext, config: ExportConfig, pipeline: PipelineResource) -> dg.MaterializeResult:
+    """A self-contained dataset release at `<data dir>/release/`: Parquet shards that Hugging Face `datasets`
+    loads as they are (`train` and `validation` splits, one row per title with names, genres, characters,
+    prompt, synopsis, Russian synopsis, frame timestamps and the frames as an `Image` list) and a dataset
+    card (README.md) with collection method, counts, licence and provenance. Re-exporting without an
+    upstream change rewrites nothing; a changed title rewrites only the shard that holds it.
+    """
+    from anime_pipeline.dataset.export import export_dataset
+    from anime_pipeline.defs.training import git_commit
+
+    s = pipeline.settings()
+    started = time.monotonic()
+    train, val = (pl.read_parquet(p) for p in split_paths(s.home))
+    result = export_dataset(
+        train,
+        val,
+        pl.read_parquet(s.catalog_dir / "titles.parquet"),
+        pl.read_parquet(s.catalog_dir / "synopses.parquet"),
+        s.home,
+        s.home / "release",
+        shard_target_bytes=config.shard_target_mb * 1_000_000,
+        versions={"data_version": split_data_version(s.home), "code_version": "dataset_export-v1", "git_commit": git_commit()},
+        pretty_name=config.pretty_name,
+    )
+    context.log.info(
+        f"release: {len(result.shards_written)} shard(s) written, {len(result.shards_unchanged)} unchanged"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "rows_per_split": dg.MetadataValue.json(result.rows_per_split),
+            "shards_written": len(result.shards_written),
+            "shards_unchanged": len(result.shards_unchanged),
+            "content_hash": result.content_hash,
+            "bytes": sum(p.stat().st_size for p in result.paths),
+            "path": path_meta(s.home / "release"),
+            "card": path_meta(s.home / "release" / "README.md"),
+            "duration_s": round(time.monotonic() - started, 2),
+        },
+        data_version=dg.DataVersion(result.content_hash[:16]),
+    )

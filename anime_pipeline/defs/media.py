@@ -33,10 +33,11 @@ class FramesConfig(dg.Config):
     fps: float = Field(default=0.5, description="Frames per second for the `fps` strategy.")
     skip_s: float = Field(default=1.0, description="Seconds skipped at both ends (openings often start black).")
     max_side: int = Field(default=512, description="Longest side of stored frames in pixels (aspect kept).")
-    mode: str = Field(
-        default="exact",
-        description="`exact` decodes the exact frame; `keyframe` takes the keyframe nearest each target (much "
-        "faster on long episodes, drift ≤ half a GOP).",
+    mode: Optional[str] = Field(
+        default=None,
+        description="`exact` decodes the exact frame; `keyframe` takes the keyframe nearest each target (17-27x "
+        "faster than a full decode on a 24-min episode, drift ≤ half a GOP; docs/BENCHMARKS.md). Unset: "
+        "keyframe live, exact in the demo (short clips).",
     )
     jpeg_quality: int = Field(default=90, description="JPEG quality of stored frames.")
     timeout_s: float = Field(default=600.0, description="Time limit for sampling one episode.")
@@ -132,7 +133,7 @@ def frame_shards(context: dg.AssetExecutionContext, config: FramesConfig, pipeli
         fps=config.fps,
         skip_s=config.skip_s,
         max_side=config.max_side,
-        mode=config.mode,
+        mode=config.mode or ("exact" if s.profile == "demo" else "keyframe"),
         timeout_s=config.timeout_s,
     )
     dest = s.frames_dir / f"mal_id={mal_id}" / "part-0.parquet"

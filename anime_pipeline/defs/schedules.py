@@ -21,7 +21,7 @@ media_job = dg.define_asset_job(
 )
 training_job = dg.define_asset_job(
     "training_job",
-    selection=dg.AssetSelection.assets("train_val_split", "finetuned_adapter", "caption_eval"),
+    selection=dg.AssetSelection.assets("train_val_split", "dataset_export", "finetuned_adapter", "caption_eval"),
     description="Split, fine-tune and evaluate on everything collected so far (once per batch of changes).",
 )
 JOBS = [catalog_job, media_job, training_job]

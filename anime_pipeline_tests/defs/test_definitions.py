@@ -13,12 +13,13 @@ CONTRACT = {
     "episodes": "media",
     "frame_shards": "media",
     "train_val_split": "dataset",
+    "dataset_export": "dataset",
     "finetuned_adapter": "training",
     "caption_eval": "evaluation",
 }
 
 
-def test_all_seven_assets_exist_with_their_groups():
+def test_all_assets_exist_with_their_groups():
     graph = defs.resolve_asset_graph()
     for key, group in CONTRACT.items():
         node = graph.get(dg.AssetKey(key))
