@@ -16,8 +16,9 @@ directory is configured) with:
   the network, retries included. Cache hits cost nothing.
 * a disk cache (sqlite) that also stores POST responses, keyed on the JSON body, so
   re-materialising an asset does not refetch. Only HTTP 200 JSON documents without GraphQL
-  `errors` are cached, serialised as JSON (never pickle: the cache file is untrusted input). Secret headers (`X-MAL-CLIENT-ID`, `Authorization`) are excluded from the
-  cache keys and redacted from the stored requests.
+  `errors` are cached, serialised as JSON (never pickle: the cache file is untrusted input).
+  Secret headers (`X-MAL-CLIENT-ID`, `Authorization`) are excluded from the cache keys and
+  redacted from the stored requests.
 * `stats`: requests actually sent to the network per host (retries count, cache hits do not);
   `cache_hits`: responses served from the cache per host.
 

@@ -60,6 +60,13 @@ class ModelCardInfo:
     limitations: list[str] = field(default_factory=lambda: list(DEFAULT_LIMITATIONS))
 
 
+def _model_ref(model: str) -> str:
+    """A Hub link for a Hub id (`org/name`); a local directory (the demo's tiny model) stays plain text."""
+    if model.count("/") == 1 and not model.startswith((".", "/", "~")):
+        return f"[`{model}`](https://huggingface.co/{model})"
+    return f"`{model}` (a local model directory)"
+
+
 def _plain(value: Any) -> Any:
     """numpy scalars and other number-likes -> plain Python values safe for yaml.safe_dump."""
     if value is None or isinstance(value, (bool, int, str)):
@@ -181,7 +188,7 @@ def render_model_card(info: ModelCardInfo) -> str:
         f"---\n{header}\n---",
         f"# {info.model_name}",
         "## Model description\n\n"
-        f"A LoRA adapter (PEFT) for [`{info.base_model}`](https://huggingface.co/{info.base_model}) that writes "
+        f"A LoRA adapter (PEFT) for {_model_ref(info.base_model)} that writes "
         "the synopsis of an anime's first episode from frames sampled across that episode. The prompt gives "
         "the genres and main characters from the catalog; everything else has to come from the frames.\n\n"
         f"{licence}",

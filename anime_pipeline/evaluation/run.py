@@ -112,7 +112,7 @@ def evaluate_adapter(
     with atomic_path(out_dir / "metrics.json", suffix=".json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2))
 
-    _write_card(adapter_dir, base_model, val, train_samples, metrics, lineage or {})
+    _write_card(adapter_dir, base_model, val, train_samples, metrics, lineage or {}, data_home)
 
     from anime_pipeline.media.preview import contact_sheet
 
@@ -120,8 +120,23 @@ def evaluate_adapter(
     return EvalResult(metrics=metrics, num_samples=len(samples), captions_path=captions_path, table=table, preview_png=preview)
 
 
-def _write_card(adapter_dir: Path, base_model: str, val: pl.DataFrame, train_samples: Path | None, metrics: dict, lineage: dict) -> Path:
+def _source_counts(home: Path) -> dict[str, dict[str, int]]:
+    """Titles per catalog and synopses per source, from the catalog tables beside the split."""
+    out: dict[str, dict[str, int]] = {}
+    for table, column in (("titles", "catalog"), ("synopses", "source")):
+        path = home / "catalog" / f"{table}.parquet"
+        if path.exists():
+            counts = pl.read_parquet(path, columns=[column]).group_by(column).len()
+            out[table] = {str(k): int(v) for k, v in counts.iter_rows()}
+    return out
+
+
+def _write_card(
+    adapter_dir: Path, base_model: str, val: pl.DataFrame, train_samples: Path | None, metrics: dict, lineage: dict,
+    data_home: Path,
+) -> Path:
     train = pl.read_parquet(train_samples) if train_samples and Path(train_samples).exists() else None
+    sources = _source_counts(Path(data_home))
     hp = lineage.get("hyperparameters") or {}
     if isinstance(hp, str):
         hp = json.loads(hp)
@@ -138,5 +153,7 @@ def _write_card(adapter_dir: Path, base_model: str, val: pl.DataFrame, train_sam
         code_version=str(lineage.get("code_version", "unknown")),
         git_commit=str(lineage.get("git_commit")) if lineage.get("git_commit") else None,
         frames_per_sample=int(val["num_frames"].max()) if "num_frames" in val.columns else None,
+        synopsis_sources=sources.get("synopses", {}),
+        catalog_sources=sources.get("titles", {}),
     )
     return write_model_card(adapter_dir, info)
