@@ -124,3 +124,18 @@ def test_dataset_release_loads_with_hf_datasets(demo_run, tmp_path, monkeypatch)
     assert ds["train"].num_rows == train.height and ds["validation"].num_rows == val.height
     row = ds["validation"][0]
     assert len(row["frames"]) == 8 and row["frames"][0].size[0] > 0
+
+
+def test_model_card_in_adapter_dir(demo_run):
+    import yaml
+
+    _, _, summary, _ = demo_run
+    from pathlib import Path
+
+    card = (Path(summary["adapter"]) / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == "peft"
+    metrics = {m["type"]: m["value"] for m in front["model-index"][0]["results"][0]["metrics"]}
+    assert metrics["val_loss"] == pytest.approx(summary["val_loss_finetuned"])
+    assert "data_version" in card.lower().replace(" ", "_") or "data version" in card.lower()
+    assert "huggingface.co//" not in card
