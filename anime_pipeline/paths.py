@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -55,3 +56,12 @@ def atomic_path(final: Path, *, suffix: str | None = None) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def file_sha256(path: Path, *, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes, read in chunks (episodes can be gigabytes)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
-from anime_pipeline.paths import UnsafePathError, atomic_path, within
+from anime_pipeline.paths import UnsafePathError, atomic_path, file_sha256, within
 
 ENV_BUCKET = "ANIME_PIPELINE_S3_BUCKET"
 ENV_PREFIX = "ANIME_PIPELINE_S3_PREFIX"
@@ -62,12 +62,6 @@ class Published:
     uploaded: bool  # False: the remote object already had this size and sha256 (nothing sent)
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def relative_key(relative_path: str | os.PathLike[str]) -> str:

@@ -18,6 +18,7 @@ import polars as pl
 from anime_pipeline.dataset.prompt import build_prompt
 from anime_pipeline.paths import atomic_path
 from anime_pipeline.schemas import SAMPLES, conform, empty
+from anime_pipeline.paths import file_sha256
 
 DEFAULT_SALT = "anime_pipeline-v1"
 DEFAULT_VAL_FRACTION = 0.05
@@ -188,12 +189,6 @@ def write_split(result: SplitResult, dest_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def file_sha256(path: Path, *, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def content_hash(paths: Iterable[Path]) -> str:

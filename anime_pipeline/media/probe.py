@@ -29,6 +29,7 @@ from typing import Any
 import ffmpeg
 
 from .errors import MediaError
+from anime_pipeline.paths import file_sha256
 
 # Demuxers ffprobe / PyAV may use (comma-separated, as ffmpeg's `format_whitelist` expects).
 # Audio containers are allowed so that an audio-only file reports "no video stream".
@@ -83,12 +84,6 @@ def _float(value: Any) -> float | None:
     return f if f == f and f not in (float("inf"), float("-inf")) else None
 
 
-def file_sha256(path: Path, *, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_regular_file(path: Path | str) -> Path:
