@@ -43,6 +43,7 @@ class FinetuneConfig(dg.Config):
     feature_cache: bool = Field(default=False, description="Cache the frozen vision tower's features across epochs/runs.")
     save_steps: int = Field(default=50, description="Checkpoint every N optimizer steps (a run resumes from the last).")
     seed: int = Field(default=0, description="Random seed.")
+    log_every: int = Field(default=10, description="Report step, loss and samples/s to the run log every N steps.")
     torch_threads: Optional[int] = Field(
         default=None, description="CPU threads for torch (demo 1: the tiny model's ops are too small to split; live: torch's default)."
     )
@@ -94,6 +95,7 @@ def build_train_config(config: FinetuneConfig, settings, run_dir: Path, base_mod
         feature_cache_dir=str(settings.home / "feature-cache") if config.feature_cache else None,
         save_steps=config.save_steps,
         seed=config.seed,
+        log_every=config.log_every,
         torch_threads=config.torch_threads if config.torch_threads is not None else (1 if demo else None),
     )
 
