@@ -60,9 +60,30 @@ class FramesProcessor:
         self.image_related_ids = frozenset(
             {self.image_token_id, self.fake_image_token_id, self.global_image_token_id, *self.row_col_token_ids}
         )
-        self._mean = np.asarray(getattr(self.image_processor, "image_mean", [0.5] * 3), np.float32).reshape(3, 1, 1)
-        self._std = np.asarray(getattr(self.image_processor, "image_std", [0.5] * 3), np.float32).reshape(3, 1, 1)
-        self._scale = float(getattr(self.image_processor, "rescale_factor", 1 / 255))
+        ip = self.image_processor
+        self._mean = np.asarray(getattr(ip, "image_mean", [0.5] * 3), np.float32).reshape(3, 1, 1)
+        self._std = np.asarray(getattr(ip, "image_std", [0.5] * 3), np.float32).reshape(3, 1, 1)
+        self._scale = float(getattr(ip, "rescale_factor", 1 / 255))
+        self._do_rescale = bool(getattr(ip, "do_rescale", True))
+        self._do_normalize = bool(getattr(ip, "do_normalize", True))
+        self._do_resize = bool(getattr(ip, "do_resize", True))
+        self._resample = int(getattr(ip, "resample", None) if getattr(ip, "resample", None) is not None
+                             else 2)  # the PIL backend's default is BILINEAR; SmolVLM configs say 1 (LANCZOS)
+        # uint8 value → normalised float32, per channel, with the image processor's exact arithmetic
+        # (rescale in float64 then cast to float32; (x - mean) / std in float32), so a table lookup
+        # reproduces its output bit for bit.
+        v = np.arange(256, dtype=np.float64)
+        lut = np.broadcast_to((v * self._scale if self._do_rescale else v).astype(np.float32), (3, 256))
+        if self._do_normalize:
+            lut = (lut - self._mean.reshape(3, 1)) / self._std.reshape(3, 1)
+        self._lut = np.ascontiguousarray(lut, dtype=np.float32)
+        # Faster equivalent when it is exact for all 256 values (it is for rescale 1/255): divide by
+        # 1/rescale in float32, then (x - mean) / std, written straight into the CHW output.
+        self._divisor = np.float32(round(1 / self._scale)) if self._do_rescale and self._scale > 0 else np.float32(1)
+        arith = np.empty((3, 256), np.float32)
+        self._arith_into(arith.reshape(3, 256, 1), np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None, None],
+                                                                  (256, 1, 3)))
+        self._exact_arith = bool(np.array_equal(arith, self._lut))
 
     # Text --------------------------------------------------------------------------------------
     def render(self, messages: list[dict], *, add_generation_prompt: bool = False) -> str:
@@ -84,8 +105,37 @@ class FramesProcessor:
         return self.tokenizer.batch_decode(ids, **kw)
 
     # Images ------------------------------------------------------------------------------------
-    def frame_array(self, image) -> np.ndarray:
-        """One frame → float32 CHW `image_size`², normalised exactly like the image processor."""
+    def preprocessing_id(self) -> str:
+        """Everything that determines a frame's pixels given the stored image (for feature-cache keys)."""
+        return json.dumps({"max_side": self.max_side, "image_size": self.image_size, "resample": self._resample,
+                           "rescale": self._scale if self._do_rescale else None,
+                           "mean": self._mean.ravel().tolist() if self._do_normalize else None,
+                           "std": self._std.ravel().tolist() if self._do_normalize else None}, sort_keys=True)
+
+    def first_stage_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after the image processor's first resize: long side → `max_side`, aspect kept
+        (`int()` truncation, short side rounded up to even), capped at 4096 — `get_resize_output_image_size`
+        of `SmolVLMImageProcessorPil`."""
+        m = self.max_side
+        aspect = width / height
+        if width >= height:
+            w, h = m, int(m / aspect)
+            h += h % 2
+        else:
+            h, w = m, int(m * aspect)
+            w += w % 2
+        h, w = max(h, 1), max(w, 1)
+        cap = 4096
+        aspect = w / h
+        if w >= h and w > cap:
+            w, h = cap, int(cap / aspect)
+        elif h > w and h > cap:
+            h, w = cap, int(cap * aspect)
+        return max(w, 1), max(h, 1)
+
+    def frame_uint8(self, image) -> np.ndarray:
+        """One frame → uint8 HWC `image_size`², resized exactly like the image processor: long side →
+        `max_side`, then squashed to `image_size`², both with the configured PIL filter (LANCZOS)."""
         from PIL import Image
 
         if not isinstance(image, Image.Image):
@@ -93,28 +143,70 @@ class FramesProcessor:
         if image.mode != "RGB":
             image = image.convert("RGB")
         s = self.image_size
-        if image.size == (s, s):
-            # Fast path (P12): nothing to resize; same arithmetic as rescale + normalize.
-            arr = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) * np.float32(self._scale)
-            return (arr - self._mean) / self._std
+        if image.size != (s, s):
+            first = self.first_stage_size(*image.size) if self._do_resize else image.size
+            if first != image.size:
+                image = image.resize(first, resample=self._resample)
+            if image.size != (s, s):
+                image = image.resize((s, s), resample=self._resample)
+        return np.asarray(image)
+
+    def _arith_into(self, out: np.ndarray, hwc: np.ndarray) -> None:
+        np.divide(hwc.transpose(2, 0, 1), self._divisor, out=out, dtype=np.float32)
+        if self._do_normalize:
+            np.subtract(out, self._mean, out=out)
+            np.divide(out, self._std, out=out)
+
+    def normalize_into(self, out: np.ndarray, hwc: np.ndarray) -> None:
+        """uint8 HWC → normalised float32 CHW written into `out`, bit-identical to the image processor's
+        rescale + normalize (float32 arithmetic where that was verified exact at init, else a table)."""
+        if self._exact_arith:
+            self._arith_into(out, hwc)
+            return
+        for c in range(3):
+            out[c] = self._lut[c][hwc[..., c]]
+
+    def frame_array(self, image, *, fast: bool = True) -> np.ndarray:
+        """One frame → float32 CHW `image_size`², normalised exactly like the image processor.
+        `fast=False` runs the HF image processor itself (the reference the fast path is tested against)."""
+        if not fast:
+            return self._frame_array_hf(image)
+        s = self.image_size
+        out = np.empty((3, s, s), np.float32)
+        self.normalize_into(out, self.frame_uint8(image))
+        return out
+
+    def _frame_array_hf(self, image) -> np.ndarray:
+        from PIL import Image
+
+        if not isinstance(image, Image.Image):
+            image = Image.fromarray(np.asarray(image))
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        s = self.image_size
         out = self.image_processor(
             images=[[image]], do_image_splitting=False, size={"longest_edge": self.max_side},
             max_image_size={"longest_edge": s}, do_pad=False, return_tensors="np",
         )
         return np.asarray(out["pixel_values"][0][0], dtype=np.float32)
 
-    def images(self, batch: Sequence[Sequence[Any]]) -> dict[str, torch.Tensor]:
-        """Frames of each sample → `pixel_values (B, F, 3, S, S)` (zero-padded frames) and a bool
-        `pixel_attention_mask (B, F, S, S)`; F is the largest frame count in the batch."""
+    def images(self, batch: Sequence[Sequence[Any]], *, fast: bool = True) -> dict[str, torch.Tensor]:
+        """Frames of each sample → `pixel_values (B, F, 3, S, S)` float32 (zero-padded frames) and a bool
+        `pixel_attention_mask (B, F, S, S)`; F is the largest frame count in the batch. A sample with no
+        frames gets only padding (used for samples whose vision features are cached)."""
         b = len(batch)
         f = max((len(x) for x in batch), default=0)
         s = self.image_size
         pv = torch.zeros((b, max(f, 1), 3, s, s), dtype=torch.float32)
         mask = torch.zeros((b, max(f, 1), s, s), dtype=torch.bool)
+        pv_np = pv.numpy()
         for i, frames in enumerate(batch):
             for j, img in enumerate(frames):
-                pv[i, j] = torch.from_numpy(self.frame_array(img))
-                mask[i, j] = True
+                if fast:
+                    self.normalize_into(pv_np[i, j], self.frame_uint8(img))
+                else:
+                    pv_np[i, j] = self._frame_array_hf(img)
+            mask[i, :len(frames)] = True
         return {"pixel_values": pv, "pixel_attention_mask": mask}
 
     # Both --------------------------------------------------------------------------------------
