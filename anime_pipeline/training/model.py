@@ -272,6 +272,12 @@ def merge_image_features(model, input_ids: torch.Tensor, features: torch.Tensor)
     return embeds.masked_scatter(mask.unsqueeze(-1), features.to(device=embeds.device, dtype=embeds.dtype))
 
 
+def _mixed_dtypes(base) -> bool:
+    vision, connector, text = smolvlm_parts(base)
+    dtypes = {p.dtype for m in (vision, connector) for p in m.parameters() if p.is_floating_point()}
+    return dtypes != {text.get_input_embeddings().weight.dtype}
+
+
 def answer_loss(model, batch: dict, *, image_features: list[torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over labelled tokens and their count.
@@ -282,6 +288,10 @@ def answer_loss(model, batch: dict, *, image_features: list[torch.Tensor] | None
     """
     base = unwrap(model)
     labels = batch["labels"]
+    if image_features is None and batch.get("pixel_values") is not None and _mixed_dtypes(base):
+        # QLoRA / upcast leftovers: frozen tower in one dtype, text model in another (transformers
+        # #41453). Merge the features ourselves, cast to the text embeddings' dtype (P3 fix 2).
+        image_features = encode_frames(base, batch["pixel_values"], batch.get("pixel_attention_mask"))
     if image_features is not None:
         feats = torch.cat([f.reshape(-1, f.shape[-1]) for f in image_features], 0)
         embeds = merge_image_features(base, batch["input_ids"], feats)
