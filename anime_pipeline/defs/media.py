@@ -43,6 +43,16 @@ class FramesConfig(dg.Config):
     timeout_s: float = Field(default=600.0, description="Time limit for sampling one episode.")
 
 
+def partition_mal_id(key: str) -> int:
+    """The partition key as a MAL id: ASCII digits only (`int()` would also take "٤٢" and alias 42)."""
+    from anime_pipeline.media.sources import normalize_mal_id
+
+    try:
+        return normalize_mal_id(key)
+    except MediaError as e:
+        raise dg.Failure(description=f"partition key {key!r} is not a MAL id: {e}") from e
+
+
 def _record(path, payload: dict) -> None:
     with atomic_path(path, suffix=".json") as tmp:
         tmp.write_text(json.dumps(payload, indent=2, default=str))
@@ -66,7 +76,7 @@ def episodes(context: dg.AssetExecutionContext, config: EpisodesConfig, pipeline
     from anime_pipeline.media.sources import acquire_episode
 
     s = pipeline.settings()
-    mal_id = int(context.partition_key)
+    mal_id = partition_mal_id(context.partition_key)
     dest = s.episodes_dir / str(mal_id)
     probe_file = dest / "probe.json"
     started = time.monotonic()
@@ -121,7 +131,7 @@ def frame_shards(context: dg.AssetExecutionContext, config: FramesConfig, pipeli
     from anime_pipeline.media.shards import extract_frame_shard, read_frame_shard
 
     s = pipeline.settings()
-    mal_id = int(context.partition_key)
+    mal_id = partition_mal_id(context.partition_key)
     probe_file = s.episodes_dir / str(mal_id) / "probe.json"
     if not probe_file.exists():
         raise dg.Failure(description=f"no episode for MAL id {mal_id}: materialize `episodes` for this partition first")
@@ -189,7 +199,7 @@ def frame_shards_contract(context: dg.AssetCheckExecutionContext, pipeline: Pipe
     from anime_pipeline.media.shards import read_frame_shard
 
     s = pipeline.settings()
-    mal_id = int(context.partition_key)
+    mal_id = partition_mal_id(context.partition_key)
     df = read_frame_shard(s.frames_dir / f"mal_id={mal_id}" / "part-0.parquet")
     duration = json.loads((s.episodes_dir / str(mal_id) / "probe.json").read_text()).get("duration_s")
     ok, detail = check_frames(df, duration_s=duration)

@@ -12,6 +12,8 @@ catalog_job = dg.define_asset_job(
     "catalog_job",
     selection=dg.AssetSelection.assets("titles", "synopses"),
     description="Re-collect the catalog: new titles become new partitions (media runs follow via a sensor).",
+    # Bounded: a server that drips bytes forever or a day-long 429 storm cannot hold the run open.
+    tags={"dagster/max_runtime": str(int(os.environ.get("ANIME_PIPELINE_CATALOG_MAX_RUNTIME_S", 6 * 3600)))},
 )
 media_job = dg.define_asset_job(
     "media_job",

@@ -3,7 +3,12 @@
 A sample is a dict::
 
     {"images": [PIL.Image, ...], "timestamps": [float, ...], "duration_s": float,
-     "prompt": str, "answer": str}
+     "prompt": str, "answer": str, "frame_ids": [str, ...]  # optional, see data.frame_id}
+
+With `frame_ids` on every sample, the batch carries `frame_ids` (per sample, the kept frames' ids). Given
+a `feature_cache` (`FeatureCache`), samples whose frames' features are all cached get no pixels (only
+padding; if the whole batch is cached, no `pixel_values` / `pixel_attention_mask` at all): a cached
+epoch does no image work (the dataset decodes JPEGs lazily, so not even decoding).
 
 Labels (`mask_policy="assistant_only"`) are -100 everywhere except the answer's tokens and the
 `<end_of_utterance>` that closes it. They are found from the rendered text and the tokenizer's offsets
@@ -74,7 +79,7 @@ def _check_sample(sample: dict, *, need_answer: bool) -> None:
 
 class _Base:
     def __init__(self, processor, *, max_length: int | None = None, padding_side: str = "right",
-                 return_stats: bool = False):
+                 return_stats: bool = False, feature_cache=None, uint8_pixels: bool = False):
         if max_length is not None and max_length < 1:
             raise ValueError("max_length must be positive or None")
         if padding_side not in ("left", "right"):
@@ -83,6 +88,8 @@ class _Base:
         self.max_length = max_length
         self.padding_side = padding_side
         self.return_stats = return_stats
+        self.feature_cache = feature_cache
+        self.uint8_pixels = bool(uint8_pixels)
 
     def _text(self, sample: dict, idx: Sequence[int], *, answer: str | None, generation: bool) -> str:
         ts = [float(sample["timestamps"][i]) for i in idx]
@@ -96,7 +103,14 @@ class _Base:
         out = self.processor.pad([e.input_ids for e in encoded], padding_side=self.padding_side,
                                  labels=[e.labels for e in encoded] if with_labels else None)
         frames = [[s["images"][i] for i in e.frame_indices] for s, e in zip(samples, encoded)]
-        out.update(self.processor.images(frames))
+        if all("frame_ids" in s for s in samples):
+            ids = [[s["frame_ids"][i] for i in e.frame_indices] for s, e in zip(samples, encoded)]
+            out["frame_ids"] = ids
+            if self.feature_cache is not None:
+                frames = [[] if self.feature_cache.cached(x) else f for f, x in zip(frames, ids)]
+        if any(frames):
+            out.update(self.processor.images(frames, uint8=True) if self.uint8_pixels
+                       else self.processor.images(frames))
         if self.return_stats:
             out["frames_kept"] = torch.tensor([len(e.frame_indices) for e in encoded], dtype=torch.long)
             out["frames_total"] = torch.tensor([e.total_frames for e in encoded], dtype=torch.long)
@@ -106,15 +120,20 @@ class _Base:
 class VideoSFTCollator(_Base):
     """Samples → `input_ids, attention_mask, labels, pixel_values, pixel_attention_mask` (padding on
     `padding_side`, right by default). `return_stats=True` adds `frames_kept` / `frames_total` (B,)
-    tensors, which are not model inputs (pop them before calling the model).
+    tensors, which are not model inputs (pop them before calling the model); `frame_ids` (a list) is
+    added when the samples have ids, and pixels are skipped for cached samples (see the module doc).
+    `uint8_pixels=True` ships uint8 `pixel_values`: normalise them with `processor.normalize_pixels`
+    after moving the batch to the device (the training loop does).
 
     `mask_policy`: "assistant_only" (default) labels only the answer + its `<end_of_utterance>`;
     "all_text" labels every token except padding and image-related tokens (the authors' notebook).
     """
 
     def __init__(self, processor, *, max_length: int | None = None, mask_policy: str = "assistant_only",
-                 padding_side: str = "right", return_stats: bool = False):
-        super().__init__(processor, max_length=max_length, padding_side=padding_side, return_stats=return_stats)
+                 padding_side: str = "right", return_stats: bool = False, feature_cache=None,
+                 uint8_pixels: bool = False):
+        super().__init__(processor, max_length=max_length, padding_side=padding_side, return_stats=return_stats,
+                         feature_cache=feature_cache, uint8_pixels=uint8_pixels)
         if mask_policy not in MASK_POLICIES:
             raise ValueError(f"mask_policy must be one of {MASK_POLICIES}, not {mask_policy!r}")
         self.mask_policy = mask_policy

@@ -34,6 +34,9 @@ class TrainConfig:
       val_max_samples: evaluate on at most this many val samples (the first ones); None = all.
       num_workers, pin_memory (None = CUDA available), prefetch_factor: DataLoader settings
         (persistent workers when num_workers > 0).
+      uint8_pixels: the collator ships uint8 pixels and they are normalised on the training device
+        (4× fewer host→device bytes, same values); None = on for CUDA, off on CPU (where it would only
+        move work from the loader workers to the training loop).
     Optimisation:
       lr, weight_decay, warmup_steps, lr_schedule ("constant" | "linear" | "cosine", after warmup),
       max_grad_norm (clipping; 0/None = off), epochs, max_steps (optimizer steps; overrides epochs when
@@ -73,6 +76,7 @@ class TrainConfig:
     num_workers: int = 0
     pin_memory: bool | None = None
     prefetch_factor: int = 2
+    uint8_pixels: bool | None = None
     lr: float = 2e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -40,11 +41,28 @@ def decode_jpeg(data: bytes):
         return img.convert("RGB")
 
 
+def open_jpeg(data: bytes):
+    """The JPEG as a lazily decoded PIL image (decoded on first pixel access): samples whose vision
+    features are cached are never decoded. Non-RGB JPEGs are converted (decoded) at once."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def frame_id(source_sha256: str | None, frame_index, timestamp_s, width, height, image: bytes) -> str:
+    """Identity of a stored frame, for feature-cache keys: the episode file's SHA-256 + frame index +
+    timestamp + stored size; without a recorded source hash, the SHA-256 of the JPEG itself."""
+    if source_sha256:
+        return f"src:{source_sha256}:{frame_index}:{float(timestamp_s)!r}:{width}x{height}"
+    return "jpeg:" + hashlib.sha256(image).hexdigest()
+
+
 class ShardVideoDataset(Dataset):
-    """One item per samples row: `{"images", "timestamps", "duration_s", "prompt", "answer", "mal_id",
-    "name"}`. Frames come from `data_home / frames_path` (a FRAMES Parquet shard), filtered to the row's
-    `mal_id`, ordered by timestamp, decoded from JPEG; with `max_frames`, spread uniformly (first and
-    last kept). `split` keeps only the samples rows of that split (when the column exists)."""
+    """One item per samples row: `{"images", "frame_ids", "timestamps", "duration_s", "prompt", "answer",
+    "mal_id", "name"}`. Frames come from `data_home / frames_path` (a FRAMES Parquet shard), filtered to the row's
+    `mal_id`, ordered by timestamp, JPEG-decoded lazily (`open_jpeg`); with `max_frames`, spread uniformly
+    (first and last kept). `frame_ids` (one per image, `frame_id`) identify the frames for the feature cache. `split` keeps only the samples rows of that split (when the column exists)."""
 
     def __init__(self, samples: pl.DataFrame | str | Path, data_home: Path, max_frames: int | None = None, *,
                  split: str | None = None):
@@ -62,8 +80,11 @@ class ShardVideoDataset(Dataset):
         path = within(self.data_home, row["frames_path"])
         if not path.is_file():
             raise FramesMissingError(f"frame shard {path} for MAL {row['mal_id']} does not exist")
-        cols = ["mal_id", "frame_index", "timestamp_s", "image"]
-        frames = (pl.scan_parquet(path).select(cols).filter(pl.col("mal_id") == row["mal_id"])
+        lf = pl.scan_parquet(path)
+        names = lf.collect_schema().names()
+        cols = ["mal_id", "frame_index", "timestamp_s", "image"] + [
+            c for c in ("width", "height", "source_sha256") if c in names]
+        frames = (lf.select(cols).filter(pl.col("mal_id") == row["mal_id"])
                   .sort(["timestamp_s", "frame_index"]).collect())
         if frames.height == 0:
             raise FramesMissingError(f"frame shard {path} holds no frames for MAL {row['mal_id']}")
@@ -75,11 +96,16 @@ class ShardVideoDataset(Dataset):
         idx = uniform_indices(frames.height, self.max_frames) if self.max_frames else list(range(frames.height))
         ts = frames["timestamp_s"].to_list()
         blobs = frames["image"].to_list()
+        n = frames.height
+        col = {c: frames[c].to_list() if c in frames.columns else [None] * n
+               for c in ("frame_index", "width", "height", "source_sha256")}
         duration = row.get("duration_s")
         if duration is None:
             duration = float(ts[-1]) if ts else 0.0
         return {
-            "images": [decode_jpeg(blobs[j]) for j in idx],
+            "images": [open_jpeg(blobs[j]) for j in idx],
+            "frame_ids": [frame_id(col["source_sha256"][j], col["frame_index"][j], ts[j], col["width"][j],
+                                   col["height"][j], blobs[j]) for j in idx],
             "timestamps": [float(ts[j]) for j in idx],
             "duration_s": float(duration),
             "prompt": row["prompt"],

@@ -143,12 +143,13 @@ class FramesProcessor:
         if image.mode != "RGB":
             image = image.convert("RGB")
         s = self.image_size
+        # Both stages, as the image processor runs them (a stage whose size is unchanged is an identity
+        # in PIL, so it is skipped): a square s² frame is only untouched when max_side == s too.
+        first = self.first_stage_size(*image.size) if self._do_resize else image.size
+        if first != image.size:
+            image = image.resize(first, resample=self._resample)
         if image.size != (s, s):
-            first = self.first_stage_size(*image.size) if self._do_resize else image.size
-            if first != image.size:
-                image = image.resize(first, resample=self._resample)
-            if image.size != (s, s):
-                image = image.resize((s, s), resample=self._resample)
+            image = image.resize((s, s), resample=self._resample)
         return np.asarray(image)
 
     def _arith_into(self, out: np.ndarray, hwc: np.ndarray) -> None:
@@ -190,24 +191,54 @@ class FramesProcessor:
         )
         return np.asarray(out["pixel_values"][0][0], dtype=np.float32)
 
-    def images(self, batch: Sequence[Sequence[Any]], *, fast: bool = True) -> dict[str, torch.Tensor]:
+    def images(self, batch: Sequence[Sequence[Any]], *, fast: bool = True, uint8: bool = False
+               ) -> dict[str, torch.Tensor]:
         """Frames of each sample → `pixel_values (B, F, 3, S, S)` float32 (zero-padded frames) and a bool
         `pixel_attention_mask (B, F, S, S)`; F is the largest frame count in the batch. A sample with no
-        frames gets only padding (used for samples whose vision features are cached)."""
+        frames gets only padding (used for samples whose vision features are cached).
+
+        `uint8=True`: `pixel_values` holds the resized uint8 pixels (4× smaller); `normalize_pixels`
+        turns them into the float32 values (on any device) before the model sees them."""
         b = len(batch)
         f = max((len(x) for x in batch), default=0)
         s = self.image_size
-        pv = torch.zeros((b, max(f, 1), 3, s, s), dtype=torch.float32)
+        if uint8 and not fast:
+            raise ValueError("uint8=True needs the fast path")
+        pv = torch.zeros((b, max(f, 1), 3, s, s), dtype=torch.uint8 if uint8 else torch.float32)
         mask = torch.zeros((b, max(f, 1), s, s), dtype=torch.bool)
         pv_np = pv.numpy()
         for i, frames in enumerate(batch):
             for j, img in enumerate(frames):
-                if fast:
+                if uint8:
+                    pv_np[i, j] = self.frame_uint8(img).transpose(2, 0, 1)
+                elif fast:
                     self.normalize_into(pv_np[i, j], self.frame_uint8(img))
                 else:
                     pv_np[i, j] = self._frame_array_hf(img)
             mask[i, :len(frames)] = True
         return {"pixel_values": pv, "pixel_attention_mask": mask}
+
+    def normalize_pixels(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None
+                         ) -> torch.Tensor:
+        """uint8 `pixel_values (B, F, 3, S, S)` from `images(uint8=True)` → float32 as `images()` gives
+        them (same arithmetic, on the tensor's device), padding frames (no mask pixel set) zeroed. A float
+        tensor is returned unchanged."""
+        if pixel_values.dtype != torch.uint8:
+            return pixel_values
+        dev = pixel_values.device
+        x = pixel_values.to(torch.float32)
+        if self._exact_arith:
+            x.div_(float(self._divisor))
+            if self._do_normalize:
+                x.sub_(torch.from_numpy(self._mean).to(dev)).div_(torch.from_numpy(self._std).to(dev))
+        else:
+            lut = torch.from_numpy(self._lut).to(dev)
+            idx = pixel_values.long()
+            x = torch.stack([lut[c][idx[:, :, c]] for c in range(3)], 2)
+        if pixel_attention_mask is not None:
+            real = pixel_attention_mask.flatten(2).any(-1).to(dev)  # (B, F)
+            x.mul_(real[:, :, None, None, None])
+        return x
 
     # Both --------------------------------------------------------------------------------------
     def __call__(self, text: Sequence[str], images: Sequence[Sequence[Any]] | None = None, *,

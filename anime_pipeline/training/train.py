@@ -126,11 +126,34 @@ def save_adapter(model, dest: Path) -> Path:
     return Path(dest)
 
 
+def prepare_batch(batch: dict, device: torch.device, processor=None, *, non_blocking: bool = False) -> dict:
+    """The model input step: batch → device, then uint8 `pixel_values` (collator `uint8_pixels`)
+    normalised there."""
+    from anime_pipeline.training.model import to_device
+
+    batch = to_device(batch, device, non_blocking=non_blocking)
+    pv = batch.get("pixel_values")
+    if pv is not None and pv.dtype == torch.uint8:
+        if processor is None:
+            raise ValueError("uint8 pixel_values need the processor to normalise them")
+        batch["pixel_values"] = processor.normalize_pixels(pv, batch.get("pixel_attention_mask"))
+    return batch
+
+
+def cached_features(cache, model, batch: dict):
+    """Image features from the feature cache (None without one): keyed by the batch's `frame_ids` when
+    present (pixels only for frames not cached yet), else by pixels."""
+    if cache is None:
+        return None
+    return cache.get(model, batch.get("pixel_values"), batch.get("pixel_attention_mask"),
+                     frame_ids=batch.get("frame_ids"))
+
+
 # Evaluation --------------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(model, loader, device: torch.device, *, cache=None) -> float | None:
+def evaluate(model, loader, device: torch.device, *, cache=None, processor=None) -> float | None:
     """Mean answer-token loss over a loader of SFT batches (token-weighted)."""
-    from anime_pipeline.training.model import answer_loss, to_device
+    from anime_pipeline.training.model import answer_loss
 
     was_training = model.training
     model.eval()
@@ -139,8 +162,8 @@ def evaluate(model, loader, device: torch.device, *, cache=None) -> float | None
         for batch in loader:
             batch.pop("frames_kept", None)
             batch.pop("frames_total", None)
-            batch = to_device(batch, device)
-            feats = cache.get(model, batch["pixel_values"], batch.get("pixel_attention_mask")) if cache else None
+            batch = prepare_batch(batch, device, processor)
+            feats = cached_features(cache, model, batch)
             loss_sum, n = answer_loss(model, batch, image_features=feats)
             total += float(loss_sum)
             count += n
@@ -157,8 +180,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
 
     from anime_pipeline.training.collator import VideoSFTCollator
     from anime_pipeline.training.data import EpochSampler, ShardVideoDataset, make_dataloader
-    from anime_pipeline.training.model import (answer_loss, load_for_training, param_report, resolve_device,
-                                               to_device)
+    from anime_pipeline.training.model import answer_loss, load_for_training, param_report, resolve_device
     from anime_pipeline.training.processor import load_processor
 
     report = reporter or (lambda event: None)
@@ -172,8 +194,10 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
 
     # Data ----------------------------------------------------------------------------------------
     processor = load_processor(cfg.base_model, max_side=cfg.max_side)
+    device = resolve_device(cfg.device)
+    uint8_pixels = (device.type == "cuda") if cfg.uint8_pixels is None else bool(cfg.uint8_pixels)
     collator = VideoSFTCollator(processor, max_length=cfg.max_length, mask_policy=cfg.mask_policy,
-                                padding_side="right", return_stats=True)
+                                padding_side="right", return_stats=True, uint8_pixels=uint8_pixels)
     train_ds = ShardVideoDataset(cfg.train_samples, Path(cfg.data_home), cfg.max_frames, split=cfg.train_split)
     if len(train_ds) == 0:
         raise ValueError(f"no training samples in {cfg.train_samples}")
@@ -184,7 +208,6 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
             val_ds.rows = val_ds.rows[: cfg.val_max_samples]
         if len(val_ds) == 0:
             val_ds = None
-    device = resolve_device(cfg.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     pin = (device.type == "cuda") if cfg.pin_memory is None else cfg.pin_memory
@@ -209,7 +232,9 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     if cfg.feature_cache:
         from anime_pipeline.training.feature_cache import FeatureCache
 
-        cache = FeatureCache(Path(cfg.feature_cache_dir or out_dir / "feature-cache"), model)
+        cache = FeatureCache(Path(cfg.feature_cache_dir or out_dir / "feature-cache"), model,
+                             preprocessing=processor.preprocessing_id())
+        collator.feature_cache = cache  # before any loader iterates: workers get it with the collator
 
     # Resume --------------------------------------------------------------------------------------
     state: dict[str, Any] = {"step": 0, "micro": 0, "samples_seen": 0, "loss_history": [],
@@ -239,7 +264,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
             "val_samples": len(val_ds) if val_ds else 0, "params": params})
 
     if val_loader is not None and state["val_loss_before"] is None:
-        state["val_loss_before"] = evaluate(model, val_loader, device, cache=cache)
+        state["val_loss_before"] = evaluate(model, val_loader, device, cache=cache, processor=processor)
         report({"event": "eval", "phase": "before", "val_loss": state["val_loss_before"]})
     if resumed_from is not None:
         _set_rng_state(rng_tensors, saved.get("rng", {}))
@@ -284,8 +309,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
             kept, total = batch.pop("frames_kept"), batch.pop("frames_total")
             frames_dropped += int((total - kept).sum())
             run_samples += int(batch["input_ids"].shape[0])
-            batch = to_device(batch, device, non_blocking=non_blocking)
-            feats = cache.get(model, batch["pixel_values"], batch.get("pixel_attention_mask")) if cache else None
+            batch = prepare_batch(batch, device, processor, non_blocking=non_blocking)
+            feats = cached_features(cache, model, batch)
             loss_sum, _ = answer_loss(model, batch, image_features=feats)
             if n_tokens:
                 (loss_sum / n_tokens).backward()
@@ -315,7 +340,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     # Final ---------------------------------------------------------------------------------------
     val_after = None
     if val_loader is not None:
-        val_after = evaluate(model, val_loader, device, cache=cache)
+        val_after = evaluate(model, val_loader, device, cache=cache, processor=processor)
         report({"event": "eval", "phase": "after", "val_loss": val_after})
     adapter_dir = save_adapter(model, out_dir / "adapter")
     mem, mem_kind = peak_memory(device)

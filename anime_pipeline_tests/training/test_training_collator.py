@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -112,3 +115,80 @@ def test_non_square_frames_are_squashed_like_the_image_processor(tiny_processor)
     ref2 = tiny_processor.image_processor(images=[[square]], do_image_splitting=False, size={"longest_edge": 64},
                                           max_image_size={"longest_edge": 64}, return_tensors="np")
     np.testing.assert_allclose(tiny_processor.frame_array(square), ref2["pixel_values"][0][0], atol=1e-6)
+
+
+REAL_PREPROCESSOR = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / \
+    "smolvlm2-500m-preprocessor_config.json"
+
+
+@pytest.fixture(scope="module")
+def real_processor(tiny_model_dir, tmp_path_factory):
+    """FramesProcessor with the real SmolVLM2-500M preprocessor config (512 px, LANCZOS) and the tiny
+    tokenizer (the real one is not available offline; the image path does not use it)."""
+    from transformers import AutoImageProcessor
+
+    from anime_pipeline.training.processor import FramesProcessor, load_processor
+
+    d = tmp_path_factory.mktemp("real-pre")
+    (d / "preprocessor_config.json").write_text(REAL_PREPROCESSOR.read_text())
+    ip = AutoImageProcessor.from_pretrained(str(d))
+    assert int(ip.resample) == 1  # LANCZOS, as the config says
+    return FramesProcessor(tokenizer=load_processor(tiny_model_dir).tokenizer, image_processor=ip,
+                           image_seq_len=64, image_size=512, max_side=512)
+
+
+def _noise(size, seed=0):
+    from PIL import Image
+
+    w, h = size
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+SIZES = [(160, 120), (512, 288), (640, 360), (64, 64), (120, 160), (33, 700), (513, 289)]
+
+
+@pytest.mark.parametrize("which", ["tiny", "real500m", "tiny_max_side_96"])
+def test_fast_image_path_equals_the_hf_image_processor(which, tiny_processor, real_processor):
+    import dataclasses
+
+    proc = {"tiny": tiny_processor, "real500m": real_processor,
+            "tiny_max_side_96": dataclasses.replace(tiny_processor, max_side=96)}[which]
+    frames = [_noise(size, seed=i) for i, size in enumerate(SIZES)]
+    for img in frames:
+        fast, ref = proc.frame_array(img), proc.frame_array(img, fast=False)
+        assert fast.shape == ref.shape == (3, proc.image_size, proc.image_size) and fast.dtype == np.float32
+        np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-6, err_msg=f"{which} {img.size}")
+    # the whole batch, with padding frames, and the uint8 route normalised afterwards
+    batch = [frames[:3], frames[3:]]
+    fast, ref = proc.images(batch), proc.images(batch, fast=False)
+    np.testing.assert_allclose(fast["pixel_values"].numpy(), ref["pixel_values"].numpy(), rtol=0, atol=1e-6)
+    assert torch.equal(fast["pixel_attention_mask"], ref["pixel_attention_mask"])
+    u8 = proc.images(batch, uint8=True)
+    assert u8["pixel_values"].dtype == torch.uint8
+    assert torch.equal(u8["pixel_attention_mask"], fast["pixel_attention_mask"])
+    norm = proc.normalize_pixels(u8["pixel_values"], u8["pixel_attention_mask"])
+    torch.testing.assert_close(norm, fast["pixel_values"], rtol=0, atol=1e-6)
+    assert not norm[0, 3:].any()  # padding frames stay zero
+
+
+def test_fast_path_handles_non_rgb_and_arrays(real_processor):
+    img = _noise((300, 200)).convert("L")
+    np.testing.assert_allclose(real_processor.frame_array(img), real_processor.frame_array(img, fast=False),
+                               rtol=0, atol=1e-6)
+    arr = np.asarray(_noise((90, 60)))
+    np.testing.assert_allclose(real_processor.frame_array(arr), real_processor.frame_array(arr, fast=False),
+                               rtol=0, atol=1e-6)
+
+
+def test_uint8_collator_batch_normalises_to_the_float_batch(tiny_processor, sample3):
+    two = make_sample(["cyan", "red"], answer="Two frames.", size=(96, 54))
+    f32 = VideoSFTCollator(tiny_processor)([sample3, two])
+    u8 = VideoSFTCollator(tiny_processor, uint8_pixels=True)([sample3, two])
+    assert u8["pixel_values"].dtype == torch.uint8 and u8["pixel_values"].element_size() * 4 == \
+        f32["pixel_values"].element_size()
+    from anime_pipeline.training.train import prepare_batch
+
+    got = prepare_batch(u8, torch.device("cpu"), tiny_processor)
+    torch.testing.assert_close(got["pixel_values"], f32["pixel_values"], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="processor"):
+        prepare_batch(u8, torch.device("cpu"))

@@ -134,3 +134,59 @@ def test_cached_features_give_the_pixel_loss(lora_model, tiny_processor, sample3
     torch.testing.assert_close(s2 / n2, pixel_loss, rtol=1e-5, atol=1e-5)
     direct = encode_frames(model, batch["pixel_values"], batch["pixel_attention_mask"])
     torch.testing.assert_close(direct[0], feats[0])
+
+
+def test_cache_keyed_by_frame_id_skips_pixels_on_the_second_epoch(lora_model, tiny_processor, tmp_path,
+                                                                  monkeypatch):
+    from anime_pipeline.training.data import ShardVideoDataset
+    from anime_pipeline.training.feature_cache import FeatureCache
+    from anime_pipeline.training.processor import FramesProcessor
+
+    from .conftest import write_dataset
+
+    titles = [{"mal_id": 1, "colours": ["red", "red", "blue"], "synopsis": "Red then blue."},
+              {"mal_id": 2, "colours": ["green", "cyan"], "synopsis": "Green then cyan."}]
+    ds = ShardVideoDataset(write_dataset(tmp_path, titles), tmp_path)
+    model = lora_model
+    model.eval()
+    cache = FeatureCache(tmp_path / "fc", model, preprocessing=tiny_processor.preprocessing_id())
+    collator = VideoSFTCollator(tiny_processor, feature_cache=cache)
+    built = []
+    real_uint8 = FramesProcessor.frame_uint8
+    monkeypatch.setattr(FramesProcessor, "frame_uint8", lambda self, img: built.append(1) or real_uint8(self, img))
+
+    def epoch():
+        batch = collator([ds[0], ds[1]])
+        assert batch["frame_ids"] == [ds[0]["frame_ids"], ds[1]["frame_ids"]]
+        with torch.no_grad():
+            feats = cache.get(model, batch.get("pixel_values"), batch.get("pixel_attention_mask"),
+                              frame_ids=batch["frame_ids"])
+            return batch, answer_loss(model, batch, image_features=feats)
+
+    b1, (s1, n1) = epoch()
+    assert "pixel_values" in b1 and len(built) == 5
+    assert cache.misses == 5 and cache.hits == 0  # ids, not pixels: the two identical red frames are distinct
+    with torch.no_grad():
+        pixel_loss = unwrap(model)(**{k: b1[k] for k in ("input_ids", "attention_mask", "labels", "pixel_values",
+                                                          "pixel_attention_mask")}).loss
+    torch.testing.assert_close(s1 / n1, pixel_loss, rtol=1e-5, atol=1e-5)
+
+    b2, (s2, n2) = epoch()  # second epoch: everything cached
+    assert "pixel_values" not in b2 and "pixel_attention_mask" not in b2
+    assert len(built) == 5 and cache.hits == 5 and cache.misses == 5  # no frame was preprocessed again
+    torch.testing.assert_close(s2 / n2, pixel_loss, rtol=1e-5, atol=1e-5)
+
+    # a batch mixing a cached and a new sample: pixels only for the new one
+    ds3 = ShardVideoDataset(write_dataset(tmp_path / "b", [{"mal_id": 3, "colours": ["yellow", "purple"],
+                                                            "synopsis": "Yellow."}]), tmp_path / "b")
+    b3 = collator([ds[0], ds3[0]])
+    assert len(built) == 7 and not b3["pixel_values"][0].any() and b3["pixel_values"][1, :2].all()
+    with torch.no_grad():
+        feats = cache.get(model, b3["pixel_values"], b3["pixel_attention_mask"], frame_ids=b3["frame_ids"])
+    assert [f.shape[0] for f in feats] == [3, 2] and cache.misses == 7 and cache.hits == 8
+    # the key covers the preprocessing: another max_side is another entry
+    other = FeatureCache(tmp_path / "fc", model, preprocessing=tiny_processor.__class__.preprocessing_id(
+        __import__("dataclasses").replace(tiny_processor, max_side=96)))
+    assert not other.cached(ds[0]["frame_ids"]) and cache.cached(ds[0]["frame_ids"])
+    with pytest.raises(RuntimeError, match="not cached"):
+        other.get(model, None, frame_ids=[ds[0]["frame_ids"]])
