@@ -20,6 +20,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from anime_pipeline_tests.fixtures.http import make_client  # noqa: F401  (fixture)
+
 from anime_pipeline.catalog.http import HttpClient
 from anime_pipeline_tests.faults.helpers import REPO, fast_config
 from anime_pipeline_tests.faults.servers import FaultServer
@@ -109,20 +111,6 @@ def server() -> Iterator[FaultServer]:
         yield s
 
 
-@pytest.fixture
-def make_client(tmp_path):
-    clients: list[HttpClient] = []
-
-    def make(*, cache: bool = False, **overrides: Any) -> HttpClient:
-        if cache:
-            overrides.setdefault("cache_dir", tmp_path / "http-cache")
-        client = HttpClient(fast_config(**overrides))
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.close()
 
 
 # -------------------------------------------------------------------------------------------- media

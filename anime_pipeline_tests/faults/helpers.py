@@ -12,24 +12,7 @@ from anime_pipeline.catalog.http import HttpConfig
 REPO = Path(__file__).resolve().parents[2]
 
 
-def fast_config(**overrides: Any) -> HttpConfig:
-    """Small timeouts and backoff, no rate limit, no cache: every failure surfaces in about a second."""
-    kw: dict[str, Any] = dict(
-        user_agent="anime_pipeline-faults/1.0",
-        cache_dir=None,
-        connect_timeout=1.0,
-        read_timeout=1.0,
-        total_retries=2,
-        backoff_factor=0.01,
-        backoff_jitter=0.01,
-        backoff_max=0.05,
-        max_retry_after=0.05,
-        rate_limits={},
-        default_rate_limit=None,
-        max_rate_wait=2.0,
-    )
-    kw.update(overrides)
-    return HttpConfig(**kw)
+from anime_pipeline_tests.fixtures.http import fast_config  # noqa: F401 (re-exported)
 
 
 def child_env(**extra: str) -> dict[str, str]:

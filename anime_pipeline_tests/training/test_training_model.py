@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -185,8 +186,8 @@ def test_cache_keyed_by_frame_id_skips_pixels_on_the_second_epoch(lora_model, ti
         feats = cache.get(model, b3["pixel_values"], b3["pixel_attention_mask"], frame_ids=b3["frame_ids"])
     assert [f.shape[0] for f in feats] == [3, 2] and cache.misses == 7 and cache.hits == 8
     # the key covers the preprocessing: another max_side is another entry
-    other = FeatureCache(tmp_path / "fc", model, preprocessing=tiny_processor.__class__.preprocessing_id(
-        __import__("dataclasses").replace(tiny_processor, max_side=96)))
+    other = FeatureCache(tmp_path / "fc", model,
+                         preprocessing=dataclasses.replace(tiny_processor, max_side=96).preprocessing_id())
     assert not other.cached(ds[0]["frame_ids"]) and cache.cached(ds[0]["frame_ids"])
     with pytest.raises(RuntimeError, match="not cached"):
         other.get(model, None, frame_ids=[ds[0]["frame_ids"]])

@@ -180,3 +180,27 @@ def test_cli_under_dagster_pipes_reports_logs_and_materialization(tiny_model_dir
     assert mat["asset_key"] == "tiny_adapter"
     assert mat["metadata"]["steps"]["raw_value"] == 2
     assert Path(mat["metadata"]["adapter_path"]["raw_value"]).is_dir()
+
+
+def test_cached_second_epoch_builds_no_pixels(tiny_model_dir, colour_dataset, tmp_path, monkeypatch):
+    from anime_pipeline.training.processor import FramesProcessor
+
+    built = []
+    real_uint8 = FramesProcessor.frame_uint8
+    monkeypatch.setattr(FramesProcessor, "frame_uint8", lambda self, img: built.append(1) or real_uint8(self, img))
+    n_train = colour_dataset["n_train"]
+    cfg = _cfg(tiny_model_dir, colour_dataset, tmp_path / "c", max_steps=None, epochs=2, batch_size=4,
+               grad_accum=1, save_steps=0, feature_cache=True, uint8_pixels=True)
+    res = train(cfg)
+    assert res.epochs == pytest.approx(2.0)
+    # every frame preprocessed exactly once: the train frames in epoch 1, the 2 val samples before training
+    assert len(built) == 4 * n_train + 4 * 2
+    assert res.feature_cache_misses == len(built)
+    assert res.feature_cache_hits == 4 * n_train + 4 * 2  # epoch 2 + the eval after training
+
+
+def test_uint8_pixels_give_the_same_run(tiny_model_dir, colour_dataset, tmp_path):
+    a = train(_cfg(tiny_model_dir, colour_dataset, tmp_path / "f32", max_steps=2, save_steps=0, uint8_pixels=False))
+    b = train(_cfg(tiny_model_dir, colour_dataset, tmp_path / "u8", max_steps=2, save_steps=0, uint8_pixels=True))
+    assert b.loss_history == pytest.approx(a.loss_history, rel=1e-6, abs=1e-7)
+    assert b.val_loss_after == pytest.approx(a.val_loss_after, rel=1e-6)
