@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import statistics
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import ffmpeg
 
@@ -64,6 +65,66 @@ class VideoProbe:
         d["fps"] = round(self.fps, 3)
         d["duration_s"] = round(self.duration_s, 3)
         return d
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, Any], *, path: Path | str | None = None) -> "VideoProbe":
+        """The probe recorded by `as_metadata()` (e.g. the `episodes` asset's `episodes/<mal_id>/probe.json`;
+        extra keys such as `source` / `origin` are ignored), without touching the file: no ffprobe, no
+        hashing. `path` overrides the recorded path. MediaError when a field is missing or malformed.
+
+        The file may have changed since it was recorded; `shards.extract_frame_shard` re-probes when its
+        size differs from `size_bytes`.
+        """
+        where = path if path is not None else (meta.get("path") if isinstance(meta, Mapping) else None)
+
+        def bad(why: str) -> MediaError:
+            return MediaError(f"{where}: recorded probe is unusable ({why})", path=where)
+
+        if not isinstance(meta, Mapping):
+            raise bad(f"expected a mapping, got {type(meta).__name__}")
+
+        def field(name: str, conv, default: Any = KeyError) -> Any:
+            if name not in meta:
+                if default is KeyError:
+                    raise bad(f"missing {name!r}")
+                return default
+            try:
+                return conv(meta[name])
+            except (TypeError, ValueError):
+                raise bad(f"{name} is {meta[name]!r}") from None
+
+        raw_path = path if path is not None else field("path", str)
+        if not raw_path:
+            raise bad("no path")
+        width, height = field("width", int), field("height", int)
+        duration = field("duration_s", float)
+        size = field("size_bytes", int)
+        sha = field("sha256", lambda v: str(v or ""), "")
+        nb = field("num_frames", lambda v: None if v is None else int(v), None)
+        probe = cls(
+            path=Path(raw_path),
+            codec=str(meta.get("codec") or "unknown"),
+            width=width,
+            height=height,
+            fps=_float(meta.get("fps")) or 0.0,
+            duration_s=duration,
+            size_bytes=size,
+            sha256=sha,
+            has_audio=bool(meta.get("has_audio", False)),
+            variable_frame_rate=bool(meta.get("variable_frame_rate", False)),
+            container=str(meta.get("container") or ""),
+            num_frames=nb,
+            start_time_s=_float(meta.get("start_time_s")) or 0.0,
+        )
+        if width <= 0 or height <= 0:
+            raise bad(f"frame size {width}x{height}")
+        if not (probe.duration_s > 0 and math.isfinite(probe.duration_s)):
+            raise bad(f"duration_s is {meta.get('duration_s')!r}")
+        if size <= 0:
+            raise bad(f"size_bytes is {size}")
+        if sha and not (len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+            raise bad("sha256 is not a hex SHA-256 digest")
+        return probe
 
 
 def _rate(text: str | None) -> float:

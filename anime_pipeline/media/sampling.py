@@ -11,11 +11,16 @@ Timestamps
 
 Which frame a timestamp gives
     * exact: the frame on screen at that time (the last frame whose start time is <= t). Decoding starts
-      at the keyframe before t, so each sample costs up to one GOP of decoding.
-    * keyframe: the keyframe nearest to t (the keyframes on either side of t are found with two seeks;
-      one frame is decoded each), so each sample costs one decoded frame: the fast mode for long
-      episodes; the drift is at most half a GOP. Where that keyframe was already taken by the previous
-      sample (keyframes sparser than samples, e.g. short clips), the exact frame at t is used instead.
+      at the keyframe before t, so each sample costs up to one GOP of decoding. Between samples PyAV
+      decodes on instead of seeking when a seek would land on a keyframe not after the current position
+      (read from the container index, MP4/MOV; without an index: when the next target is within 2 s).
+    * keyframe: the keyframe nearest to t (found by reading packets, not decoding; one frame is decoded),
+      so each sample costs one decoded frame: the fast mode for long episodes; the drift is at most half a
+      GOP. A keyframe is taken only when it lies after the previous sample's frame and before the frame on
+      screen at the next target; otherwise (samples denser than keyframes, e.g. short clips, or the nearest
+      keyframe already taken) the exact frame at t is used. So keyframe mode returns as many frames as
+      exact mode, and where keyframes are sparser than samples it decodes about what exact mode decodes.
+      The container index (MP4/MOV) tells which samples can take a keyframe without seeking at all.
     A frame is never returned twice: where several timestamps map to the same frame (a clip with fewer
     frames than samples) only the first is kept, so fewer frames than planned may come back. The returned
     `timestamp_s` is the frame's own start time (relative to the stream start), strictly increasing and
@@ -23,10 +28,10 @@ Which frame a timestamp gives
 
 Decoders
     "decord" (`VideoReader.get_batch` at frame indices found from its timestamp table; keyframe mode via
-    `get_key_indices`), "pyav" (seek + decode), or "auto": decord for exact mode on constant-frame-rate
-    MP4/MOV/MKV/WebM files with PyAV as the fallback when decord fails; PyAV for variable-frame-rate
-    files, for other containers (decord mis-seeks MPEG-TS by a GOP) and for keyframe mode (decord as
-    its fallback there on CFR MP4/MKV).
+    `get_key_indices`), "pyav" (seek + decode), or "auto": PyAV first in both modes (decord measured
+    1.25-1.35x slower than PyAV exact on a 10-min 720p clip, and no faster on a 2-min one; see
+    docs/BENCHMARKS.md), with decord as the fallback on constant-frame-rate MP4/MOV/MKV/WebM files; PyAV
+    only for variable-frame-rate files and other containers (decord mis-seeks MPEG-TS by a GOP).
 
 Time limit
     With `timeout_s` set (the default) decoding runs in a separate Python process
@@ -180,11 +185,12 @@ def _decode_decord(
     else:
         keys = sorted(int(k) for k in vr.get_key_indices()) or [0]
         key_starts = [starts[k] for k in keys]
-        for t in targets:
+        for pos, t in enumerate(targets):
             j = bisect.bisect_right(key_starts, t + _EPS) - 1
             cands = [keys[k] for k in (j, j + 1) if 0 <= k < len(keys)]
             i = cands[_pick_nearest([starts[c] for c in cands], t)]
-            if indices and i <= indices[-1]:
+            nxt = exact_index(targets[pos + 1]) if pos + 1 < len(targets) else n
+            if (indices and i <= indices[-1]) or i >= nxt:  # taken, or it would take the next sample's frame
                 i = exact_index(t)
             if not indices or i > indices[-1]:
                 indices.append(i)
@@ -213,7 +219,10 @@ class _PyAVReader:
         self.tb = s.time_base
         self.origin = float(s.start_time * s.time_base) if s.start_time is not None else 0.0
         rate = float(s.average_rate or s.guessed_rate or 0) or 1.0
+        self.frame_s = 1.0 / rate  # nominal frame duration
         self.max_gap = max(1.0, 4.0 / rate)  # a frame "on screen" at t must start this close before t
+        self._index_keys: list[float] | None = None  # keyframe times from the container index (approximate)
+        self.bracket: tuple[float, float] | None = None  # consecutive keyframes seen by the last keyframe_near
         self.gen: Iterator | None = None
         self.cur = None  # latest frame with time <= the current target
         self.look = None  # decoded frame after the current target, not yet consumed
@@ -227,9 +236,14 @@ class _PyAVReader:
             return None
         return float(frame.pts * self.tb) - self.origin
 
-    def _frames_after_seek(self, t: float, *, backward: bool) -> Iterator:
-        offset = int((t + self.origin) / self.tb)
+    def _seek(self, t: float, *, backward: bool = True) -> None:
+        # t <= 0: aim a second before the stream start, or a timestamp-searching demuxer (MPEG-TS) lands on the
+        # first packet with a later decode time, i.e. after the first keyframe
+        offset = max(0, int(((t if t > 0 else -1.0) + self.origin) / self.tb))
         self.container.seek(offset, stream=self.stream, backward=backward, any_frame=False)
+
+    def _frames_after_seek(self, t: float, *, backward: bool) -> Iterator:
+        self._seek(t, backward=backward)
         self.eof = False
         return (f for f in self.container.decode(self.stream) if f.pts is not None)
 
@@ -266,7 +280,7 @@ class _PyAVReader:
         back = 0.0
         while True:
             pos = max(0.0, t - back)
-            self.container.seek(int((pos + self.origin) / self.tb), stream=self.stream, backward=True, any_frame=False)
+            self._seek(pos)
             before = after = None
             before_t = 0.0
             for packet in self.container.demux(self.stream):
@@ -282,16 +296,53 @@ class _PyAVReader:
                 else:
                     after = packet
                     break
-            if before is None and after is not None and pos > 0.0:
-                back = max(1.0, back * 2)  # landed after t: retry from earlier
+            if before is None and pos > 0.0:
+                # no keyframe at or before t seen: the seek landed after t or mid-GOP (MPEG-TS seeks by
+                # timestamp search, not to a keyframe): retry from earlier
+                back = max(1.0, back * 2)
                 continue
             break
         self.gen, self.cur, self.look = None, None, None  # the demuxer is no longer positioned for `exact`
+        if before is not None and after is not None:  # consecutive keyframes: later targets between them need no seek
+            self.bracket = (before_t, self._packet_time(after))
         cands = [p for p in (before, after) if p is not None]
         if not cands:
             return None
         packet = cands[_pick_nearest([self._packet_time(p) for p in cands], t)]
         return self._decode_one(packet)
+
+    def index_keyframes(self) -> list[float]:
+        """Keyframe times (relative seconds) from the container's index, free to read for MP4/MOV (the sample
+        table is loaded at open); [] where the index is missing or partial (MPEG-TS, MKV before a seek).
+
+        The times are decode timestamps, a few frames off the presentation times with B-frames: a hint for
+        deciding which samples can be keyframes at all, never a returned timestamp.
+        """
+        if self._index_keys is None:
+            self._index_keys = []
+            try:
+                entries = self.stream.index_entries
+                n = len(entries)
+                expected = self.stream.frames or 0
+                if n >= 2 and expected and n >= 0.9 * expected:  # a full sample table, not a partial cue list
+                    self._index_keys = sorted(
+                        float(e.timestamp * self.tb) - self.origin for e in entries if e.is_keyframe
+                    )
+            except Exception:  # older PyAV without index_entries, or an unreadable index
+                self._index_keys = []
+        return self._index_keys
+
+    def key_hint(self, t: float) -> tuple[float, float] | None:
+        """(time of the keyframe nearest to t, its uncertainty in seconds), or None when not known yet."""
+        b = self.bracket
+        if b is not None and b[0] - _EPS <= t <= b[1] + _EPS:
+            return (b[0] if abs(b[0] - t) <= abs(b[1] - t) + 1e-9 else b[1]), 0.0
+        keys = self.index_keyframes()
+        if keys:
+            j = bisect.bisect_right(keys, t + _EPS) - 1
+            cands = [keys[k] for k in (j, j + 1) if 0 <= k < len(keys)]
+            return cands[_pick_nearest(cands, t)], max(0.5, 8 * self.frame_s)
+        return None
 
     def _decode_one(self, packet):
         """Decode one keyframe packet on its own (flush, send, drain, flush)."""
@@ -304,6 +355,16 @@ class _PyAVReader:
             cc.flush_buffers()
         return frames[0] if frames else None
 
+    def _decode_on(self, pos: float, t: float) -> bool:
+        """Whether decoding on from `pos` reaches t more cheaply than seeking: with the container index, when
+        the keyframe a seek would land on is not after `pos`; without one, when t is within
+        `_LINEAR_WINDOW_S` of `pos`."""
+        keys = self.index_keyframes()
+        if not keys:
+            return t - pos <= _LINEAR_WINDOW_S
+        j = bisect.bisect_right(keys, t + _EPS) - 1
+        return j < 0 or keys[j] <= pos + _EPS
+
     def exact(self, t: float, *, allow_linear: bool = True):
         """The frame on screen at t (relative seconds)."""
         pos = self._time(self.look) if self.look is not None else (
@@ -315,7 +376,7 @@ class _PyAVReader:
             and self.cur is not None
             and self._time(self.cur) <= t + _EPS
             and pos is not None
-            and t - pos <= _LINEAR_WINDOW_S
+            and self._decode_on(pos, t)
         )
         if not linear:
             self.gen, first = self.seek_before(t)
@@ -359,15 +420,29 @@ def _decode_pyav(
     try:
         out: list[tuple[float, Image.Image]] = []
         last = -math.inf
-        for t in targets:
+        taken_hint = None  # key_hint time of the keyframe taken last (the index's times are approximate)
+        for pos, t in enumerate(targets):
             if mode == "exact":
                 frame = reader.exact(t)
             else:
-                frame = reader.keyframe_near(t)
-                if frame is None:
-                    raise MediaError(f"{path}: no decodable keyframe near {t:.3f} s (file truncated or corrupt?)")
-                if reader._time(frame) <= last + _EPS:  # keyframe already taken: the exact frame instead
-                    frame = reader.exact(t, allow_linear=False)
+                nxt = targets[pos + 1] if pos + 1 < len(targets) else math.inf
+
+                def fits(k: float, slack: float = 0.0) -> bool:
+                    # after the previous sample's frame, and before the frame on screen at the next target
+                    return k > last + _EPS - slack and k + reader.frame_s <= nxt + _EPS + slack
+
+                hint = reader.key_hint(t)
+                frame = None
+                if hint is None or (hint[0] != taken_hint and fits(*hint)):
+                    frame = reader.keyframe_near(t)
+                    if frame is None:
+                        raise MediaError(f"{path}: no decodable keyframe near {t:.3f} s (file truncated or corrupt?)")
+                    if fits(reader._time(frame)):
+                        taken_hint = hint[0] if hint is not None else None
+                    else:
+                        frame = None
+                if frame is None:  # keyframes sparser than the samples here: the exact frame at t
+                    frame = reader.exact(t)
             ts = reader._time(frame)
             if ts > last + _EPS:
                 out.append((ts, resize_max_side(frame.to_image(), max_side)))
@@ -392,7 +467,7 @@ def _backends(decoder: str, mode: str, vfr: bool, container: str = "") -> list[s
         return [decoder]
     if vfr or not _decord_safe(container):
         return ["pyav"]
-    return ["decord", "pyav"] if mode == "exact" else ["pyav", "decord"]
+    return ["pyav", "decord"]  # PyAV first in both modes: decord measured slower (module docstring)
 
 
 def decode_targets(

@@ -146,7 +146,20 @@ def extract_frame_shard(
     probe: VideoProbe | None = None,
     jpeg_quality: int = 90,
 ) -> ShardInfo:
-    """Probe → sample → write: the frame shard of one episode (used by the Dagster asset)."""
+    """Probe → sample → write: the frame shard of one episode (used by the Dagster asset).
+
+    `probe`: a probe of `video_path` already made, e.g. `VideoProbe.from_metadata(<episodes/<mal_id>/probe.json>)`.
+    When it has a `sha256` and its `size_bytes` still matches the file, it is used as is: the file is not
+    probed or hashed again. Otherwise (no probe, no sha256, or the file's size changed since) the file is
+    probed with ffprobe and hashed.
+    """
+    if probe is not None and probe.sha256:
+        try:
+            size = Path(video_path).stat().st_size
+        except OSError:
+            size = None  # missing file: sample_frames raises a clear MediaError naming it
+        if size is not None and size != probe.size_bytes:
+            probe = None  # the file changed since it was probed: its recorded sha256 is stale
     if probe is None or not probe.sha256:
         probe = probe_video(video_path)
     frames = sample_frames(video_path, cfg or SamplingConfig(), probe)

@@ -125,11 +125,84 @@ def test_keyframe_mode_takes_nearest_keyframes(demo_episode):
 
 
 def test_keyframe_mode_falls_back_to_exact_when_keyframes_are_sparse(short_clip):
-    # keyframes at 0.0, 0.5, 1.0: more samples than keyframes; no frame is returned twice
+    # keyframes at 0.0, 0.5, 1.0: more samples than keyframes; no frame is returned twice, none is lost
     frames = sample_frames(short_clip, cfg(num_frames=6, mode="keyframe"))
     ts = [f.timestamp_s for f in frames]
-    assert _increasing(ts) and 4 <= len(ts) <= 6
+    assert _increasing(ts) and len(ts) == 6
     assert 0.0 <= ts[0] and ts[-1] <= 1.5
+
+
+@pytest.fixture(scope="module")
+def long_gop_clips(tmp_path_factory):
+    """12 s at 10 fps with a keyframe every 3 s (GOP 30, B-frames): MP4 (full index), MKV, MPEG-TS (no index)."""
+    from anime_pipeline_tests.fixtures import media as fx
+
+    d = tmp_path_factory.mktemp("long_gop")
+    mp4 = fx.make_clip(d / "gop30.mp4", seconds=12.0, gop=30)
+    out = {"mp4": mp4}
+    for ext in ("mkv", "ts"):
+        fx.ffmpeg("-i", str(mp4), "-c", "copy", str(d / f"gop30.{ext}"))
+        out[ext] = d / f"gop30.{ext}"
+    return out
+
+
+@pytest.mark.parametrize("container", ["mp4", "mkv", "ts"])
+@pytest.mark.parametrize("decoder", ["pyav", "decord"])
+@pytest.mark.parametrize("num_frames", [7, 24, 60])
+def test_keyframe_mode_gives_every_planned_frame_when_samples_are_denser_than_keyframes(
+    long_gop_clips, container, decoder, num_frames
+):
+    # regression: samples 0.17-1.4 s apart, keyframes 3 s apart; keyframe mode used to drop the samples after
+    # a keyframe that lay past their target (44 of 64 frames on a 2-min clip)
+    if decoder == "decord" and container == "ts":
+        pytest.skip("decord is not used for MPEG-TS")
+    path = long_gop_clips[container]
+    probe = probe_video(path)
+    ref = _all_frames(path)
+    starts = sorted(ref)
+    with av.open(str(path)) as cont:
+        st = cont.streams.video[0]
+        origin = float(st.start_time * st.time_base) if st.start_time is not None else 0.0
+    keys = {round(k - origin, 6) for k in _keyframe_times(path)}
+    assert len(keys) == 4  # 0, 3, 6, 9 s
+    c = cfg(num_frames=num_frames, mode="keyframe", decoder=decoder)
+    targets = plan_timestamps(probe.duration_s, c)
+    frames = sample_frames(path, c, probe)
+    ts = [f.timestamp_s for f in frames]
+    assert len(frames) == len(targets) == num_frames
+    assert [f.frame_index for f in frames] == list(range(num_frames))
+    assert _increasing(ts)
+    used_keys = 0
+    for t, f in zip(targets, frames):
+        on_screen = max(s for s in starts if s <= t + 1e-4)
+        is_key = any(abs(f.timestamp_s - k) < 1e-3 for k in keys)
+        # each sample is a keyframe near its target (within half a GOP) or the exact frame on screen
+        assert (is_key and abs(f.timestamp_s - t) <= 1.5 + 1e-3) or f.timestamp_s == pytest.approx(on_screen, abs=1e-3)
+        used_keys += is_key and f.timestamp_s != pytest.approx(on_screen, abs=1e-3)
+        diff = np.abs(np.asarray(f.image, dtype=float) - ref[round(f.timestamp_s, 6)].astype(float)).mean()
+        assert diff < 1.0, f"frame at {f.timestamp_s} does not show that frame"
+    if num_frames == 7:  # sparse samples (1.4 s apart) still take keyframes where they fit
+        assert used_keys >= 2
+
+
+@pytest.mark.parametrize("container", ["mp4", "mkv", "ts"])
+def test_exact_frames_on_a_long_gop_clip(long_gop_clips, container):
+    # exact mode decodes on between samples or seeks (decided from the container's keyframe index);
+    # either way each sample is the frame on screen
+    path = long_gop_clips[container]
+    ref = _all_frames(path)
+    starts = sorted(ref)
+    probe = probe_video(path)
+    for n in (5, 17, 40):
+        c = cfg(num_frames=n, decoder="pyav")
+        targets = plan_timestamps(probe.duration_s, c)
+        frames = sample_frames(path, c, probe)
+        assert len(frames) == n
+        for t, f in zip(targets, frames):
+            on_screen = max(s for s in starts if s <= t + 1e-4)
+            assert f.timestamp_s == pytest.approx(on_screen, abs=1e-3)
+            diff = np.abs(np.asarray(f.image, dtype=float) - ref[round(on_screen, 6)].astype(float)).mean()
+            assert diff < 1.0
 
 
 def test_fps_strategy(normal_clip):
@@ -165,7 +238,9 @@ def test_vfr_uses_real_frame_times(vfr_clip):
 
 
 def test_auto_backends():
-    assert sampling._backends("auto", "exact", False, "mov,mp4,m4a,3gp,3g2,mj2") == ["decord", "pyav"]
+    # PyAV first for exact mode too: decord measured 1.4-2x slower on 10-min 720p clips (docs/BENCHMARKS.md)
+    assert sampling._backends("auto", "exact", False, "mov,mp4,m4a,3gp,3g2,mj2") == ["pyav", "decord"]
+    assert sampling._backends("auto", "keyframe", False, "mov,mp4,m4a,3gp,3g2,mj2") == ["pyav", "decord"]
     assert sampling._backends("auto", "keyframe", False, "matroska,webm") == ["pyav", "decord"]
     assert sampling._backends("auto", "exact", False, "mpegts") == ["pyav"]
     assert sampling._backends("auto", "exact", True, "mov,mp4,m4a,3gp,3g2,mj2") == ["pyav"]

@@ -11,7 +11,7 @@ from PIL import Image
 from anime_pipeline.media.checks import check_frames
 from anime_pipeline.media.errors import MediaError
 from anime_pipeline.media.preview import contact_sheet
-from anime_pipeline.media.probe import probe_video
+from anime_pipeline.media.probe import VideoProbe, probe_video
 from anime_pipeline.media.sampling import SampledFrame, SamplingConfig
 from anime_pipeline.media.shards import (
     decode_frames,
@@ -153,6 +153,82 @@ def test_extract_frame_shard_end_to_end(tmp_path, demo_episode):
     # the whole layout scans as one table
     scanned = pl.scan_parquet(str(tmp_path / "frames" / "**" / "*.parquet")).collect()
     assert scanned.height == 8 and dict(scanned.schema) == FRAMES
+
+
+def _recorded_probe(video, tmp_path):
+    """What the `episodes` asset records in episodes/<mal_id>/probe.json, read back."""
+    import json
+
+    meta = {**probe_video(video).as_metadata(), "source": "demo", "origin": "demo:1"}
+    f = tmp_path / "probe.json"
+    f.write_text(json.dumps(meta))
+    return json.loads(f.read_text())
+
+
+def test_extract_frame_shard_with_a_recorded_probe_does_not_hash(tmp_path, demo_episode, monkeypatch):
+    import anime_pipeline.media.probe as probe_mod
+    import anime_pipeline.media.shards as shards_mod
+
+    meta = _recorded_probe(demo_episode, tmp_path)
+    probe = VideoProbe.from_metadata(meta)
+    full = probe_video(demo_episode)
+    assert probe.sha256 == full.sha256 and probe.duration_s == pytest.approx(full.duration_s, abs=1e-3)
+    assert (probe.path, probe.width, probe.height, probe.container, probe.variable_frame_rate, probe.size_bytes) == (
+        full.path, full.width, full.height, full.container, full.variable_frame_rate, full.size_bytes)
+    calls = []
+    monkeypatch.setattr(probe_mod, "file_sha256", lambda p: calls.append(("hash", p)) or "00" * 32)
+    real_probe_video = shards_mod.probe_video
+    monkeypatch.setattr(shards_mod, "probe_video", lambda *a, **k: calls.append(("probe", a)) or real_probe_video(*a, **k))
+    dest = shard_path(tmp_path / "frames", 990002)
+    info = extract_frame_shard(demo_episode, mal_id=990002, dest=dest, probe=probe,
+                               cfg=SamplingConfig(num_frames=4, timeout_s=None))
+    assert calls == []  # neither re-probed nor hashed
+    assert info.num_frames == 4
+    assert read_frame_shard(dest)["source_sha256"].unique().to_list() == [meta["sha256"]]
+
+
+def test_extract_frame_shard_rehashes_when_the_file_changed(tmp_path, demo_episode, monkeypatch):
+    import anime_pipeline.media.probe as probe_mod
+
+    meta = _recorded_probe(demo_episode, tmp_path)
+    stale = VideoProbe.from_metadata({**meta, "size_bytes": meta["size_bytes"] + 1, "sha256": "cd" * 32})
+    calls = []
+    real = probe_mod.file_sha256
+    monkeypatch.setattr(probe_mod, "file_sha256", lambda p: calls.append(p) or real(p))
+    dest = shard_path(tmp_path / "frames", 990003)
+    extract_frame_shard(demo_episode, mal_id=990003, dest=dest, probe=stale,
+                        cfg=SamplingConfig(num_frames=2, timeout_s=None))
+    assert len(calls) == 1
+    assert read_frame_shard(dest)["source_sha256"].unique().to_list() == [meta["sha256"]]
+
+
+def test_probe_from_metadata_round_trip_and_path_override(tmp_path, demo_episode):
+    meta = _recorded_probe(demo_episode, tmp_path)
+    p = VideoProbe.from_metadata(meta)
+    assert p.as_metadata() == {k: v for k, v in meta.items() if k not in ("source", "origin")}
+    assert VideoProbe.from_metadata(meta, path=tmp_path / "x.mp4").path == tmp_path / "x.mp4"
+
+
+@pytest.mark.parametrize(
+    "change, phrase",
+    [
+        (dict(width=None), "width"),
+        (dict(duration_s=0), "duration"),
+        (dict(duration_s="nan"), "duration"),
+        (dict(size_bytes=0), "size_bytes"),
+        (dict(sha256="not-a-digest"), "sha256"),
+        (dict(path=""), "path"),
+        ("drop:height", "height"),
+    ],
+)
+def test_probe_from_metadata_rejects_bad_records(tmp_path, demo_episode, change, phrase):
+    meta = _recorded_probe(demo_episode, tmp_path)
+    if isinstance(change, str):
+        meta.pop(change.split(":")[1])
+    else:
+        meta.update(change)
+    with pytest.raises(MediaError, match=phrase):
+        VideoProbe.from_metadata(meta)
 
 
 # ------------------------------------------------------------------------------------------ preview
