@@ -120,13 +120,13 @@ def episodes(context: dg.AssetExecutionContext, config: EpisodesConfig, pipeline
     code_version="frame_shards-v1",
 )
 def frame_shards(context: dg.AssetExecutionContext, config: FramesConfig, pipeline: PipelineResource) -> dg.MaterializeResult:
-    """Frames sampled from episode 1 by seeking (decord, PyAV fallback), resized and JPEG-encoded into a
+    """Frames sampled from episode 1 by seeking (PyAV, decord fallback), resized and JPEG-encoded into a
     Parquet shard at `frames/mal_id=<id>/part-0.parquet` (mal_id, episode, frame_index, timestamp_s,
     width, height, image, source_sha256). Written atomically: a failure never leaves a partial shard.
     The metadata shows a contact sheet of the sampled frames.
     """
     from anime_pipeline.media.preview import contact_sheet
-    from anime_pipeline.media.probe import probe_video
+    from anime_pipeline.media.probe import VideoProbe
     from anime_pipeline.media.sampling import SamplingConfig
     from anime_pipeline.media.shards import extract_frame_shard, read_frame_shard
 
@@ -149,7 +149,8 @@ def frame_shards(context: dg.AssetExecutionContext, config: FramesConfig, pipeli
     dest = s.frames_dir / f"mal_id={mal_id}" / "part-0.parquet"
     started = time.monotonic()
     try:
-        probe = probe_video(video)
+        # The probe the `episodes` asset recorded (re-probed only if the file changed): no re-hash.
+        probe = VideoProbe.from_metadata(json.loads(probe_file.read_text()))
         info = extract_frame_shard(video, mal_id=mal_id, episode=1, dest=dest, cfg=cfg, probe=probe, jpeg_quality=config.jpeg_quality)
     except MediaError as e:
         _record(dest.parent / "error.json", {"mal_id": mal_id, "stage": "frame_shards", "error": str(e)})

@@ -39,6 +39,8 @@ def _demo() -> bool:
     return os.environ.get("ANIME_PIPELINE_PROFILE", "demo").strip().lower() in ("", "demo")
 
 
+CATALOG_SCHEDULE_RUN_CONFIG = {"ops": {"titles": {"config": {"listing_max_age_s": 0.0}}}}
+
 catalog_schedule = dg.ScheduleDefinition(
     name="catalog_daily",
     job=catalog_job,
@@ -46,7 +48,7 @@ catalog_schedule = dg.ScheduleDefinition(
     default_status=_status("ANIME_PIPELINE_CATALOG_SCHEDULE", default_on=_demo()),
     # A scheduled re-collection always fetches the listing afresh (new titles); per-title synopses are
     # revalidated through the HTTP cache, so unchanged ones cost a 304 and no body.
-    run_config={"ops": {"titles": {"config": {"listing_max_age_s": 0.0}}}},
+    run_config=CATALOG_SCHEDULE_RUN_CONFIG,
     description="Re-collect titles and synopses (cron from ANIME_PIPELINE_CATALOG_CRON, default daily 03:00).",
 )
 training_schedule = dg.ScheduleDefinition(
