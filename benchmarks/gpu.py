@@ -12,9 +12,12 @@ Variants (`--variants`; names are `<attn>[_suffix]`, attn = flash | sdpa):
   <attn>            flash_attention_2 (needs CUDA + flash_attn) or SDPA, frozen tower under no_grad
   <attn>_towergrad  the no_grad wrapper removed: autograd runs through the frozen vision tower
                     (transformers' enable_input_require_grads hooks make its activations require grad)
-  <attn>_cached     vision features from the package's `FeatureCache` (warm: filled before timing)
-  <attn>_cachedmem  vision features precomputed in memory, no pixel_values moved (upper bound for a
-                    cache keyed by title/frame instead of by hashing pixels)
+  <attn>_cached     vision features from the package's `FeatureCache` as `train()` uses it: frames keyed by
+                    identity (`frame_ids` + `processor.preprocessing_id()`), cache warmed before timing, the
+                    batch re-collated with the cache-aware collator (no `pixel_values` for cached frames),
+                    features fetched with `train.cached_features`
+  <attn>_cachedmem  vision features precomputed in memory, no pixel_values moved (upper bound for the
+                    cache: no safetensors loads)
   qlora_<attn>      4-bit NF4 text model (needs CUDA + bitsandbytes)
 
 Reported: samples/s (best of `--steps` after `--warmup`), peak VRAM (max allocated, weights included),
@@ -82,18 +85,28 @@ def build_real_model(dest: Path, tiny: Path) -> Path:
     return dest
 
 
-def make_batch(processor, frames: int, answer_repeat: int):
+def make_sample(processor, frames: int, answer_repeat: int) -> dict:
+    """One synthetic sample with dataset-style `frame_ids` (what `ShardVideoDataset` yields)."""
     import numpy as np
     from PIL import Image
 
-    from anime_pipeline.training.collator import VideoSFTCollator
+    from anime_pipeline.training.data import frame_id
 
     rng = np.random.default_rng(frames)
     s = processor.image_size
     images = [Image.fromarray(rng.integers(0, 256, (s, s, 3), dtype=np.uint8), "RGB") for _ in range(frames)]
-    sample = {"images": images, "timestamps": [10.0 + 20.0 * i for i in range(frames)], "duration_s": 1440.0,
-              "prompt": "Summarize the first episode.", "answer": (C.ANSWER * answer_repeat).strip()}
-    batch = VideoSFTCollator(processor, return_stats=True)([sample])
+    ts = [10.0 + 20.0 * i for i in range(frames)]
+    source = f"{frames:064x}"  # stands in for the episode file's SHA-256
+    return {"images": images, "timestamps": ts, "duration_s": 1440.0,
+            "frame_ids": [frame_id(source, 24 * i, t, s, s, b"") for i, t in enumerate(ts)],
+            "prompt": "Summarize the first episode.", "answer": (C.ANSWER * answer_repeat).strip()}
+
+
+def make_batch(processor, sample: dict, feature_cache=None):
+    """The collated batch; with a (warm) `feature_cache`, cached frames get no pixels, as in training."""
+    from anime_pipeline.training.collator import VideoSFTCollator
+
+    batch = VideoSFTCollator(processor, return_stats=True, feature_cache=feature_cache)([sample])
     batch.pop("frames_kept")
     batch.pop("frames_total")
     return batch
@@ -109,11 +122,12 @@ def remove_tower_no_grad(model) -> None:
         m._anime_no_grad_wrapped = False
 
 
-def measure(model_dir: Path, name: str, batches: dict, args, device, workdir: Path) -> list[dict]:
+def measure(model_dir: Path, name: str, samples: dict, processor, args, device, workdir: Path) -> list[dict]:
     import torch
 
     from anime_pipeline.training.feature_cache import FeatureCache
     from anime_pipeline.training.model import answer_loss, encode_frames, load_for_training, to_device
+    from anime_pipeline.training.train import cached_features
 
     v = parse_variant(name)
     cuda = device.type == "cuda"
@@ -128,19 +142,23 @@ def measure(model_dir: Path, name: str, batches: dict, args, device, workdir: Pa
         remove_tower_no_grad(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-4)
-    cache = FeatureCache(workdir / f"fc-{name}", model) if v["cached"] else None
+    cache = (FeatureCache(workdir / f"fc-{name}", model, preprocessing=processor.preprocessing_id())
+             if v["cached"] else None)
     rows = []
-    for frames, cpu_batch in batches.items():
+    for frames, sample in samples.items():
+        cpu_batch = make_batch(processor, sample)
         mem_feats = None
         if v["cachedmem"]:
             b = to_device(cpu_batch, device)
             mem_feats = [f.detach() for f in encode_frames(model, b["pixel_values"], b.get("pixel_attention_mask"))]
             cpu_batch = {k: t for k, t in cpu_batch.items() if k not in ("pixel_values", "pixel_attention_mask")}
             del b
-        if cache is not None:  # warm the cache (the first epoch's cost)
+        if cache is not None:  # warm the cache (the first epoch's cost), then collate as a cached epoch does
             b = to_device(cpu_batch, device)
-            cache.get(model, b["pixel_values"], b.get("pixel_attention_mask"))
+            cache.get(model, b["pixel_values"], b.get("pixel_attention_mask"), frame_ids=b["frame_ids"])
             del b
+            cpu_batch = make_batch(processor, sample, feature_cache=cache)
+            assert "pixel_values" not in cpu_batch, "a warm cache should leave no pixels to move"
         if cuda:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -152,7 +170,7 @@ def measure(model_dir: Path, name: str, batches: dict, args, device, workdir: Pa
                 opt.zero_grad(set_to_none=True)
                 b = to_device(cpu_batch, device, non_blocking=False)
                 if cache is not None:
-                    feats = cache.get(model, b["pixel_values"], b.get("pixel_attention_mask"))
+                    feats = cached_features(cache, model, b)  # keyed by frame_ids, loads the stored features
                 else:
                     feats = mem_feats
                 loss_sum, n = answer_loss(model, b, image_features=feats)
@@ -217,12 +235,12 @@ def main(argv=None) -> int:
         work = Path(td)
         model_dir = tiny if a.tiny else build_real_model(work / "smolvlm2-500m-random", tiny)
         processor = load_processor(str(model_dir))
-        batches = {f: make_batch(processor, f, a.answer_repeat) for f in sorted(a.frames)}
+        samples = {f: make_sample(processor, f, a.answer_repeat) for f in sorted(a.frames)}
         for name in variants:
-            rows.extend(measure(model_dir, name, batches, a, device, work))
+            rows.extend(measure(model_dir, name, samples, processor, a, device, work))
 
     cuda = device.type == "cuda"
-    ep_frames = a.epoch_frames if a.epoch_frames in batches else max(batches)
+    ep_frames = a.epoch_frames if a.epoch_frames in samples else max(samples)
     epoch_min = {r["variant"]: C.r3(a.epoch_titles / r["samples_per_s"] / 60) for r in rows
                  if r["frames"] == ep_frames and r["samples_per_s"]}
     for r in rows:

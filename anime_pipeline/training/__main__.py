@@ -5,12 +5,17 @@ and the final metrics to `pipes.report_asset_materialization(metadata=...)`; a `
 the Pipes extras is merged over the file's values (and an `asset_key` extra picks the asset to report
 when the step targets several). Otherwise every event is printed as one JSON line on
 stdout (the last one has `"event": "done"`).
+
+Under `torchrun` / `accelerate launch` (one process per GPU, see `anime_pipeline.launch`) every rank runs
+this module; only rank 0 opens the Pipes session (logs, materialization) or prints events. The other
+ranks read the same Pipes context (for the `train_config` extras) without writing messages.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -46,6 +51,19 @@ def _is_pipes() -> bool:
     return PipesEnvVarParamsLoader().is_dagster_pipes_process()
 
 
+def _rank() -> int:
+    return int(os.environ.get("RANK") or 0)
+
+
+def _pipes_extras() -> dict:
+    """The Pipes context's extras, read without opening a message channel (non-zero ranks)."""
+    from dagster_pipes import PipesDefaultContextLoader, PipesEnvVarParamsLoader
+
+    params = PipesEnvVarParamsLoader().load_context_params()
+    with PipesDefaultContextLoader().load_context(params) as data:
+        return dict(data.get("extras") or {})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m anime_pipeline.training", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one field (value parsed as JSON when possible); repeatable")
     args, _unknown = parser.parse_known_args(argv)  # Pipes may add its own CLI arguments
+
+    if _is_pipes() and _rank() != 0:
+        cfg = build_config(args.config, args.overrides, _pipes_extras())
+        from anime_pipeline.training.train import train
+
+        train(cfg)  # reports nothing on this rank
+        return 0
 
     if _is_pipes():
         from dagster_pipes import open_dagster_pipes

@@ -147,7 +147,7 @@ class TrainResult:
     loss_history: list[float]
     val_loss_before: float | None  # mean answer-token loss of the base model on val
     val_loss_after: float | None
-    samples_per_s: float  # this process's training throughput (eval excluded)
+    samples_per_s: float  # training throughput (eval excluded; all data-parallel ranks together)
     train_seconds: float  # this process's training time
     peak_memory_bytes: int
     peak_memory_kind: str  # "cuda_max_allocated" | "cpu_max_rss"
@@ -161,6 +161,8 @@ class TrainResult:
     frames_dropped: int = 0  # frames dropped by the max_length policy (this process)
     feature_cache_hits: int = 0
     feature_cache_misses: int = 0
+    world_size: int = 1  # data-parallel processes (samples/s, samples_seen, frames_dropped and the
+    # feature-cache counts are totals over all of them; peak memory and device are rank 0's)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

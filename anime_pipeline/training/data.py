@@ -116,26 +116,56 @@ class ShardVideoDataset(Dataset):
 
 
 class EpochSampler(Sampler[int]):
-    """Deterministic order per (seed, epoch), resumable: `set_epoch(e, start=k)` skips the first k items."""
+    """Deterministic order per (seed, epoch), resumable: `set_epoch(e, start=k)` skips the first k items
+    (of this rank's shard).
 
-    def __init__(self, n: int, *, shuffle: bool = True, seed: int = 0):
+    Data parallelism: with `world_size` > 1, rank r takes items r, r + W, r + 2W, ... of the epoch order
+    (interleaved, so micro-batch k of all ranks together is a contiguous chunk of the order, as with one
+    process and W× the batch size). `pad=True` (training) repeats the order's first items so that every
+    rank gets `ceil(n / W)` items (same number of steps everywhere); `pad=False` (evaluation) gives
+    uneven shards without duplicates. One rank (the default) is the plain order."""
+
+    def __init__(self, n: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 pad: bool = True):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank} world_size={world_size}")
         self.n, self.shuffle, self.seed = int(n), bool(shuffle), int(seed)
+        self.rank, self.world_size, self.pad = int(rank), int(world_size), bool(pad)
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = int(epoch), int(start)
 
     def order(self, epoch: int) -> list[int]:
+        """The whole epoch's order (all ranks)."""
         if not self.shuffle:
             return list(range(self.n))
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(self.n, generator=g).tolist()
 
+    def shard_size(self) -> int:
+        """Items this rank gets per epoch."""
+        if self.world_size == 1:
+            return self.n
+        if self.pad:
+            return -(-self.n // self.world_size)
+        return len(range(self.rank, self.n, self.world_size))
+
+    def shard(self, epoch: int) -> list[int]:
+        """This rank's items of the epoch, in order."""
+        order = self.order(epoch)
+        if self.world_size == 1:
+            return order
+        if self.pad and order:
+            total = self.shard_size() * self.world_size
+            order = (order * -(-total // len(order)))[:total]
+        return order[self.rank::self.world_size]
+
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order(self.epoch)[self.start:])
+        return iter(self.shard(self.epoch)[self.start:])
 
     def __len__(self) -> int:
-        return max(0, self.n - self.start)
+        return max(0, self.shard_size() - self.start)
 
 
 def _identity(x):

@@ -19,6 +19,23 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def safetensors_adapter_dir(adapter_dir: str | Path) -> Path:
+    """The local adapter directory, refusing pickled weights: peft loads `adapter_model.bin` with
+    `torch.load` when no safetensors file is there, and ignores `use_safetensors`. A hub id is fetched
+    with only the config and the safetensors weights."""
+    path = Path(adapter_dir)
+    if not path.is_dir():
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(str(adapter_dir), allow_patterns=list(ADAPTER_FILES)))
+    if not (path / "adapter_model.safetensors").is_file():
+        raise FileNotFoundError(f"{adapter_dir} has no adapter_model.safetensors (pickled adapters are not loaded)")
+    return path
+
+
 def load_model(base: str | Path, adapter_dir: str | Path | None = None, *, device: str = "auto",
                dtype: str = "auto", attn_implementation: str = "auto", merge: bool = True):
     """Frozen base model (+ peft adapter, merged into the weights unless `merge=False`) in eval mode."""
@@ -27,7 +44,8 @@ def load_model(base: str | Path, adapter_dir: str | Path | None = None, *, devic
         from peft import PeftModel
 
         with quiet_peft():
-            model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+            model = PeftModel.from_pretrained(model, str(safetensors_adapter_dir(adapter_dir)), is_trainable=False,
+                                              use_safetensors=True)
         if merge:
             model = model.merge_and_unload()
     model.requires_grad_(False)

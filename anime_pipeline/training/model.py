@@ -145,7 +145,8 @@ def load_base_model(model_id_or_dir: str, *, device: str | torch.device = "auto"
     dev = resolve_device(device)
     dt = resolve_dtype(dev, dtype)
     attn = resolve_attn(dev, dt, attn_implementation)
-    kwargs: dict[str, Any] = {"dtype": dt, "attn_implementation": attn}
+    # use_safetensors: never unpickle a checkpoint (a directory with only pytorch_model.bin fails)
+    kwargs: dict[str, Any] = {"dtype": dt, "attn_implementation": attn, "use_safetensors": True}
     if qlora:
         if dev.type != "cuda":
             raise ModelSetupError("qlora=True needs a CUDA device (bitsandbytes 4-bit); set qlora=false on CPU")

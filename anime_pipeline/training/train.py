@@ -14,10 +14,19 @@ Checkpoints (every `save_steps`, and at the end) hold the adapter (safetensors),
 (`torch.save` of tensors/primitives, loaded with `weights_only=True`), the RNG states and a JSON state
 (step, loss history, ...). With `resume=True`, a run continues after the latest complete checkpoint in
 `output_dir/checkpoints`, with the same data order (deterministic per seed and epoch) and RNG streams.
+
+Data parallelism (launched by `torchrun` / `accelerate launch`, `WORLD_SIZE` > 1; see `distributed`):
+one process per device (`cuda:LOCAL_RANK`, or CPU with Gloo), the adapter model wrapped in
+`DistributedDataParallel`, each rank an interleaved slice of the epoch order (padded to the same number
+of steps), the token-weighted loss normalised by the labelled-token count summed over all ranks, and only
+rank 0 writing checkpoints / adapter / results and reporting. Effective batch = batch_size × grad_accum ×
+world size; a checkpoint resumes only with the same world size. With one process nothing changes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -86,17 +95,23 @@ def _checkpoints(root: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def _rng_state() -> tuple[dict, dict]:
+def _rng_state(device: torch.device | None = None) -> tuple[dict, dict]:
+    """RNG states; with `device` (data-parallel ranks) only that CUDA device's, as `cuda`."""
     tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if device is not None:
+        if device.type == "cuda":
+            tensors["cuda"] = torch.cuda.get_rng_state(device)
+    elif torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"cuda_{i}"] = s
     py = random.getstate()
     return tensors, {"python": [py[0], list(py[1]), py[2]]}
 
 
-def _set_rng_state(tensors: dict, meta: dict) -> None:
+def _set_rng_state(tensors: dict, meta: dict, device: torch.device | None = None) -> None:
     torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["cuda"], device)
     cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda_")), key=lambda k: int(k[5:]))]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
@@ -151,8 +166,9 @@ def cached_features(cache, model, batch: dict):
 
 # Evaluation --------------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(model, loader, device: torch.device, *, cache=None, processor=None) -> float | None:
-    """Mean answer-token loss over a loader of SFT batches (token-weighted)."""
+def evaluate(model, loader, device: torch.device, *, cache=None, processor=None, world=None) -> float | None:
+    """Mean answer-token loss over a loader of SFT batches (token-weighted). With a data-parallel `world`,
+    each rank's loader holds its shard and the sums are added over ranks (every rank gets the result)."""
     from anime_pipeline.training.model import answer_loss
 
     was_training = model.training
@@ -169,21 +185,46 @@ def evaluate(model, loader, device: torch.device, *, cache=None, processor=None)
             count += n
     finally:
         model.train(was_training)
+    if world is not None and world.distributed:
+        from anime_pipeline.training.distributed import all_reduce_sum
+
+        total, count = all_reduce_sum([total, count], world, device)
     return total / count if count else None
 
 
 # Training ----------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
-    """Fine-tune `cfg.base_model` with adapters; returns metrics and the final adapter's location."""
+    """Fine-tune `cfg.base_model` with adapters; returns metrics and the final adapter's location.
+
+    Under `torchrun` / `accelerate launch` (`WORLD_SIZE` > 1) every rank calls this: data-parallel training,
+    `reporter` called and files written on rank 0 only (every rank returns the result)."""
+    from anime_pipeline.training.distributed import env_world, init_process_group, rank_device
+
+    world = env_world()
+    device = rank_device(cfg.device, world)
+    created = init_process_group(world, device)
+    try:
+        return _train(cfg, reporter, world, device)
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, reporter: Reporter | None, world, device: torch.device) -> TrainResult:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     from anime_pipeline.training.collator import VideoSFTCollator
     from anime_pipeline.training.data import EpochSampler, ShardVideoDataset, make_dataloader
-    from anime_pipeline.training.model import answer_loss, load_for_training, param_report, resolve_device
+    from anime_pipeline.training.distributed import all_reduce_sum, barrier, gather_to_main, wrap_ddp
+    from anime_pipeline.training.model import answer_loss, load_for_training, param_report
     from anime_pipeline.training.processor import load_processor
 
-    report = reporter or (lambda event: None)
+    dp = world.distributed
+    main = world.is_main
+    report = (reporter or (lambda event: None)) if main else (lambda event: None)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_root = out_dir / "checkpoints"
@@ -194,7 +235,6 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
 
     # Data ----------------------------------------------------------------------------------------
     processor = load_processor(cfg.base_model, max_side=cfg.max_side)
-    device = resolve_device(cfg.device)
     uint8_pixels = (device.type == "cuda") if cfg.uint8_pixels is None else bool(cfg.uint8_pixels)
     collator = VideoSFTCollator(processor, max_length=cfg.max_length, mask_policy=cfg.mask_policy,
                                 padding_side="right", return_stats=True, uint8_pixels=uint8_pixels)
@@ -211,19 +251,22 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     pin = (device.type == "cuda") if cfg.pin_memory is None else cfg.pin_memory
-    sampler = EpochSampler(len(train_ds), shuffle=True, seed=cfg.seed)
+    # each rank: an interleaved slice of the epoch order, padded so that all ranks take the same steps
+    sampler = EpochSampler(len(train_ds), shuffle=True, seed=cfg.seed, rank=world.rank, world_size=world.size)
     loader = make_dataloader(train_ds, collator, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                              pin_memory=pin, prefetch_factor=cfg.prefetch_factor, sampler=sampler)
     val_loader = None
     if val_ds is not None:
+        val_sampler = (EpochSampler(len(val_ds), shuffle=False, rank=world.rank, world_size=world.size, pad=False)
+                       if dp else None)
         val_loader = make_dataloader(val_ds, collator, batch_size=cfg.eval_batch_size, shuffle=False,
                                      num_workers=cfg.num_workers, pin_memory=pin,
-                                     prefetch_factor=cfg.prefetch_factor)
-    batches_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
+                                     prefetch_factor=cfg.prefetch_factor, sampler=val_sampler)
+    batches_per_epoch = math.ceil(sampler.shard_size() / cfg.batch_size)  # per rank
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum))
 
     # Model ---------------------------------------------------------------------------------------
-    model = load_for_training(cfg.base_model, cfg)
+    model = load_for_training(cfg.base_model, dataclasses.replace(cfg, device=str(device)) if dp else cfg)
     params = param_report(model)
     dtype = next(p for p in model.parameters() if p.is_floating_point() and not p.requires_grad).dtype
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -232,11 +275,12 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     if cfg.feature_cache:
         from anime_pipeline.training.feature_cache import FeatureCache
 
+        # shared by the ranks: entries are written atomically (same key → same features)
         cache = FeatureCache(Path(cfg.feature_cache_dir or out_dir / "feature-cache"), model,
                              preprocessing=processor.preprocessing_id())
         collator.feature_cache = cache  # before any loader iterates: workers get it with the collator
 
-    # Resume --------------------------------------------------------------------------------------
+    # Resume (every rank loads the checkpoint) ------------------------------------------------------
     state: dict[str, Any] = {"step": 0, "micro": 0, "samples_seen": 0, "loss_history": [],
                              "val_loss_before": None}
     resumed_from = None
@@ -246,39 +290,54 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
         saved = json.loads((ck / "state.json").read_text())
         mismatch = {k: (saved["config"].get(k), getattr(cfg, k)) for k in RESUME_KEYS
                     if saved["config"].get(k) != getattr(cfg, k)}
+        if saved.get("world_size", 1) != world.size:
+            mismatch["world_size"] = (saved.get("world_size", 1), world.size)
         if mismatch:
             raise ResumeError(f"checkpoint {ck} was made with different settings {mismatch}; "
                               "use another output_dir or resume=false")
         set_peft_model_state_dict(model, load_file(str(ck / "adapter" / "adapter_model.safetensors"),
                                                    device=str(device)))
         optimizer.load_state_dict(torch.load(ck / "optimizer.pt", map_location=device, weights_only=True))
-        rng_tensors = torch.load(ck / "rng.pt", weights_only=True)
+        rng_file = "rng.pt" if world.rank == 0 else f"rng-rank{world.rank}.pt"
+        rng_tensors = torch.load(ck / rng_file, weights_only=True)
+        rng_meta = saved["rng_ranks"][world.rank] if dp else saved.get("rng", {})
         state = saved["state"]
         resumed_from = step_no
         report({"event": "resume", "step": step_no, "checkpoint": str(ck)})
-    elif existing:
+    elif existing and main:
         shutil.rmtree(ckpt_root)
+    barrier(world, device)  # every rank has read the checkpoints before rank 0 writes or deletes any
 
+    ddp = wrap_ddp(model, device) if dp else None
     report({"event": "start", "total_steps": total_steps, "start_step": state["step"], "device": str(device),
             "dtype": str(dtype).replace("torch.", ""), "train_samples": len(train_ds),
-            "val_samples": len(val_ds) if val_ds else 0, "params": params})
+            "val_samples": len(val_ds) if val_ds else 0, "params": params,
+            **({"world_size": world.size} if dp else {})})
 
     if val_loader is not None and state["val_loss_before"] is None:
-        state["val_loss_before"] = evaluate(model, val_loader, device, cache=cache, processor=processor)
+        state["val_loss_before"] = evaluate(model, val_loader, device, cache=cache, processor=processor,
+                                            world=world)
         report({"event": "eval", "phase": "before", "val_loss": state["val_loss_before"]})
     if resumed_from is not None:
-        _set_rng_state(rng_tensors, saved.get("rng", {}))
+        _set_rng_state(rng_tensors, rng_meta, device if dp else None)
 
     def save_checkpoint(step: int) -> Path:
-        tensors, meta = _rng_state()
+        tensors, meta = _rng_state(device if dp else None)
+        final = ckpt_root / f"step-{step:08d}"
+        ranks = gather_to_main((tensors, meta), world)  # collective: every rank calls save_checkpoint
+        if not main:
+            return final
+        extra = {"world_size": world.size, "rng_ranks": [m for _, m in ranks]} if dp else {}
 
         def write(tmp: Path) -> None:
             model.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(tensors, tmp / "rng.pt")
-            (tmp / "state.json").write_text(json.dumps({"config": cfg.to_dict(), "state": state, "rng": meta}))
+            for r in range(1, world.size):
+                torch.save(ranks[r][0], tmp / f"rng-rank{r}.pt")
+            (tmp / "state.json").write_text(json.dumps({"config": cfg.to_dict(), "state": state, "rng": meta,
+                                                        **extra}))
 
-        final = ckpt_root / f"step-{step:08d}"
         _atomic_dir(final, write)
         for _, old in _checkpoints(ckpt_root)[:-cfg.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
@@ -303,20 +362,35 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
         step = state["step"]
         window = [next(stream) for _ in range(cfg.grad_accum)]
         n_tokens = sum(_labelled(b) for b in window)
+        n_samples = sum(int(b["input_ids"].shape[0]) for b in window)
+        if dp:  # the loss is normalised by the labelled tokens of the whole (all-rank) window
+            n_tokens, n_samples = (int(x) for x in all_reduce_sum([n_tokens, n_samples], world, device))
         optimizer.zero_grad(set_to_none=True)
         loss_total = 0.0
-        for batch in window:
+        for i, batch in enumerate(window):
             kept, total = batch.pop("frames_kept"), batch.pop("frames_total")
             frames_dropped += int((total - kept).sum())
-            run_samples += int(batch["input_ids"].shape[0])
             batch = prepare_batch(batch, device, processor, non_blocking=non_blocking)
             feats = cached_features(cache, model, batch)
-            loss_sum, _ = answer_loss(model, batch, image_features=feats)
-            if n_tokens:
-                (loss_sum / n_tokens).backward()
+            if ddp is None:
+                loss_sum, _ = answer_loss(model, batch, image_features=feats)
+                if n_tokens:
+                    (loss_sum / n_tokens).backward()
+            else:
+                # gradients are all-reduced (averaged) on the window's last micro-batch only; × world size
+                # undoes DDP's averaging, so the step's gradient is Σ_ranks Σ token losses / n_tokens
+                last = i == len(window) - 1
+                with contextlib.nullcontext() if last else ddp.no_sync():
+                    loss_sum, _ = ddp(batch, feats)
+                    if n_tokens:
+                        (loss_sum * world.size / n_tokens).backward()
             loss_total += float(loss_sum.detach())
+        if dp:
+            loss_total = all_reduce_sum([loss_total], world, device)[0]
+        run_samples += n_samples
+        grad_norm = None
         if cfg.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm))  # before clipping
         lr = lr_at(cfg, step, total_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -324,7 +398,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
         loss = loss_total / n_tokens if n_tokens else float("nan")
         state["step"] = step + 1
         state["micro"] += cfg.grad_accum
-        state["samples_seen"] += sum(int(b["input_ids"].shape[0]) for b in window)
+        state["samples_seen"] += n_samples
         state["loss_history"].append(loss)
         elapsed = time.perf_counter() - t0
         if cfg.save_steps and state["step"] % cfg.save_steps == 0 and state["step"] < total_steps:
@@ -332,7 +406,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
         if state["step"] % cfg.log_every == 0 or state["step"] == total_steps:
             report({"event": "progress", "step": state["step"], "total_steps": total_steps, "loss": loss,
                     "lr": lr, "samples_per_s": run_samples / elapsed if elapsed > 0 else 0.0,
-                    "epoch": state["samples_seen"] / len(train_ds), "elapsed_s": elapsed})
+                    "epoch": state["samples_seen"] / len(train_ds), "elapsed_s": elapsed,
+                    **({"grad_norm": grad_norm} if grad_norm is not None else {})})
     train_seconds = time.perf_counter() - t0
     if resumed_from is None or resumed_from < total_steps:
         save_checkpoint(state["step"])
@@ -340,9 +415,16 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     # Final ---------------------------------------------------------------------------------------
     val_after = None
     if val_loader is not None:
-        val_after = evaluate(model, val_loader, device, cache=cache, processor=processor)
+        val_after = evaluate(model, val_loader, device, cache=cache, processor=processor, world=world)
         report({"event": "eval", "phase": "after", "val_loss": val_after})
-    adapter_dir = save_adapter(model, out_dir / "adapter")
+    if main:
+        adapter_dir = save_adapter(model, out_dir / "adapter")
+    else:
+        adapter_dir = out_dir / "adapter"
+    hits, misses = (cache.hits, cache.misses) if cache else (0, 0)
+    if dp:
+        frames_dropped, hits, misses = (int(x) for x in all_reduce_sum([frames_dropped, hits, misses], world, device))
+    barrier(world, device)  # the adapter is written
     mem, mem_kind = peak_memory(device)
     hist = state["loss_history"]
     result = TrainResult(
@@ -356,9 +438,10 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
         dtype=str(dtype).replace("torch.", ""), adapter_path=str(adapter_dir),
         adapter_bytes=dir_bytes(adapter_dir), trainable_params=params["total"]["trainable"],
         frozen_params=params["total"]["frozen"], params=params, frames_dropped=frames_dropped,
-        feature_cache_hits=cache.hits if cache else 0, feature_cache_misses=cache.misses if cache else 0,
+        feature_cache_hits=hits, feature_cache_misses=misses, world_size=world.size,
     )
-    cfg.to_json(out_dir / "train_config.json")
-    (out_dir / "train_result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    if main:
+        cfg.to_json(out_dir / "train_config.json")
+        (out_dir / "train_result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     report({"event": "done", **result.metadata()})
     return result
