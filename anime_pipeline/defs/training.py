@@ -139,7 +139,8 @@ def finetuned_adapter(
     )
     reported = invocation.get_materialize_result()
     metadata = dict(reported.metadata or {})
-    adapter_dir = Path(str(getattr(metadata.get("adapter_path"), "value", metadata.get("adapter_path") or run_dir / "adapter")))
+    reported_path = metadata.get("adapter_path")  # a MetadataValue from the Pipes report
+    adapter_dir = Path(str(getattr(reported_path, "value", reported_path))) if reported_path else run_dir / "adapter"
     lineage = {
         "base_model": base_model,
         "base_model_revision": _model_revision(base_model),
@@ -166,15 +167,23 @@ def finetuned_adapter(
 
 
 def _model_revision(base_model: str) -> str:
-    """Hub revision when known (a local dir: the hash of its config), for lineage."""
+    """Lineage of the base weights: the Hub commit of a cached model id, or a content hash of a local dir."""
+    import hashlib
+
     p = Path(base_model)
     if p.is_dir():
-        import hashlib
-
-        files = sorted(f for f in p.iterdir() if f.suffix in (".json", ".safetensors"))
         h = hashlib.sha256()
-        for f in files:
-            h.update(f.name.encode())
-            h.update(str(f.stat().st_size).encode())
+        for f in sorted(p.iterdir()):
+            if f.suffix == ".json":  # configs: content; weights: name and size (hashing GBs is not worth it)
+                h.update(f.name.encode() + f.read_bytes())
+            elif f.suffix == ".safetensors":
+                h.update(f"{f.name}:{f.stat().st_size}".encode())
         return "local:" + h.hexdigest()[:12]
-    return "main"
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(base_model, local_files_only=True)).name  # snapshots/<commit>
+    except (LocalEntryNotFoundError, HFValidationError, OSError) as e:
+        # Not in the local cache: recorded as such; the training process reports why it cannot load it.
+        return f"unknown ({type(e).__name__})"
