@@ -87,6 +87,7 @@ def test_lineage_metadata_of_adapter(demo_run):
     for key in ("base_model", "data_version", "code_version", "git_commit", "hyperparameters", "adapter_bytes"):
         assert key in md, key
     assert md["adapter_bytes"].value > 0
+    assert md["base_model_revision"].value.startswith("local:")  # the demo's tiny model dir, content-hashed
     hp = md["hyperparameters"].value
     assert hp["lora_r"] == 16
 
