@@ -1,0 +1,40 @@
+"""A bad episode fails its own partition with a clear, recorded error; the other partitions still materialize."""
+
+import json
+
+import dagster as dg
+import pytest
+
+from anime_pipeline.definitions import defs
+from anime_pipeline.defs.resources import build_resources
+from anime_pipeline_tests.fixtures.media import make_clip
+
+pytestmark = pytest.mark.slow
+
+
+def test_bad_file_fails_only_its_partition(tmp_path):
+    home, videos = tmp_path / "data", tmp_path / "videos"
+    good, bad = "990001", "990002"
+    make_clip(videos / f"{good}.mp4", seconds=3.0, width=96, height=64, fps=8, gop=8)
+    (videos / f"{bad}.mp4").write_text("this is not a video\n")
+    env = {"ANIME_PIPELINE_HOME": str(home), "ANIME_PIPELINE_EPISODE_SOURCE": "local",
+           "ANIME_PIPELINE_VIDEO_DIR": str(videos)}
+    resources = build_resources(env=env)
+    assets = list(defs.assets) + list(defs.asset_checks)
+    with dg.instance_for_test() as instance:
+        assert dg.materialize(assets, selection=["titles", "synopses"], instance=instance, resources=resources).success
+        results = {
+            key: dg.materialize(assets, selection=["episodes", "frame_shards"], partition_key=key, instance=instance,
+                                resources=resources, raise_on_error=False)
+            for key in (bad, good)
+        }
+        assert results[good].success and not results[bad].success
+        failure = next(e for e in results[bad].all_events if e.event_type_value == "STEP_FAILURE")
+        message = failure.event_specific_data.error.message
+        assert f"{bad}.mp4" in message and "MAL id 990002" in message
+        assert instance.get_materialized_partitions(dg.AssetKey("frame_shards")) == {good}
+    record = json.loads((home / "episodes" / bad / "error.json").read_text())
+    assert record["stage"] == "episodes" and f"{bad}.mp4" in record["error"]
+    assert not list((home / "episodes" / bad).glob("ep01.*"))  # nothing partial left behind
+    assert not (home / "frames" / f"mal_id={bad}").exists()
+    assert (home / "frames" / f"mal_id={good}" / "part-0.parquet").exists()
