@@ -82,25 +82,34 @@ def test_429_storm_without_retry_after_backs_off_and_ends(fault, server, make_cl
     fault.note = f"{server.count(SHIKI)} requests, {elapsed:.2f} s"
 
 
+def per_page_script(*answers: Canned):
+    """A server hook: the n-th request for each Shikimori page gets `answers[n]`, later ones the normal answer.
+    `hook.attempts` counts requests per page."""
+    attempts: dict[int, int] = {}
+
+    def hook(rec):
+        if rec.path != SHIKI:
+            return None
+        page = rec.json()["variables"]["page"]
+        n = attempts.get(page, 0)
+        attempts[page] = n + 1
+        return answers[n] if n < len(answers) else None
+
+    hook.attempts = attempts
+    return hook
+
+
 def test_rate_limited_then_recovers_keeps_every_title(fault, server, make_client):
     fault.record("429 (Retry-After: 1) on every page's first attempt",
                  "each page retried after the (capped) wait; all titles discovered")
     ids = _six_titles(server)
     client = make_client(total_retries=2, max_retry_after=0.05)
-    seen: dict[int, int] = {}
-
-    def first_attempt_429(rec):
-        if rec.path != SHIKI:
-            return None
-        page = rec.json()["variables"]["page"]
-        seen[page] = seen.get(page, 0) + 1
-        return Canned(429, RATE_LIMITED, {"Retry-After": "1"}) if seen[page] == 1 else None
-
-    server.hook = first_attempt_429
+    server.hook = per_page_script(Canned(429, RATE_LIMITED, {"Retry-After": "1"}))
     result = _discover(client, server)
     got = result.titles["mal_id"].to_list()
     assert sorted(got) == ids
-    assert all(n == 2 for n in seen.values()), seen
+    seen = server.hook.attempts
+    assert seen and all(n == 2 for n in seen.values()), seen
     fault.titles_lost = len(set(ids) - set(got))
 
 
@@ -111,19 +120,10 @@ def test_5xx_burst_on_every_page_then_success(fault, server, make_client, burst)
                  "retried (total_retries=2); every title discovered, in popularity order")
     ids = _six_titles(server)
     client = make_client(total_retries=2)
-    attempts: dict[int, int] = {}
-
-    def burst_then_ok(rec):
-        if rec.path != SHIKI:
-            return None
-        page = rec.json()["variables"]["page"]
-        n = attempts.get(page, 0)
-        attempts[page] = n + 1
-        if n < len(burst):
-            return Canned(burst[n], "<html><body>upstream error</body></html>", {"Content-Type": "text/html"})
-        return None
-
-    server.hook = burst_then_ok
+    server.hook = per_page_script(
+        *(Canned(status, "<html><body>upstream error</body></html>", {"Content-Type": "text/html"}) for status in burst)
+    )
+    attempts = server.hook.attempts
     result = _discover(client, server)
     got = result.titles.sort("popularity")["mal_id"].to_list()
     assert got == ids
@@ -172,16 +172,7 @@ def test_slow_page_then_fast_keeps_every_title(fault, server, make_client):
                  "timed-out attempt retried; every title discovered")
     ids = _six_titles(server)
     client = make_client(read_timeout=0.2, total_retries=2)
-    seen: dict[int, int] = {}
-
-    def first_slow(rec):
-        if rec.path != SHIKI:
-            return None
-        page = rec.json()["variables"]["page"]
-        seen[page] = seen.get(page, 0) + 1
-        return Canned(200, {"data": {"animes": []}}, delay=0.6) if seen[page] == 1 else None
-
-    server.hook = first_slow
+    server.hook = per_page_script(Canned(200, {"data": {"animes": []}}, delay=0.6))
     got = _discover(client, server).titles["mal_id"].to_list()
     assert sorted(got) == ids
     fault.titles_lost = len(set(ids) - set(got))
