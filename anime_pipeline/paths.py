@@ -39,6 +39,26 @@ def within(root: Path, *parts: str) -> Path:
     return candidate
 
 
+def sweep_stale_temps(final: Path, *, older_than_s: float = 3600.0) -> list[Path]:
+    """Remove temp files that `atomic_path` left beside `final` when a writer was killed (SIGKILL runs no
+    cleanup). Only temps older than `older_than_s` go, so a concurrent writer's live temp is never touched."""
+    import time
+
+    final = Path(final)
+    if not final.parent.is_dir():
+        return []
+    cutoff = time.time() - older_than_s
+    removed = []
+    for p in final.parent.glob(f".{final.name}.*"):
+        try:
+            if p.is_file() and p.stat().st_mtime < cutoff:
+                p.unlink()
+                removed.append(p)
+        except FileNotFoundError:  # another sweeper got it first
+            continue
+    return removed
+
+
 @contextmanager
 def atomic_path(final: Path, *, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temp path beside `final`; on success rename it over `final`, on error remove it.

@@ -83,3 +83,22 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path):
         tmp.write_bytes(b"whole")
     assert final.read_bytes() == b"whole"
     assert [p.name for p in final.parent.iterdir()] == ["x.bin"]
+
+
+def test_sweep_stale_temps_removes_only_old_leftovers(tmp_path):
+    import os
+    import time
+
+    from anime_pipeline.paths import sweep_stale_temps
+
+    final = tmp_path / "part-0.parquet"
+    old = tmp_path / ".part-0.parquet.abc.parquet.tmp"
+    live = tmp_path / ".part-0.parquet.def.parquet.tmp"
+    other = tmp_path / ".part-1.parquet.xyz.parquet.tmp"
+    for p in (old, live, other):
+        p.write_bytes(b"partial")
+    past = time.time() - 7200
+    os.utime(old, (past, past))
+    os.utime(other, (past, past))
+    assert sweep_stale_temps(final) == [old]
+    assert live.exists() and other.exists() and not old.exists()

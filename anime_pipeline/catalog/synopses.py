@@ -79,6 +79,13 @@ def _disables_mal(exc: CatalogError) -> bool:
     return exc.status in (401, 403) or (exc.status == 400 and "client id" in str(exc).lower())
 
 
+def _is_outage(exc: CatalogError) -> bool:
+    """A failure of the service rather than of one title: timeouts, broken connections, 5xx, throttling."""
+    kind = getattr(exc, "kind", None)
+    status = getattr(exc, "status", None) or 0
+    return kind in ("timeout", "connection", "rate_limit") or status >= 500 or status == 429
+
+
 def fetch_synopses(
     client: HttpClient,
     titles: pl.DataFrame,
@@ -86,8 +93,14 @@ def fetch_synopses(
     sources: SynopsisSources,
     min_chars: int = DEFAULT_MIN_CHARS,
     now: datetime | None = None,
+    outage_threshold: int = 5,
 ) -> SynopsisResult:
-    """One cleaned synopsis per title (columns of `titles` used: mal_id, name, description_ru)."""
+    """One cleaned synopsis per title (columns of `titles` used: mal_id, name, description_ru).
+
+    Circuit breaker: after `outage_threshold` consecutive outage failures of a source (timeouts, broken
+    connections, 5xx or 429 after all retries), that source is skipped for the rest of the run and the
+    later titles go straight to the next source, so a whole-source outage costs minutes, not hours.
+    A per-title answer (404, no synopsis) or a success resets the count."""
     secret = sources.mal_client_id or ""
 
     def scrub(text: str) -> str:
@@ -107,6 +120,7 @@ def fetch_synopses(
     rejected: list[dict[str, Any]] = []
     errors: list[str] = []
     disabled: dict[str, str] = {}
+    outages: dict[str, int] = {name: 0 for name in fetchers}
     seen: set[int] = set()
 
     for rec in titles.iter_rows(named=True):
@@ -132,7 +146,12 @@ def fetch_synopses(
                 if source == "mal" and _disables_mal(exc):
                     disabled["mal"] = f"skipped after HTTP {exc.status} (client id rejected or throttled)"  # type: ignore[attr-defined]
                     errors.append(f"mal: {disabled['mal']}; later titles use the other sources")
+                outages[source] = outages[source] + 1 if _is_outage(exc) else 0
+                if outages[source] >= outage_threshold > 0 and source not in disabled:
+                    disabled[source] = f"skipped after {outages[source]} consecutive outage failures"
+                    errors.append(f"{source}: {disabled[source]}; later titles use the other sources")
                 continue
+            outages[source] = 0
             text = clean_synopsis(got.text)
             if not text:
                 failures.append(f"{source}: no synopsis")

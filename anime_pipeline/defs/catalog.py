@@ -37,6 +37,11 @@ class TitlesConfig(dg.Config):
 
 class SynopsesConfig(dg.Config):
     min_chars: int = Field(default=80, description="Shorter cleaned synopses are rejected as unusable.")
+    outage_threshold: int = Field(
+        default=5,
+        description="A source failing this many titles in a row with outages (timeouts, 5xx, 429) is skipped for "
+        "the rest of the run; 0 disables the breaker.",
+    )
 
 
 def write_parquet(df: pl.DataFrame, path) -> int:
@@ -155,7 +160,9 @@ def synopses(
             anilist_url=catalog_api.anilist_url,
         )
         with make_http_client(catalog_api, s) as client:
-            result = fetch_synopses(client, titles_df, sources=sources, min_chars=config.min_chars)
+            result = fetch_synopses(
+                client, titles_df, sources=sources, min_chars=config.min_chars, outage_threshold=config.outage_threshold
+            )
             requests = client.requests_sent
         df, rejected, by_source, errors = result.synopses, result.rejected, result.by_source, result.errors
         for e in errors:

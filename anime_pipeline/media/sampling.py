@@ -48,6 +48,7 @@ from __future__ import annotations
 import bisect
 import math
 import os
+import re
 import pickle
 import signal
 import subprocess
@@ -522,11 +523,19 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.communicate()
 
 
+_SECRET_ENV = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|CLIENT_ID|API_KEY|ACCESS_KEY|^AWS_|^MAL_)", re.I)
+
+
+def worker_env(environ) -> dict[str, str]:
+    """The decoder worker parses untrusted video with native code: it gets no secrets or credentials."""
+    return {k: v for k, v in environ.items() if not _SECRET_ENV.search(k)}
+
+
 def run_worker(job: dict, *, timeout_s: float, what: str, argv: list[str] | None = None) -> Any:
     """Run `job` in a worker process (see the module docstring); MediaError on timeout, crash or failure."""
     import anime_pipeline
 
-    env = dict(os.environ)
+    env = worker_env(os.environ)
     pkg_root = str(Path(anime_pipeline.__file__).resolve().parents[1])
     env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("OMP_NUM_THREADS", "2")

@@ -15,7 +15,7 @@ from typing import Iterable
 import polars as pl
 from PIL import Image
 
-from anime_pipeline.paths import atomic_path, within
+from anime_pipeline.paths import atomic_path, sweep_stale_temps, within
 from anime_pipeline.schemas import FRAMES
 
 from .errors import MediaError
@@ -99,6 +99,7 @@ def write_frame_shard(
     df = frames_dataframe(frames, mal_id=mal_id, episode=episode, source_sha256=source_sha256,
                           jpeg_quality=jpeg_quality)
     dest = Path(dest)
+    sweep_stale_temps(dest)  # leftovers of a writer killed earlier (never a live writer's temp)
     with atomic_path(dest, suffix=".parquet.tmp") as tmp:
         df.write_parquet(tmp, compression=SHARD_COMPRESSION, row_group_size=df.height, statistics=True)
     return ShardInfo(

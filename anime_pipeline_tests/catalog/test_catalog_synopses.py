@@ -200,3 +200,29 @@ def test_cache_makes_second_run_free(catalog_server, make_client, source):
     # only the successful source is cached (404s are asked again): the winning source costs nothing
     assert second.stats.total() == s.count() - sent
     assert b.synopses.equals(a.synopses)
+
+
+def test_breaker_is_reset_by_a_per_title_answer(catalog_server, make_client):
+    """404s are about one title, not an outage: they never open the breaker."""
+    from anime_pipeline.catalog.synopses import SynopsisSources, fetch_synopses
+    from anime_pipeline_tests.fixtures.catalog_server import Canned
+    import polars as pl
+
+    ids = list(range(1, 9))
+    text = "A synopsis long enough to be accepted by the cleaning rules of the pipeline, for title {i}."
+    catalog_server.jikan_synopses = {i: text.format(i=i) for i in ids if i % 2 == 0}  # odd ids: Jikan 404
+    catalog_server.anilist_descriptions = {i: text.format(i=i) for i in ids}
+    titles = pl.DataFrame({"mal_id": ids, "name": [f"T{i}" for i in ids], "description_ru": [None] * len(ids)})
+    sources = SynopsisSources(mal_url=catalog_server.mal_url, mal_client_id=None, jikan_url=catalog_server.jikan_url,
+                              anilist_url=catalog_server.anilist_url)
+    res = fetch_synopses(make_client(), titles, sources=sources, outage_threshold=2)
+    assert res.synopses.height == len(ids)
+    assert catalog_server.count("/jikan/") == len(ids)  # never skipped
+    assert not any("consecutive outage" in e for e in res.errors)
+    # A real outage opens it after `outage_threshold` titles.
+    for i in ids:
+        catalog_server.script(f"/jikan/v4/anime/{i}", *[Canned(503, "down")] * 3)
+    before = catalog_server.count("/jikan/")
+    res = fetch_synopses(make_client(total_retries=0), titles, sources=sources, outage_threshold=2)
+    assert res.synopses.height == len(ids) and set(res.synopses["source"]) == {"anilist"}
+    assert catalog_server.count("/jikan/") - before == 2

@@ -288,3 +288,11 @@ def test_crashing_decoder_is_a_media_error(normal_clip, monkeypatch):
     monkeypatch.setattr(sampling, "_worker_argv", lambda: [sys.executable, "-c", "import os; os._exit(11)"])
     with pytest.raises(MediaError, match=r"decoder process died \(exit code 11\)"):
         sample_frames(normal_clip, SamplingConfig(num_frames=2, timeout_s=30))
+
+
+def test_decoder_worker_gets_no_secrets():
+    from anime_pipeline.media.sampling import worker_env
+
+    env = worker_env({"PATH": "/usr/bin", "MAL_CLIENT_ID": "s1", "AWS_SECRET_ACCESS_KEY": "s2",
+                      "AWS_ACCESS_KEY_ID": "s3", "HF_TOKEN": "s4", "PGPASSWORD": "s5", "HOME": "/root"})
+    assert env == {"PATH": "/usr/bin", "HOME": "/root"}
