@@ -24,10 +24,15 @@ def safe_component(text: str, *, fallback: str = "item") -> str:
 
     NUL, slashes, `..`, control characters and very long Unicode all end up as a short ASCII name.
     """
-    norm = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode("ascii")
+    text = str(text)
+    norm = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
     norm = _UNSAFE.sub("_", norm).strip("._-")
-    norm = norm[:MAX_COMPONENT].strip("._-")
-    return norm or fallback
+    if norm and norm == text and len(norm) <= MAX_COMPONENT:
+        return norm
+    # Lossy: a short hash of the original keeps two different titles (進撃の巨人 / 鬼滅の刃) apart.
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    norm = norm[: MAX_COMPONENT - len(digest) - 1].strip("._-")
+    return f"{norm or fallback}-{digest}"
 
 
 def within(root: Path, *parts: str) -> Path:

@@ -102,3 +102,10 @@ def test_sweep_stale_temps_removes_only_old_leftovers(tmp_path):
     os.utime(other, (past, past))
     assert sweep_stale_temps(final) == [old]
     assert live.exists() and other.exists() and not old.exists()
+
+
+def test_safe_component_keeps_different_titles_apart():
+    assert safe_component("12345") == "12345"
+    a, b = safe_component("進撃の巨人"), safe_component("鬼滅の刃")
+    assert a != b and a.startswith("item-") and b.startswith("item-")
+    assert safe_component("a/b") != safe_component("a_b")
