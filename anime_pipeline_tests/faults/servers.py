@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from anime_pipeline_tests.fixtures.catalog_server import (
     Canned,
@@ -75,13 +75,7 @@ class _FaultHandler(_Handler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        parts = urlsplit(self.path)
-        rec = Recorded(self.command, parts.path, parse_qs(parts.query), dict(self.headers.items()), body)
-        canned = self.server.owner.answer(rec)
-        if canned.delay:
-            time.sleep(canned.delay)
+        canned = self._answer()
         if isinstance(canned, Reset):
             self.close_connection = True
             _rst(self.connection)
