@@ -18,6 +18,8 @@ from anime_pipeline.catalog.models import (
     Page,
     SourceText,
     TitleCandidate,
+    identity_reasons,
+    score_reasons,
     as_dict,
     as_float,
     as_int,
@@ -124,11 +126,7 @@ def parse_anilist_media(item: Any, *, min_score: float) -> TitleCandidate:
         "catalog_id": catalog_id,
         "description_ru": None,
     }
-    reasons: list[str] = []
-    if not catalog_id:
-        reasons.append("malformed entry (no id)")
-    if row["mal_id"] is None:
-        reasons.append("no MAL id")
+    reasons = identity_reasons(catalog_id, row["mal_id"])
     reasons += _first_season_blockers(item.get("relations"))
     if row["kind"] != "tv":
         reasons.append(f"format {fmt} is not TV")
@@ -136,10 +134,7 @@ def parse_anilist_media(item: Any, *, min_score: float) -> TitleCandidate:
         reasons.append(f"status {status} is not FINISHED")
     if item.get("isAdult") is True:
         reasons.append("isAdult")
-    if score is None or score <= 0:
-        reasons.append("no score")
-    elif score < min_score:
-        reasons.append(f"score {score} < {min_score}")
+    reasons += score_reasons(score, min_score)
     return TitleCandidate(catalog_id=catalog_id, row=row, reject_reasons=reasons)
 
 

@@ -89,3 +89,20 @@ def as_dict(value: Any, what: str) -> dict:
 
 def as_list(value: Any) -> list:
     return value if isinstance(value, list) else []
+
+
+def identity_reasons(catalog_id: str | None, mal_id: int | None) -> list[str]:
+    """Reject reasons shared by every catalog: an entry without its own id or without a MAL id."""
+    reasons = []
+    if not catalog_id:
+        reasons.append("malformed entry (no id)")
+    if mal_id is None:
+        reasons.append("no MAL id")
+    return reasons
+
+
+def score_reasons(score: float | None, min_score: float) -> list[str]:
+    """Reject reasons for the score filter (an unscored title is rejected, not assumed good)."""
+    if score is None or score <= 0:
+        return ["no score"]
+    return [f"score {score} < {min_score}"] if score < min_score else []

@@ -17,6 +17,8 @@ from anime_pipeline.catalog.models import (
     ALLOWED_RATINGS,
     Page,
     TitleCandidate,
+    identity_reasons,
+    score_reasons,
     as_dict,
     as_float,
     as_int,
@@ -117,11 +119,7 @@ def parse_shikimori_anime(item: Any, *, min_score: float) -> TitleCandidate:
         "catalog_id": catalog_id,
         "description_ru": description_ru or None,
     }
-    reasons: list[str] = []
-    if not catalog_id:
-        reasons.append("malformed entry (no id)")
-    if row["mal_id"] is None:
-        reasons.append("no MAL id")
+    reasons = identity_reasons(catalog_id, row["mal_id"])
     reasons += _first_season_blockers(item.get("related"))
     if row["kind"] != "tv":
         reasons.append(f"kind {row['kind']} is not tv")
@@ -129,8 +127,5 @@ def parse_shikimori_anime(item: Any, *, min_score: float) -> TitleCandidate:
         reasons.append(f"status {row['status']} is not released")
     if rating not in ALLOWED_RATINGS:
         reasons.append(f"rating {rating} is not one of {', '.join(ALLOWED_RATINGS)}")
-    if score is None or score <= 0:
-        reasons.append("no score")
-    elif score < min_score:
-        reasons.append(f"score {score} < {min_score}")
+    reasons += score_reasons(score, min_score)
     return TitleCandidate(catalog_id=catalog_id, row=row, reject_reasons=reasons)
