@@ -37,9 +37,14 @@ def safetensors_adapter_dir(adapter_dir: str | Path) -> Path:
 
 
 def load_model(base: str | Path, adapter_dir: str | Path | None = None, *, device: str = "auto",
-               dtype: str = "auto", attn_implementation: str = "auto", merge: bool = True):
-    """Frozen base model (+ peft adapter, merged into the weights unless `merge=False`) in eval mode."""
-    model = load_base_model(str(base), device=device, dtype=dtype, attn_implementation=attn_implementation)
+               dtype: str = "auto", attn_implementation: str = "auto", merge: bool = True, qlora: bool = False):
+    """Frozen base model (+ peft adapter, merged into the weights unless `merge=False`) in eval mode.
+
+    `qlora=True` loads the base in 4 bit as QLoRA training did (CUDA + bitsandbytes) and never merges (merging
+    into 4-bit weights would re-quantize them): the adapter runs beside the quantized layers, as trained."""
+    model = load_base_model(str(base), device=device, dtype=dtype, attn_implementation=attn_implementation,
+                            qlora=qlora)
+    merge = merge and not qlora
     if adapter_dir is not None:
         from peft import PeftModel
 

@@ -31,7 +31,11 @@ log = logging.getLogger(__name__)
 
 TEXT_LORA_TARGET = r".*text_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask")
-QLORA_SKIP_MODULES = ["vision_model", "connector", "lm_head"]
+# Modules bitsandbytes must leave unquantized, named as transformers matches them: its filter
+# (`quantizers_utils.should_convert_module`) skips a module whose full name starts with an entry (followed
+# by "." or not) or ends with it, so a bare "vision_model" matches nothing ("model.vision_model.…" neither
+# starts nor ends with it) and the whole tower would be loaded in 4 bit. `lm_head` is a top-level name.
+QLORA_SKIP_MODULES = ["model.vision_model", "model.connector", "lm_head"]
 
 
 class ModelSetupError(RuntimeError):
@@ -125,6 +129,30 @@ def enable_text_checkpointing(model) -> None:
 
 
 # Loading -----------------------------------------------------------------------------------------
+def qlora_supported(device: str | torch.device | None = "auto") -> str | None:
+    """None when a 4-bit base can be loaded here, else why not (no CUDA device, no bitsandbytes)."""
+    if resolve_device(device).type != "cuda":
+        return "qlora needs a CUDA device (bitsandbytes 4-bit)"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "qlora needs the 'bitsandbytes' package (pip install anime_pipeline[gpu])"
+    return None
+
+
+def qlora_config(dtype: torch.dtype):
+    """The 4-bit NF4 quantization config: double quantization, compute and storage in `dtype` (the dtype
+    every non-quantized module has, P3), vision tower / connector / LM head left out (QLORA_SKIP_MODULES)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_quant_storage=dtype,
+        llm_int8_skip_modules=list(QLORA_SKIP_MODULES),
+    )
+
+
 @contextlib.contextmanager
 def quiet_peft():
     """peft 0.21 still reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning)."""
@@ -148,20 +176,10 @@ def load_base_model(model_id_or_dir: str, *, device: str | torch.device = "auto"
     # use_safetensors: never unpickle a checkpoint (a directory with only pytorch_model.bin fails)
     kwargs: dict[str, Any] = {"dtype": dt, "attn_implementation": attn, "use_safetensors": True}
     if qlora:
-        if dev.type != "cuda":
-            raise ModelSetupError("qlora=True needs a CUDA device (bitsandbytes 4-bit); set qlora=false on CPU")
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise ModelSetupError("qlora=True needs the 'bitsandbytes' package (pip install anime_pipeline[gpu])")
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dt,
-            bnb_4bit_quant_storage=dt,
-            llm_int8_skip_modules=list(QLORA_SKIP_MODULES),
-        )
+        why = qlora_supported(dev)
+        if why is not None:
+            raise ModelSetupError(f"qlora=True: {why}; set qlora=false on CPU")
+        kwargs["quantization_config"] = qlora_config(dt)
         kwargs["device_map"] = {"": dev.index if dev.index is not None else torch.cuda.current_device()}
     model = AutoModelForImageTextToText.from_pretrained(str(model_id_or_dir), **kwargs)
     if not qlora:
@@ -218,10 +236,14 @@ def _component(name: str) -> str:
 
 
 def _numel(p: torch.nn.Parameter) -> int:
-    n = p.numel()
-    if type(p).__name__ == "Params4bit":  # two 4-bit values per stored byte
-        n *= 2
-    return int(n)
+    """Parameters a tensor stands for. A bitsandbytes `Params4bit` packs 4-bit values into its storage dtype
+    (`bnb_4bit_quant_storage`: uint8 holds 2, bf16 4, fp32 8); its `quant_state.shape` is the original shape."""
+    if type(p).__name__ != "Params4bit":
+        return int(p.numel())
+    shape = getattr(getattr(p, "quant_state", None), "shape", None)
+    if shape is not None:
+        return int(torch.Size(shape).numel())
+    return int(p.numel() * p.element_size() * 8 // 4)
 
 
 def param_report(model) -> dict[str, dict[str, int]]:
