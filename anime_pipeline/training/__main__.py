@@ -86,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = build_config(args.config, args.overrides, dict(pipes.extras or {}))
             pipes.log.info(f"training config: {cfg.to_json()}")
 
-            def reporter(event: dict) -> None:
-                pipes.log.info(json.dumps(event, default=str))
+            from anime_pipeline.progress import format_event
+
+            def reporter(event: dict) -> None:  # readable line + the rounded event as JSON
+                pipes.log.info(format_event(event))
 
             from anime_pipeline.training.train import train
 
