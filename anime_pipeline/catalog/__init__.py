@@ -6,17 +6,18 @@ Public API:
     fetch_synopses, SynopsisSources, SynopsisResult  (catalog.synopses)
     demo_catalog                               (catalog.demo)
     check_unique_mal_ids, check_synopses_clean (catalog.checks)
-    CatalogError, CatalogHTTPError, CatalogDataError (catalog.errors)
+    CatalogError, CatalogHTTPError, CatalogDataError, CatalogConfigError (catalog.errors)
 """
 
 from anime_pipeline.catalog.checks import check_synopses_clean, check_unique_mal_ids
 from anime_pipeline.catalog.demo import demo_catalog
 from anime_pipeline.catalog.discovery import DiscoveryResult, discover_titles
-from anime_pipeline.catalog.errors import CatalogDataError, CatalogError, CatalogHTTPError
+from anime_pipeline.catalog.errors import CatalogConfigError, CatalogDataError, CatalogError, CatalogHTTPError
 from anime_pipeline.catalog.http import HttpClient, HttpConfig
 from anime_pipeline.catalog.synopses import SynopsisResult, SynopsisSources, fetch_synopses
 
 __all__ = [
+    "CatalogConfigError",
     "CatalogDataError",
     "CatalogError",
     "CatalogHTTPError",

@@ -5,6 +5,7 @@ AniList has no age rating. Discovery filters with `isAdult: false` (which exclud
 so the `rating` column of AniList titles is "none" (unknown) and the rating ≤ PG-13 filter cannot
 be applied: R-rated titles can pass. `score` is `averageScore / 10` (averageScore is 0–100).
 `popularity` (like for Shikimori) is the 1-based position in the popularity-ordered listing.
+A listing is served to a depth of 5,000 entries (page × perPage ≤ 5000): discovery stops there.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any
 
 from anime_pipeline.catalog.errors import CatalogDataError
 from anime_pipeline.catalog.http import HttpClient
+from anime_pipeline.catalog.listing import ListingSpec
 from anime_pipeline.catalog.models import (
-    Page,
     SourceText,
     TitleCandidate,
     identity_reasons,
@@ -28,6 +29,9 @@ from anime_pipeline.catalog.models import (
 )
 
 MAX_PER_PAGE = 50
+# AniList answers HTTP 400 past the 5,000th entry of a listing (page × perPage > 5000), whatever
+# `pageInfo.hasNextPage` says; reported by several API clients.
+MAX_DEPTH = 5000
 FIRST_SEASON_BLOCKERS = ("PREQUEL", "PARENT")
 
 ANILIST_PAGE_QUERY = (
@@ -55,24 +59,6 @@ def anilist_score_arg(min_score: float) -> int | None:
     if min_score is None or min_score <= 0:
         return None
     return max(0, math.ceil(min_score * 10) - 1)
-
-
-def fetch_anilist_page(client: HttpClient, url: str, *, page: int, page_size: int, min_score: float,
-                       max_age_s: float | None = None) -> Page:
-    per_page = max(1, min(MAX_PER_PAGE, page_size))
-    variables: dict[str, Any] = {"page": page, "perPage": per_page}
-    score = anilist_score_arg(min_score)
-    if score is not None:
-        variables["minScore"] = score
-    doc = client.post_graphql(url, ANILIST_PAGE_QUERY, variables, max_age_s=max_age_s)
-    data = as_dict(doc.get("data"), f"POST {url} page {page}: data")
-    page_obj = as_dict(data.get("Page"), f"POST {url} page {page}: data.Page")
-    media = page_obj.get("media")
-    if not isinstance(media, list):
-        raise CatalogDataError(f"POST {url} page {page}: data.Page.media is not a list")
-    info = page_obj.get("pageInfo") if isinstance(page_obj.get("pageInfo"), dict) else {}
-    # total/lastPage are documented as inaccurate: only hasNextPage is used.
-    return Page(items=media, has_next=bool(info.get("hasNextPage")))
 
 
 def _first_season_blockers(relations: Any) -> list[str]:
@@ -151,3 +137,23 @@ def fetch_anilist_description(client: HttpClient, url: str, mal_id: int) -> Sour
     if description is not None and not isinstance(description, str):
         raise CatalogDataError(f"POST {url} idMal={mal_id}: description is not a string")
     return SourceText(text=description, url=shown)
+
+
+def _has_next(container: dict, _items: list, _size: int) -> bool:
+    # total/lastPage are documented as inaccurate: only hasNextPage is used.
+    info = container.get("pageInfo")
+    return bool(info.get("hasNextPage")) if isinstance(info, dict) else False
+
+
+LISTING = ListingSpec(
+    name="anilist",
+    query=ANILIST_PAGE_QUERY,
+    size_var="perPage",
+    score_var="minScore",
+    score_arg=anilist_score_arg,
+    items_path=("Page", "media"),
+    has_next=_has_next,
+    parse=parse_anilist_media,
+    max_page_size=MAX_PER_PAGE,
+    max_depth=MAX_DEPTH,
+)

@@ -48,6 +48,7 @@ _PLACEHOLDER_RES = [
         r"^\s*no (description|synopsis)( available)?\.?\s*$",
         r"^\s*(tba|tbd|n/?a|none|null|-+)\.?\s*$",
         r"^\s*описание (отсутствует|не добавлено)",
+        r"^\s*нет описания\.?\s*$",  # Shikimori's "nothing here" text
     )
 ]
 
@@ -113,7 +114,8 @@ def clean_synopsis(text: str | None, *, bbcode: bool = False) -> str:
 
 def is_placeholder(text: str | None, *, min_chars: int = DEFAULT_MIN_CHARS) -> bool:
     """True for a missing/empty text, one shorter than `min_chars` characters after cleaning, or a
-    catalog placeholder ("No synopsis information has been added to this title…")."""
+    catalog placeholder ("No synopsis information has been added to this title…", "Нет описания").
+    `min_chars=0` applies the placeholder patterns only."""
     cleaned = clean_synopsis(text)
     if not cleaned or len(cleaned) < min_chars:
         return True

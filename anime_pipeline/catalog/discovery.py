@@ -2,24 +2,29 @@
 
 Pagination always terminates: it stops at `max_titles` accepted titles, an empty page, the last
 page (Shikimori: a short page; AniList: `hasNextPage` false), a page that adds no new catalog id
-(a server repeating itself), or the hard cap `max_pages`. An HTTP error propagates (the asset
+(a server repeating itself), the hard cap `max_pages`, or the deepest page the API serves (AniList:
+page × perPage ≤ 5000; `stop_reason` says so instead of the HTTP 400 a deeper page gets). An HTTP error propagates (the asset
 fails loudly); pages already fetched sit in the HTTP cache, so a retry does not refetch them.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import polars as pl
 
 from anime_pipeline.catalog import anilist, shikimori
 from anime_pipeline.catalog.http import HttpClient
-from anime_pipeline.catalog.models import Page, TitleCandidate
+from anime_pipeline.catalog.listing import ListingSpec, fetch_page
 from anime_pipeline.schemas import REJECTED, TITLES, conform, empty
 
-CATALOGS = ("shikimori", "anilist")
+log = logging.getLogger(__name__)
+
+LISTINGS: dict[str, ListingSpec] = {spec.name: spec for spec in (shikimori.LISTING, anilist.LISTING)}
+CATALOGS = tuple(LISTINGS)
 MAX_PAGES_LIMIT = 200
 
 
@@ -59,16 +64,15 @@ def discover_titles(
 
     `listing_max_age_s`: listing pages cached longer ago than this are fetched again, so a scheduled
     re-collection sees new titles while a re-materialisation soon after reuses the cache."""
-    fetch: Callable[..., Page]
-    parse: Callable[..., TitleCandidate]
-    if catalog == "shikimori":
-        fetch, parse, limit = shikimori.fetch_shikimori_page, shikimori.parse_shikimori_anime, shikimori.MAX_LIMIT
-    elif catalog == "anilist":
-        fetch, parse, limit = anilist.fetch_anilist_page, anilist.parse_anilist_media, anilist.MAX_PER_PAGE
-    else:
+    spec = LISTINGS.get(catalog)
+    if spec is None:
         raise ValueError(f"catalog {catalog!r} is not one of {', '.join(CATALOGS)}")
-    page_size = max(1, min(limit, int(page_size)))
+    page_size = spec.page_size(page_size)
     cap = max_pages if max_pages is not None else default_max_pages(max_titles, page_size)
+    depth_pages = spec.max_pages(page_size)
+    depth_capped = depth_pages is not None and depth_pages < cap
+    if depth_capped:
+        cap = depth_pages  # type: ignore[assignment]
 
     rows: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
@@ -76,17 +80,21 @@ def discover_titles(
     seen_mal_ids: dict[int, str] = {}
     rank = 0
     pages = 0
-    stop_reason = f"page cap ({cap}) reached"
+    stop_reason = (
+        f"{catalog} serves a listing only to a depth of {spec.max_depth} entries (page × page size): stopped "
+        f"after page {cap} at {page_size} per page"
+        if depth_capped else f"page cap ({cap}) reached"
+    )
     if max_titles <= 0:
         return DiscoveryResult(empty(TITLES), empty(REJECTED), 0, "max_titles is 0")
 
     for page_no in range(1, cap + 1):
-        page = fetch(client, url, page=page_no, page_size=page_size, min_score=min_score,
-                     max_age_s=listing_max_age_s)
+        page = fetch_page(client, spec, url, page=page_no, page_size=page_size, min_score=min_score,
+                          max_age_s=listing_max_age_s)
         pages += 1
         new_ids = 0
         for index, item in enumerate(page.items):
-            cand = parse(item, min_score=min_score)
+            cand = spec.parse(item, min_score=min_score)
             key = cand.catalog_id or f"<no id: page {page_no} item {index}>"
             if key in seen_catalog_ids:
                 continue
@@ -121,6 +129,9 @@ def discover_titles(
             stop_reason = "last page"
             break
 
+    if depth_capped and stop_reason.startswith(catalog) and len(rows) < max_titles:
+        stop_reason += f" with {len(rows)} of {max_titles} titles"
+        log.warning("%s", stop_reason)
     return DiscoveryResult(
         titles=rows_to_frame(rows, TITLES),
         rejected=rows_to_frame(rejected, REJECTED),

@@ -23,3 +23,7 @@ class CatalogHTTPError(CatalogError):
 
 class CatalogDataError(CatalogError):
     """A response parsed as JSON but does not have the shape the API documents."""
+
+
+class CatalogConfigError(CatalogError):
+    """The catalog stage is not configured to run (e.g. no User-Agent naming the application)."""

@@ -24,6 +24,13 @@ directory is configured) with:
 
 Header values are never logged nor put in exception messages; secret header values are also
 scrubbed from any message text.
+
+The User-Agent must be configured (`ANIME_PIPELINE_USER_AGENT`): Shikimori's API rules require the
+application's name in it and warn that an IP sending requests without a proper one can be banned, so
+`HttpClient` refuses an empty, placeholder or browser-imitating value instead of sending it.
+
+Time is injected: `HttpClient(config, clock=..., sleep=...)` drives the rate limiter, the retry
+backoff and the re-sends, so tests check waits without racing the wall clock.
 """
 
 from __future__ import annotations
@@ -47,23 +54,26 @@ from requests.exceptions import ChunkedEncodingError
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
-from anime_pipeline.catalog.errors import CatalogError, CatalogHTTPError
+from anime_pipeline.catalog.errors import CatalogConfigError, CatalogError, CatalogHTTPError
 
 __all__ = [
     "CatalogError",
     "CatalogHTTPError",
     "DEFAULT_RATE_LIMITS",
-    "DEFAULT_USER_AGENT",
+    "USER_AGENT_ENV",
     "HttpClient",
     "HttpConfig",
     "RateLimiter",
     "SECRET_HEADERS",
+    "check_user_agent",
     "host_key",
 ]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_USER_AGENT = "anime_pipeline/0.1 (+https://github.com/anime-pipeline)"
+USER_AGENT_ENV = "ANIME_PIPELINE_USER_AGENT"
+# Text that marks a User-Agent as an unfilled template rather than the name of a real application.
+_UA_PLACEHOLDERS = ("ANIME_PIPELINE_USER_AGENT", "github.com/anime-pipeline", "…", "your-app", "changeme")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 RETRY_METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS"})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -95,7 +105,7 @@ class HttpConfig:
     disk cache. `cache_expire_after=None` keeps cached responses forever.
     """
 
-    user_agent: str = DEFAULT_USER_AGENT
+    user_agent: str = ""  # required: the application's name and a contact (see check_user_agent)
     cache_dir: Path | None = None
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
@@ -129,6 +139,30 @@ class HttpConfig:
         per_retry = max(self.backoff_max, self.max_retry_after)
         attempts = self.max_attempts
         return attempts * (per_attempt + self.max_rate_wait) + (attempts - 1) * per_retry
+
+
+def check_user_agent(user_agent: str | None) -> str:
+    """The User-Agent, stripped, when it names a real application; else `CatalogConfigError`.
+
+    Refused: empty, a placeholder (the settings' default text, `…`), or a browser's
+    (`Mozilla/…`: Shikimori asks API clients not to imitate a browser)."""
+    ua = (user_agent or "").strip()
+    problem = None
+    if not ua:
+        problem = "no User-Agent is configured"
+    elif any(marker.lower() in ua.lower() for marker in _UA_PLACEHOLDERS):
+        problem = f"the User-Agent {ua!r} is placeholder text"
+    elif ua.lower().startswith("mozilla/"):
+        problem = f"the User-Agent {ua!r} imitates a browser"
+    elif any(ord(c) < 32 or ord(c) > 126 for c in ua):
+        problem = "the User-Agent has characters an HTTP header cannot carry"
+    if problem:
+        raise CatalogConfigError(
+            f"{problem}: set {USER_AGENT_ENV} to your application's name and a contact, e.g. "
+            f"'my-team-dataset/1.0 (me@example.org)'. Shikimori requires the application name in the "
+            f"User-Agent and may ban IPs that send requests without one."
+        )
+    return ua
 
 
 def host_key(url: str) -> str:
@@ -223,29 +257,21 @@ class RateLimiter:
 
 
 class _CatalogRetry(Retry):
-    """urllib3 Retry with a capped Retry-After, backoff from the first retry on, and a hook.
+    """urllib3 Retry with a capped Retry-After, backoff from the first retry on, an injected sleep and
+    a hook: `on_retry()` runs after the pause and before each retry goes out (rate limiting + stats)."""
 
-    `on_retry(host)` runs after the pause and before each retry goes out (rate limiting + stats).
-    """
-
-    def __init__(self, *args: Any, retry_after_cap: float = 60.0, on_retry: Callable[[str], None] | None = None,
-                 host: str = "", **kw: Any):
+    def __init__(self, *args: Any, retry_after_cap: float = 60.0, on_retry: Callable[[], None] | None = None,
+                 sleep_fn: Callable[[float], None] = time.sleep, **kw: Any):
         super().__init__(*args, **kw)
         self.retry_after_cap = retry_after_cap
         self.on_retry = on_retry
-        self.host = host
+        self.sleep_fn = sleep_fn
 
     def new(self, **kw: Any) -> "_CatalogRetry":
         new = super().new(**kw)
         new.retry_after_cap = self.retry_after_cap
         new.on_retry = self.on_retry
-        new.host = self.host
-        return new
-
-    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
-        new = super().increment(method, url, response, error, _pool, _stacktrace)
-        if _pool is not None:
-            new.host = host_key(f"{_pool.scheme}://{_pool.host}:{_pool.port}")
+        new.sleep_fn = self.sleep_fn
         return new
 
     def parse_retry_after(self, retry_after: str) -> float:
@@ -261,9 +287,14 @@ class _CatalogRetry(Retry):
         return float(max(0.0, min(self.backoff_max, value)))
 
     def sleep(self, response=None) -> None:
-        super().sleep(response)
+        """Retry-After (capped) when the server sent one, else the backoff; through `sleep_fn`."""
+        wait = self.get_retry_after(response) if self.respect_retry_after_header and response is not None else None
+        if not wait:
+            wait = self.get_backoff_time()
+        if wait > 0:
+            self.sleep_fn(wait)
         if self.on_retry is not None:
-            self.on_retry(self.host)
+            self.on_retry()
 
 
 class _CountingAdapter(HTTPAdapter):
@@ -385,15 +416,20 @@ def _describe_body(content: bytes) -> str:
 class HttpClient:
     """Shared HTTP client: retries, rate limits, disk cache, request stats. See the module doc."""
 
-    def __init__(self, config: HttpConfig | None = None):
-        self.config = config or HttpConfig()
+    def __init__(self, config: HttpConfig, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.config = config
+        self.user_agent = check_user_agent(config.user_agent)
+        self.clock = clock
+        self.sleep = sleep
         self.stats: Counter[str] = Counter()  # requests sent to the network, per host (retries included)
         self.cache_hits: Counter[str] = Counter()  # responses served from the disk cache, per host
         self._secrets: set[str] = set()
         self._lock = threading.Lock()
         self._local = threading.local()  # .sent: requests sent to the network by the current call
         self.limiter = RateLimiter(
-            self.config.rate_limits, self.config.default_rate_limit, max_wait=self.config.max_rate_wait
+            self.config.rate_limits, self.config.default_rate_limit, max_wait=self.config.max_rate_wait,
+            clock=clock, sleep=sleep,
         )
         self.session = self._build_session()
 
@@ -443,12 +479,13 @@ class HttpClient:
             respect_retry_after_header=True,
             raise_on_status=False,
             retry_after_cap=cfg.max_retry_after,
-            on_retry=self._before_network,
+            on_retry=self._before_retry,
+            sleep_fn=self.sleep,
         )
         adapter = _CountingAdapter(self._before_network, max_retries=retry)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
-        session.headers.update({"User-Agent": cfg.user_agent, "Accept": "application/json"})
+        session.headers.update({"User-Agent": self.user_agent, "Accept": "application/json"})
         return session
 
     def close(self) -> None:
@@ -462,10 +499,14 @@ class HttpClient:
 
     # Bookkeeping -------------------------------------------------------------------------------
     def _before_network(self, host: str) -> None:
+        self._local.host = host  # urllib3 retries this call on the same host (requests sends redirect=False)
         self.limiter.acquire(host)
         with self._lock:
             self.stats[host] += 1
         self._local.sent = getattr(self._local, "sent", 0) + 1
+
+    def _before_retry(self) -> None:
+        self._before_network(getattr(self._local, "host", ""))
 
     def _remember_secrets(self, headers: Mapping[str, str] | None) -> None:
         for name, value in (headers or {}).items():
@@ -593,7 +634,7 @@ class HttpClient:
                     wait += random.random() * cfg.backoff_jitter if cfg.backoff_jitter else 0.0
                     log.info("%s %s: response body broke off (%s); sending again in %.2fs",
                              method, shown, type(exc).__name__, wait)
-                    time.sleep(max(0.0, min(cfg.backoff_max, wait)))
+                    self.sleep(max(0.0, min(cfg.backoff_max, wait)))
                     continue
                 raise self._transport_error(method, shown, exc, sent=sent) from None
         from_cache = bool(getattr(resp, "from_cache", False))

@@ -10,12 +10,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from anime_pipeline.catalog.cleaning import clean_synopsis, html_to_text, normalise_rating
-from anime_pipeline.catalog.errors import CatalogDataError
-from anime_pipeline.catalog.http import HttpClient
+from anime_pipeline.catalog.cleaning import clean_synopsis, html_to_text, is_placeholder, normalise_rating
+from anime_pipeline.catalog.listing import ListingSpec
 from anime_pipeline.catalog.models import (
     ALLOWED_RATINGS,
-    Page,
     TitleCandidate,
     identity_reasons,
     score_reasons,
@@ -27,6 +25,8 @@ from anime_pipeline.catalog.models import (
 )
 
 MAX_LIMIT = 50
+# Shikimori renders a missing description as `<p class='b-nothing_here'>Нет описания</p>`.
+NOTHING_HERE_CLASS = "b-nothing_here"
 FIRST_SEASON_BLOCKERS = ("prequel", "parent_story")
 
 SHIKIMORI_QUERY = (
@@ -50,20 +50,17 @@ def shikimori_score_arg(min_score: float) -> int | None:
     return max(1, min(9, math.floor(min_score)))
 
 
-def fetch_shikimori_page(client: HttpClient, url: str, *, page: int, page_size: int, min_score: float,
-                       max_age_s: float | None = None) -> Page:
-    limit = max(1, min(MAX_LIMIT, page_size))
-    variables: dict[str, Any] = {"page": page, "limit": limit}
-    score = shikimori_score_arg(min_score)
-    if score is not None:
-        variables["score"] = score
-    doc = client.post_graphql(url, SHIKIMORI_QUERY, variables, max_age_s=max_age_s)
-    data = as_dict(doc.get("data"), f"POST {url} page {page}: data")
-    items = data.get("animes")
-    if not isinstance(items, list):
-        raise CatalogDataError(f"POST {url} page {page}: data.animes is not a list")
-    # No pageInfo: a page shorter than the limit is the last one.
-    return Page(items=items, has_next=len(items) >= limit)
+def russian_description(description: Any, description_html: Any) -> str | None:
+    """The cleaned Russian description: `description` (BBCode), else the text of `descriptionHtml`; None
+    when neither holds one: empty, Shikimori's "nothing here" block, or placeholder text ("Нет описания").
+    A short real description is kept (it is metadata, not a training target)."""
+    if isinstance(description, str) and description.strip():
+        text = clean_synopsis(description, bbcode=True)
+    elif isinstance(description_html, str) and NOTHING_HERE_CLASS not in description_html:
+        text = clean_synopsis(html_to_text(description_html))
+    else:
+        text = ""
+    return None if is_placeholder(text, min_chars=0) else text
 
 
 def _first_season_blockers(related: Any) -> list[str]:
@@ -94,12 +91,7 @@ def parse_shikimori_anime(item: Any, *, min_score: float) -> TitleCandidate:
         character = role.get("character")
         if "main" in roles and isinstance(character, dict) and as_str(character.get("name")):
             main_characters.append(character["name"])
-    description = item.get("description")
-    description_ru = (
-        clean_synopsis(description, bbcode=True)
-        if description
-        else clean_synopsis(html_to_text(item.get("descriptionHtml")))
-    )
+    description_ru = russian_description(item.get("description"), item.get("descriptionHtml"))
     row = {
         "mal_id": as_int(item.get("malId")),
         "name": as_str(item.get("name")),
@@ -117,7 +109,7 @@ def parse_shikimori_anime(item: Any, *, min_score: float) -> TitleCandidate:
         "main_characters": main_characters,
         "catalog": "shikimori",
         "catalog_id": catalog_id,
-        "description_ru": description_ru or None,
+        "description_ru": description_ru,
     }
     reasons = identity_reasons(catalog_id, row["mal_id"])
     reasons += _first_season_blockers(item.get("related"))
@@ -129,3 +121,17 @@ def parse_shikimori_anime(item: Any, *, min_score: float) -> TitleCandidate:
         reasons.append(f"rating {rating} is not one of {', '.join(ALLOWED_RATINGS)}")
     reasons += score_reasons(score, min_score)
     return TitleCandidate(catalog_id=catalog_id, row=row, reject_reasons=reasons)
+
+
+LISTING = ListingSpec(
+    name="shikimori",
+    query=SHIKIMORI_QUERY,
+    size_var="limit",
+    score_var="score",
+    score_arg=shikimori_score_arg,
+    items_path=("animes",),
+    # No pageInfo: a page shorter than the limit is the last one.
+    has_next=lambda _container, items, size: len(items) >= size,
+    parse=parse_shikimori_anime,
+    max_page_size=MAX_LIMIT,
+)

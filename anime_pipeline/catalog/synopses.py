@@ -160,11 +160,12 @@ def fetch_synopses(
                 detail = f"too short ({len(text)} < {min_chars} chars)" if len(text) < min_chars else "placeholder text"
                 failures.append(f"{source}: {detail}")
                 continue
-            description_ru = rec.get("description_ru")
+            description_ru = clean_synopsis(rec.get("description_ru"))
             rows.append({
                 "mal_id": mal_id,
                 "synopsis": text,
-                "synopsis_ru": description_ru if description_ru else None,
+                # the placeholder rules hold for the Russian text too ("Нет описания" is no description)
+                "synopsis_ru": None if is_placeholder(description_ru, min_chars=0) else description_ru,
                 "source": source,
                 "url": scrub(got.url),
                 "fetched_at": as_utc(now),

@@ -77,11 +77,14 @@ def titles(
 
     One row per MAL id (the join key of every later table), with names, genres, main characters,
     score, rating, popularity, episode count and duration. Titles dropped by the filters (sequels,
-    missing MAL id) are recorded in `catalog/rejected.parquet` with the reason.
+    missing MAL id) are recorded in `catalog/rejected.parquet` with the reason. A title collected
+    before stays when it drops out of the listing (`max_titles` limits additions only); it is retired
+    only with a reason in `rejected` (catalog.retention).
     """
     s = pipeline.settings()
     started = time.monotonic()
     requests = 0
+    stop_reason = ""
     if s.profile == "demo":
         df, _ = demo_catalog()
         rejected = schemas.empty(schemas.REJECTED)
@@ -101,10 +104,15 @@ def titles(
                 listing_max_age_s=config.listing_max_age_s,
             )
             requests = client.requests_sent
-        df, rejected = result.titles, result.rejected
+        df, rejected, stop_reason = result.titles, result.rejected, result.stop_reason
         source = s.catalog
-    df = schemas.conform(df, schemas.TITLES).sort("mal_id")
+    from anime_pipeline.catalog.retention import retain_titles
+
     out = s.catalog_dir / "titles.parquet"
+    kept = retain_titles(
+        pl.read_parquet(out) if out.exists() else None, df, rejected, catalog=source, max_titles=config.max_titles
+    )
+    df, rejected = kept.titles, kept.rejected
     size = write_parquet(df, out)
     write_parquet(schemas.conform(rejected, schemas.REJECTED), s.catalog_dir / "titles_rejected.parquet")
     context.log.info(f"{df.height} titles from {source}, {rejected.height} rejected")
@@ -112,6 +120,11 @@ def titles(
         metadata={
             "num_titles": df.height,
             "num_rejected": rejected.height,
+            "num_added": len(kept.added),
+            "num_kept_unlisted": len(kept.kept_unlisted),
+            "num_retired": len(kept.retired),
+            "not_added_cap": kept.not_added,
+            "stop_reason": stop_reason or "demo catalog",
             "catalog": source,
             "http_requests": requests,
             "bytes": size,
@@ -138,8 +151,9 @@ def synopses(
     """One cleaned, human-written synopsis per title, with its source, URL, fetch time and content hash.
 
     Live: MAL API v2 → Jikan v4 → AniList, "[Written by …]" / "(Source: …)" attribution stripped.
-    Titles without a usable synopsis are excluded with a reason (`catalog/rejected.parquet`). Every
-    title kept here becomes a partition (its MAL id) of the media assets.
+    Titles without a usable synopsis are excluded with a reason (`catalog/rejected.parquet`); a title
+    that had a synopsis before keeps it when this run found none (catalog.retention). Every title kept
+    here becomes a partition (its MAL id) of the media assets.
     """
     s = pipeline.settings()
     started = time.monotonic()
@@ -167,9 +181,13 @@ def synopses(
         df, rejected, by_source, errors = result.synopses, result.rejected, result.by_source, result.errors
         for e in errors:
             context.log.warning(e)
-    df = schemas.conform(df, schemas.SYNOPSES).filter(pl.col("mal_id").is_in(titles_df["mal_id"].implode())).sort("mal_id")
-    rejected = schemas.conform(rejected, schemas.REJECTED)
+    from anime_pipeline.catalog.retention import retain_synopses
+
     out = s.catalog_dir / "synopses.parquet"
+    kept = retain_synopses(pl.read_parquet(out) if out.exists() else None, df, rejected, titles_df)
+    df, rejected = kept.synopses, kept.rejected
+    for mal_id, why in kept.kept_previous.items():
+        context.log.warning(f"mal_id {mal_id}: kept the synopsis collected before ({why})")
     size = write_parquet(df, out)
     all_rejected = pl.concat(
         [pl.read_parquet(s.catalog_dir / "titles_rejected.parquet"), rejected], how="vertical_relaxed"
@@ -186,6 +204,7 @@ def synopses(
         metadata={
             "num_synopses": df.height,
             "num_rejected": rejected.height,
+            "num_kept_previous": len(kept.kept_previous),
             "by_source": dg.MetadataValue.json(by_source),
             "new_partitions": len(new_keys),
             "http_requests": requests,

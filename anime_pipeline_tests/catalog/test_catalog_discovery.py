@@ -199,3 +199,79 @@ def test_score_arg():
     assert shikimori_score_arg(0.5) == 1
     assert shikimori_score_arg(9.5) == 9
     assert shikimori_score_arg(0) is None
+
+
+NOTHING_HERE_HTML = "<p class='b-nothing_here'>Нет описания</p>"
+
+
+@pytest.mark.parametrize(
+    "description, description_html",
+    [(None, NOTHING_HERE_HTML), ("", NOTHING_HERE_HTML), ("Нет описания", None), ("  нет описания. ", None),
+     (None, "<div class='b-text_with_paragraphs'>Нет описания</div>"), (None, None)],
+    ids=["nothing-here-html", "empty-text-nothing-here-html", "text", "text-lower-dot", "html-text", "none"],
+)
+def test_shikimori_no_description_placeholder_is_not_a_description(catalog_server, make_client, description,
+                                                                   description_html):
+    """Shikimori renders a missing description as `<p class='b-nothing_here'>Нет описания</p>`."""
+    entry = shikimori_anime(1, description=description)
+    entry["descriptionHtml"] = description_html
+    catalog_server.shikimori_titles = [entry]
+    res = discover_titles(make_client(), catalog="shikimori", url=catalog_server.shikimori_url, max_titles=5)
+    assert res.titles["mal_id"].to_list() == [1]
+    assert res.titles["description_ru"].to_list() == [None]
+
+
+def test_shikimori_short_real_description_is_kept(catalog_server, make_client):
+    catalog_server.shikimori_titles = [shikimori_anime(1, description=None)]
+    catalog_server.shikimori_titles[0]["descriptionHtml"] = "<div>Братья <b>ищут</b> камень.</div>"
+    res = discover_titles(make_client(), catalog="shikimori", url=catalog_server.shikimori_url, max_titles=5)
+    assert res.titles["description_ru"].to_list() == ["Братья ищут камень."]
+
+
+def _many_anilist(n: int) -> list[dict]:
+    base = anilist_media(1)
+    return [dict(base, id=i, idMal=i, title={"romaji": f"Title {i}", "english": None, "native": None})
+            for i in range(1, n + 1)]
+
+
+def test_anilist_discovery_stops_at_the_listing_depth_limit(catalog_server, make_client):
+    """AniList refuses page × perPage > 5000 with HTTP 400: discovery stops at the last page it serves and
+    says why, instead of asking for the page that fails."""
+    from anime_pipeline.catalog import anilist
+
+    assert anilist.LISTING.max_pages(30) == 166 and anilist.LISTING.max_pages(50) == 100
+    page_size, pages = 50, 100
+    catalog_server.anilist_media = _many_anilist(5100)
+    res = discover_titles(make_client(), catalog="anilist", url=catalog_server.anilist_url, max_titles=6000,
+                          page_size=page_size, max_pages=200)
+    sent = [r.json()["variables"] for r in catalog_server.requests]
+    assert max(v["page"] * v["perPage"] for v in sent) <= 5000
+    assert res.pages == pages == len(sent)
+    assert res.titles.height == pages * page_size
+    assert "depth of 5000 entries" in res.stop_reason and f"{pages * page_size} of 6000 titles" in res.stop_reason
+
+
+def test_fetch_page_refuses_a_page_past_the_depth_limit(make_client):
+    from anime_pipeline.catalog import anilist
+    from anime_pipeline.catalog.listing import fetch_page
+
+    with pytest.raises(ValueError, match="5000-entry depth"):
+        fetch_page(make_client(), anilist.LISTING, "http://127.0.0.1:1/", page=101, page_size=50, min_score=7)
+
+
+def test_listing_queries_use_only_documented_arguments_and_fields():
+    """Every argument, enum value and field the listing queries send exists in the reference docs
+    (shared/reference/catalog: shikimori.md, anilist.md)."""
+    from anime_pipeline.catalog import anilist, shikimori
+
+    shiki = shikimori.SHIKIMORI_QUERY
+    assert "$page: PositiveInt, $limit: PositiveInt, $score: Int" in shiki
+    for part in ("order: popularity", 'kind: "tv"', 'status: "released"', 'rating: "g,pg,pg_13"',
+                 "relationKind", "rolesEn", "descriptionHtml", "malId"):
+        assert part in shiki
+    assert "relation " not in shiki and "relationRu" not in shiki  # REST-only / deprecated names
+    ani = anilist.ANILIST_PAGE_QUERY
+    for part in ("type: ANIME", "format: TV", "status: FINISHED", "sort: POPULARITY_DESC", "isAdult: false",
+                 "averageScore_greater: $minScore", "hasNextPage", "idMal", "characters(role: MAIN)"):
+        assert part in ani
+    assert shikimori.LISTING.max_page_size == anilist.LISTING.max_page_size == 50

@@ -1,14 +1,17 @@
-"""HttpClient: retries, Retry-After, timeouts, errors, cache, stats, rate limiting, secrets."""
+"""HttpClient: retries, Retry-After, timeouts, errors, cache, stats, rate limiting, secrets, User-Agent.
+
+Waits are read from the client's injected clock (`client.clock`, a FakeClock), never from the wall clock.
+"""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from anime_pipeline.catalog.errors import CatalogError, CatalogHTTPError
-from anime_pipeline.catalog.http import HttpConfig, RateLimiter, host_key
+from anime_pipeline.catalog.errors import CatalogConfigError, CatalogError, CatalogHTTPError
+from anime_pipeline.catalog.http import USER_AGENT_ENV, HttpClient, HttpConfig, RateLimiter, host_key
+from anime_pipeline.settings import Settings
 from anime_pipeline_tests.fixtures.catalog_server import DEFAULT_MAL_CLIENT_ID, Canned, CatalogServer
+from anime_pipeline_tests.fixtures.http import TEST_USER_AGENT, fast_config
 
 JIKAN_5114 = "/jikan/v4/anime/5114"
 SHIKI = "/shikimori/api/graphql"
@@ -19,7 +22,7 @@ def test_get_json_returns_parsed_body_and_sends_user_agent(catalog_server, make_
     client = make_client()
     doc = client.get_json(catalog_server.jikan_url + "/anime/5114")
     assert doc["data"]["mal_id"] == 5114
-    assert catalog_server.requests[-1].headers["User-Agent"] == "anime_pipeline-tests/1.0"
+    assert catalog_server.requests[-1].headers["User-Agent"] == TEST_USER_AGENT
     assert client.stats[host_key(catalog_server.base_url)] == 1
     assert client.requests_sent == 1 and client.summary() == {
         "requests": {host_key(catalog_server.base_url): 1}, "cache_hits": {}}
@@ -28,23 +31,20 @@ def test_get_json_returns_parsed_body_and_sends_user_agent(catalog_server, make_
 def test_429_with_retry_after_then_success(catalog_server, make_client):
     client = make_client(max_retry_after=0.2, backoff_factor=0.0, backoff_jitter=0.0)
     catalog_server.script(JIKAN_5114, Canned.example("anilist-error-examples.json", "rate_limited_429"))
-    start = time.monotonic()
     doc = client.get_json(catalog_server.jikan_url + "/anime/5114")
-    elapsed = time.monotonic() - start
     assert doc["data"]["mal_id"] == 5114
     assert catalog_server.count(JIKAN_5114) == 2
     # Retry-After: 30 was honoured, capped at max_retry_after (no backoff configured otherwise)
-    assert 0.18 <= elapsed < 2.0
+    assert client.clock.sleeps == [pytest.approx(0.2)]
     assert client.network_requests == 2  # the retry is counted too
 
 
 def test_429_without_retry_after_shikimori_style_backs_off_then_succeeds(catalog_server, make_client):
     client = make_client(backoff_factor=0.05, backoff_jitter=0.0)
     catalog_server.script(SHIKI, Canned.example("shikimori-error-examples.json", "rate_limited_429"))
-    start = time.monotonic()
     doc = client.post_graphql(catalog_server.shikimori_url, QUERY, {"page": 1, "limit": 2})
     assert len(doc["data"]["animes"]) == 2
-    assert time.monotonic() - start >= 0.05  # the first retry already waits backoff_factor
+    assert client.clock.sleeps == [pytest.approx(0.05)]  # the first retry already waits backoff_factor
     assert catalog_server.count(SHIKI) == 2
 
 
@@ -62,10 +62,10 @@ def test_429_storm_ends_in_clear_error_not_a_hang(catalog_server, make_client):
     client = make_client(total_retries=3)
     storm = Canned.example("shikimori-error-examples.json", "rate_limited_429")
     catalog_server.script(SHIKI, *[storm] * 10)
-    start = time.monotonic()
     with pytest.raises(CatalogHTTPError) as info:
         client.post_graphql(catalog_server.shikimori_url, QUERY, {"page": 1})
-    assert time.monotonic() - start < 3
+    # three backoffs, each within backoff_max: the storm ends instead of hanging
+    assert len(client.clock.sleeps) == 3 and all(0 < w <= client.config.backoff_max for w in client.clock.sleeps)
     err = info.value
     assert err.status == 429 and err.kind == "status"
     msg = str(err)
@@ -78,10 +78,9 @@ def test_read_timeout_is_retried_then_reported(catalog_server, make_client):
     client = make_client(read_timeout=0.15, total_retries=1)
     slow = Canned(200, {"data": {"mal_id": 5114}}, delay=0.6)
     catalog_server.script(JIKAN_5114, slow, slow)
-    start = time.monotonic()
     with pytest.raises(CatalogHTTPError) as info:
         client.get_json(catalog_server.jikan_url + "/anime/5114")
-    assert time.monotonic() - start < 1.5
+    assert len(client.clock.sleeps) == 1  # one backoff between the two timed-out attempts
     assert info.value.kind == "timeout"
     assert "timed out" in str(info.value) and "/jikan/v4/anime/5114" in str(info.value)
     assert catalog_server.count(JIKAN_5114) == 2
@@ -252,10 +251,32 @@ def test_rate_limiter_bounded_wait():
 
 def test_rate_limit_applies_to_real_requests(catalog_server, make_client):
     client = make_client(default_rate_limit=(20.0, None))
-    start = time.monotonic()
-    for _ in range(21):
+    for _ in range(20):
         client.get_json(catalog_server.jikan_url + "/anime/5114")
-    assert time.monotonic() - start >= 0.9  # 20 per second: the 21st waited for the 1 s window
+    assert client.clock.sleeps == []
+    client.get_json(catalog_server.jikan_url + "/anime/5114")
+    assert client.clock.sleeps == [pytest.approx(1.0)]  # 20 per second: the 21st waited for the 1 s window
+    assert catalog_server.count(JIKAN_5114) == 21
+
+
+@pytest.mark.parametrize(
+    "user_agent",
+    ["", "   ", Settings.user_agent, "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0", "my-app/1.0 (…)"],
+    ids=["empty", "blank", "settings-default", "browser", "ellipsis"],
+)
+def test_client_refuses_a_user_agent_that_names_no_application(user_agent, catalog_server):
+    """Shikimori requires the application's name in the User-Agent and may ban IPs without one: the
+    client refuses to exist (so sends nothing) and names the variable to set."""
+    with pytest.raises(CatalogConfigError) as info:
+        HttpClient(fast_config(user_agent=user_agent))
+    assert USER_AGENT_ENV in str(info.value) and "Shikimori" in str(info.value)
+    assert catalog_server.count() == 0
+
+
+def test_client_sends_a_configured_user_agent(catalog_server):
+    with HttpClient(fast_config(user_agent="  my-team-dataset/1.0 (me@example.org) ")) as client:
+        client.get_json(catalog_server.jikan_url + "/anime/5114")
+    assert catalog_server.requests[-1].headers["User-Agent"] == "my-team-dataset/1.0 (me@example.org)"
 
 
 def test_default_config_has_documented_limits():

@@ -226,3 +226,10 @@ def test_breaker_is_reset_by_a_per_title_answer(catalog_server, make_client):
     res = fetch_synopses(make_client(total_retries=0), titles, sources=sources, outage_threshold=2)
     assert res.synopses.height == len(ids) and set(res.synopses["source"]) == {"anilist"}
     assert catalog_server.count("/jikan/") - before == 2
+
+
+@pytest.mark.parametrize("ru", ["Нет описания", "нет описания.", "  "])
+def test_russian_placeholder_never_becomes_synopsis_ru(catalog_server, make_client, ru):
+    res = fetch_synopses(make_client(), _titles(5114, ru={5114: ru}), sources=_sources(catalog_server), now=NOW)
+    assert res.synopses["mal_id"].to_list() == [5114]
+    assert res.synopses["synopsis_ru"].to_list() == [None]

@@ -75,6 +75,7 @@ def test_second_tick_runs_only_new_titles_and_refetches_nothing_unchanged(tmp_pa
         env = {
             "ANIME_PIPELINE_HOME": str(home),
             "ANIME_PIPELINE_PROFILE": "live",
+            "ANIME_PIPELINE_USER_AGENT": "anime_pipeline-tests/1.0 (tests@example.org)",
             "ANIME_PIPELINE_SHIKIMORI_URL": server.shikimori_url,
             "ANIME_PIPELINE_JIKAN_URL": server.jikan_url,
             "ANIME_PIPELINE_MAL_URL": server.mal_url,

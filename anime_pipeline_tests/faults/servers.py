@@ -22,7 +22,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -32,10 +32,10 @@ from anime_pipeline_tests.fixtures.catalog_server import (
     CatalogServer,
     Recorded,
     _Handler,
-    _Server,
     anilist_media,
     shikimori_anime,
 )
+from anime_pipeline_tests.fixtures.http import LoopbackServer, QuietServer
 
 
 @dataclass
@@ -116,6 +116,8 @@ class _FaultHandler(_Handler):
 class FaultServer(CatalogServer):
     """`CatalogServer` with transport faults, endless storms and endless catalogs (see the module doc)."""
 
+    handler_class = _FaultHandler
+
     def __init__(self, *args: Any, **kw: Any):
         super().__init__(*args, **kw)
         self._always: dict[str, Canned] = {}
@@ -123,14 +125,6 @@ class FaultServer(CatalogServer):
         self.shikimori_endless = False
         self.anilist_endless = False
         self.hook: Callable[[Recorded], Canned | None] | None = None  # first say on every request
-
-    def start(self) -> "FaultServer":
-        self._httpd = _Server(("127.0.0.1", 0), _FaultHandler)
-        self._httpd.owner = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
-        self._thread.start()
-        return self
 
     def always(self, path: str, canned: Canned | None) -> None:
         """Every later request to `path` gets `canned` (None: back to normal)."""
@@ -187,7 +181,7 @@ class FaultServer(CatalogServer):
 # ------------------------------------------------------------------------------------ slow file server
 class _SlowHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "_SlowHTTPServer"
+    server: QuietServer
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -229,19 +223,13 @@ class _SlowHandler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-class _SlowHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    owner: "SlowFileServer"
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass
-
-
-class SlowFileServer:
+class SlowFileServer(LoopbackServer):
     """Serve `path` as `/<name>` at `chunk` bytes per `delay` seconds (change `delay` at any time)."""
 
+    handler_class = _SlowHandler
+
     def __init__(self, path: Path, *, name: str = "clip.mp4", chunk: int = 2048, delay: float = 0.1):
+        super().__init__()
         self.data = Path(path).read_bytes()
         self.name = name
         self.chunk = chunk
@@ -249,19 +237,7 @@ class SlowFileServer:
         self.sent = 0
         self.hits: list[tuple[str, str]] = []
         self.lock = threading.Lock()
-        self._httpd = _SlowHTTPServer(("127.0.0.1", 0), _SlowHandler)
-        self._httpd.owner = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/{self.name}"
-
-    def __enter__(self) -> "SlowFileServer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        return f"{self.base_url}/{self.name}"

@@ -2,7 +2,8 @@
 
 Every scenario is bounded: the server answers a fixed script (or the same fault forever) and the
 client's retries/pages are capped, so each test ends in a result or a clear `CatalogHTTPError` naming
-the URL, well inside a time bound asserted here.
+the URL. The waits the client chooses (Retry-After, backoff, rate limits) run on an injected clock
+(`client.clock`) and are asserted exactly; only socket timeouts take real time.
 """
 
 from __future__ import annotations
@@ -49,18 +50,17 @@ def test_429_storm_with_retry_after_ends_in_clear_error(fault, server, make_clie
     _six_titles(server)
     client = make_client(total_retries=3, max_retry_after=0.2, backoff_factor=0.0, backoff_jitter=0.0)
     server.always(SHIKI, Canned(429, RATE_LIMITED, {"Retry-After": retry_after}))
-    start = time.monotonic()
     with pytest.raises(CatalogHTTPError) as info:
         _discover(client, server)
-    elapsed = time.monotonic() - start
+    waits = client.clock.sleeps
     msg = str(info.value)
     assert info.value.status == 429 and info.value.kind == "status"
     assert server.shikimori_url in msg and "HTTP 429" in msg and "after 3 retries" in msg, msg
     assert "Too many requests" in msg
     assert server.count(SHIKI) == 4  # 1 + total_retries, then stop
-    assert 0.5 <= elapsed < 3.0, elapsed  # three capped waits of 0.2 s, no 30 s / 1 day sleep
+    assert waits == [pytest.approx(0.2)] * 3, waits  # three capped waits of 0.2 s, no 30 s / 1 day sleep
     fault.titles_lost = 0  # the asset fails loudly; nothing is written
-    fault.note = f"{server.count(SHIKI)} requests, {elapsed:.2f} s"
+    fault.note = f"{server.count(SHIKI)} requests, waits {sum(waits):.2f} s"
 
 
 def test_429_storm_without_retry_after_backs_off_and_ends(fault, server, make_client):
@@ -70,16 +70,15 @@ def test_429_storm_without_retry_after_backs_off_and_ends(fault, server, make_cl
     _six_titles(server)
     client = make_client(total_retries=4, backoff_factor=0.05, backoff_jitter=0.0, backoff_max=0.2)
     server.always(SHIKI, Canned(429, "Retry later\n"))
-    start = time.monotonic()
     with pytest.raises(CatalogHTTPError) as info:
         _discover(client, server)
-    elapsed = time.monotonic() - start
+    waits = client.clock.sleeps
     assert server.count(SHIKI) == 5
-    assert 0.5 <= elapsed < 3.0, elapsed  # 0.05 + 0.1 + 0.2 + 0.2 of backoff
+    assert waits == pytest.approx([0.05, 0.1, 0.2, 0.2]), waits  # doubling backoff, capped at backoff_max
     msg = str(info.value)
     assert server.shikimori_url in msg and "HTTP 429 after 4 retries" in msg and "Retry later" in msg, msg
     fault.titles_lost = 0
-    fault.note = f"{server.count(SHIKI)} requests, {elapsed:.2f} s"
+    fault.note = f"{server.count(SHIKI)} requests, waits {sum(waits):.2f} s"
 
 
 def per_page_script(*answers: Canned):
@@ -138,10 +137,9 @@ def test_5xx_storm_ends_in_clear_error(fault, server, make_client):
     _six_titles(server)
     client = make_client(total_retries=2)
     server.always(SHIKI, Canned(503, "<html>Service Unavailable</html>"))
-    start = time.monotonic()
     with pytest.raises(CatalogHTTPError) as info:
         _discover(client, server)
-    assert time.monotonic() - start < 2.0
+    assert len(client.clock.sleeps) == 2 and max(client.clock.sleeps) <= client.config.backoff_max
     assert "HTTP 503 after 2 retries" in str(info.value) and server.shikimori_url in str(info.value)
     assert server.count(SHIKI) == 3
     fault.titles_lost = 0
@@ -154,17 +152,15 @@ def test_response_slower_than_read_timeout(fault, server, make_client):
                  "the URL; bounded by attempts x timeout")
     client = make_client(read_timeout=0.2, total_retries=2)
     server.always(JIKAN_5114, Canned(200, {"data": {"mal_id": 5114}}, delay=1.0))
-    start = time.monotonic()
     with pytest.raises(CatalogHTTPError) as info:
         client.get_json(server.jikan_url + "/anime/5114")
-    elapsed = time.monotonic() - start
     assert info.value.kind == "timeout"
     assert "read timed out (0.2s) after 3 attempt(s)" in str(info.value)
     assert server.jikan_url + "/anime/5114" in str(info.value)
-    assert elapsed < 2.0, elapsed
+    assert len(client.clock.sleeps) == 2  # a backoff between attempts, no other wait
     assert server.count(JIKAN_5114) == 3
     fault.titles_lost = 0
-    fault.note = f"{elapsed:.2f} s"
+    fault.note = "3 attempts x 0.2 s read timeout"
 
 
 def test_slow_page_then_fast_keeps_every_title(fault, server, make_client):
@@ -187,15 +183,10 @@ def test_slow_drip_body_is_cut_at_a_total_deadline(fault, server, make_client):
     client = make_client(read_timeout=0.5, total_retries=0)
     body = {"data": {"mal_id": 5114}}
     server.always(JIKAN_5114, Trickle(200, body, step=1, interval=0.1))
-    start = time.monotonic()
-    try:
-        client.get_json(server.jikan_url + "/anime/5114")
-    except CatalogHTTPError:
-        pass
-    elapsed = time.monotonic() - start
     fault.titles_lost = 0
-    fault.note = f"request took {elapsed:.1f} s ({len(json.dumps(body))} bytes dripped)"
-    assert elapsed < 1.5, f"took {elapsed:.1f} s"
+    fault.note = f"{len(json.dumps(body))} bytes dripped at 0.1 s each: the whole body is read, no deadline cuts it"
+    with pytest.raises(CatalogHTTPError):  # fails today: the dripped response arrives whole
+        client.get_json(server.jikan_url + "/anime/5114")
 
 
 def test_body_stalls_mid_transfer_then_success(fault, server, make_client):
@@ -203,10 +194,9 @@ def test_body_stalls_mid_transfer_then_success(fault, server, make_client):
                  "the stalled transfer is cut at the read timeout and sent again; the response is used")
     client = make_client(read_timeout=0.3, total_retries=2)
     server.script(JIKAN_5114, Trickle(200, {"data": {"mal_id": 5114, "pad": "x" * 40}}, step=10, interval=1.0))
-    start = time.monotonic()
     doc = client.get_json(server.jikan_url + "/anime/5114")
     assert doc["data"]["mal_id"] == 5114
-    assert server.count(JIKAN_5114) == 2 and time.monotonic() - start < 2.0
+    assert server.count(JIKAN_5114) == 2 and len(client.clock.sleeps) == 1  # cut once, one backoff, sent again
     fault.titles_lost = 0
 
 
@@ -215,14 +205,12 @@ def test_body_stalls_forever_ends_in_timeout_error(fault, server, make_client):
                  "bounded re-sends, then a CatalogHTTPError (kind timeout) naming the URL")
     client = make_client(read_timeout=0.3, total_retries=2)
     server.always(JIKAN_5114, Trickle(200, {"data": {"mal_id": 5114, "pad": "x" * 40}}, step=10, interval=1.0))
-    start = time.monotonic()
     with pytest.raises(CatalogHTTPError) as info:
         client.get_json(server.jikan_url + "/anime/5114")
-    elapsed = time.monotonic() - start
     assert info.value.kind == "timeout" and server.jikan_url + "/anime/5114" in str(info.value)
-    assert server.count(JIKAN_5114) == 3 and elapsed < 3.0, (server.count(JIKAN_5114), elapsed)
+    assert server.count(JIKAN_5114) == 3 and len(client.clock.sleeps) == 2, (server.count(JIKAN_5114), client.clock.sleeps)
     fault.titles_lost = 0
-    fault.note = f"{elapsed:.2f} s"
+    fault.note = "3 attempts, each cut at the 0.3 s read timeout"
 
 
 # ------------------------------------------------------------------------- resets and truncation
@@ -266,10 +254,9 @@ def test_reset_mid_body_forever_ends_in_clear_error(fault, server, make_client):
                  "at most 1 + total_retries attempts, then a CatalogHTTPError (kind connection) naming the URL")
     client = make_client(total_retries=2)
     server.always(JIKAN_5114, PartialBody(200, {"data": {"mal_id": 5114}}, keep=5, rst=True))
-    start = time.monotonic()
     with pytest.raises(CatalogHTTPError) as info:
         client.get_json(server.jikan_url + "/anime/5114")
-    assert time.monotonic() - start < 2.0
+    assert len(client.clock.sleeps) <= 2 and sum(client.clock.sleeps) <= 2 * client.config.backoff_max
     assert info.value.kind == "connection"
     assert server.jikan_url + "/anime/5114" in str(info.value)
     assert server.count(JIKAN_5114) == 3
@@ -351,13 +338,12 @@ def test_redirect_loop_is_bounded(fault, server, make_client, method):
     client = make_client()
     server.always("/a", Canned(302, "", {"Location": "/b"}))
     server.always("/b", Canned(307, "", {"Location": server.base_url + "/a"}))
-    start = time.monotonic()
     with pytest.raises(CatalogHTTPError) as info:
         if method == "GET":
             client.get_json(server.base_url + "/a")
         else:
             client.post_graphql(server.base_url + "/a", "query { x }")
-    assert time.monotonic() - start < 2.0
+    assert client.clock.sleeps == []  # hops are not retries: no waiting
     assert server.count("/a") + server.count("/b") == MAX_REDIRECTS + 1
     assert info.value.status in (302, 307) and "/a" in str(info.value) or "/b" in str(info.value)
     assert all(r.method == method for r in server.requests)
@@ -408,13 +394,25 @@ def test_endless_catalog_stops_at_the_page_cap(fault, server, make_client, catal
     setattr(server, f"{catalog}_endless", True)
     client = make_client()
     url = server.shikimori_url if catalog == "shikimori" else server.anilist_url
-    start = time.monotonic()
     result = discover_titles(client, catalog=catalog, url=url, max_titles=10**9, page_size=2)
     assert result.pages == 200 and "page cap (200)" in result.stop_reason
     assert client.network_requests == 200 and result.titles.height == 400
-    assert time.monotonic() - start < 30
     # with a real target it stops as soon as it has enough
     result = discover_titles(make_client(), catalog=catalog, url=url, max_titles=7, page_size=2)
     assert result.titles.height == 7 and result.pages == 4 and result.stop_reason == "max_titles reached"
     fault.titles_lost = 0
     fault.note = "200 pages, then stop"
+
+
+def test_anilist_endless_catalog_stops_at_the_listing_depth(fault, server, make_client):
+    fault.record("anilist: hasNextPage forever, 50 per page",
+                 "discovery stops at page 100 (page × perPage ≤ 5000, AniList's listing depth) with a message "
+                 "saying so; page 101, which AniList answers with HTTP 400, is never requested")
+    server.anilist_endless = True
+    client = make_client()
+    result = discover_titles(client, catalog="anilist", url=server.anilist_url, max_titles=10**6, page_size=50)
+    pages = [r.json()["variables"]["page"] for r in server.requests]
+    assert max(pages) == 100 and result.pages == 100 and client.network_requests == 100
+    assert "depth of 5000 entries" in result.stop_reason and "5000 of 1000000 titles" in result.stop_reason
+    fault.titles_lost = 0
+    fault.note = result.stop_reason
