@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal, Mapping, Sequence
 
 TRAINING_MODULE = "anime_pipeline.training"
+GPU_JOB_MODULE = "anime_pipeline.gpu_job"  # what the gpu_launcher resource runs: fetch, train/eval, publish
 LAUNCHERS = ("auto", "python", "torchrun", "accelerate")
 Launcher = Literal["auto", "python", "torchrun", "accelerate"]
 DEFAULT_MASTER_PORT = 29500
@@ -58,7 +59,7 @@ def resolve_launcher(launcher: str, *, gpus: int, nodes: int) -> str:
 
 
 def training_command(
-    config_path: str | os.PathLike[str],
+    config_path: str | os.PathLike[str] | None,
     *,
     gpus: int = 1,
     nodes: int = 1,
@@ -86,18 +87,21 @@ def training_command(
     `accelerate launch --multi_gpu --num_processes 4 --num_machines 1 --mixed_precision no
     --dynamo_backend no -m anime_pipeline.training --config c.json`.
     """
-    try:
-        config = os.fspath(config_path)
-    except TypeError:
-        raise LaunchError(f"config_path must be a file path, got {config_path!r}") from None
-    if not config or "\x00" in config or config.startswith("-"):
-        raise LaunchError(f"config_path must be a file path, got {config_path!r}")
+    if config_path is None:  # the job comes through the Pipes context (anime_pipeline.gpu_job)
+        config = None
+    else:
+        try:
+            config = os.fspath(config_path)
+        except TypeError:
+            raise LaunchError(f"config_path must be a file path, got {config_path!r}") from None
+        if not config or "\x00" in config or config.startswith("-"):
+            raise LaunchError(f"config_path must be a file path, got {config_path!r}")
     gpus = _count("gpus", gpus, minimum=0)
     nodes = _count("nodes", nodes, minimum=1)
     if not _MODULE_RE.match(module or ""):
         raise LaunchError(f"module must be a dotted Python module name, got {module!r}")
     kind = resolve_launcher(launcher, gpus=gpus, nodes=nodes)
-    tail = ["-m", module, "--config", config]
+    tail = ["-m", module] + (["--config", config] if config is not None else [])
 
     if kind == "python":
         if gpus > 1 or nodes > 1:

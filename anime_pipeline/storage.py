@@ -1,20 +1,17 @@
-"""Object-store layer: mirror files of the data dir to S3 (or an S3-compatible server), chosen by configuration.
+"""The data plane: every asset reads its inputs from and writes its outputs to a `DataStore`.
 
-The local filesystem under `ANIME_PIPELINE_HOME` stays the source of truth and the default: with
-`ANIME_PIPELINE_S3_BUCKET` unset, `ObjectStore.from_env()` returns None and nothing here runs. With a
-bucket, a file at `<home>/<relative path>` is published to `s3://<bucket>/<prefix>/<relative path>`
-(the same layout as on disk, so `frames/mal_id=<id>/part-0.parquet` stays hive-partitioned and
-`pl.scan_parquet(store.uri("frames/**/*.parquet"), storage_options=store.polars_storage_options())`
-reads every shard), and another worker can `fetch` it into its own data dir.
+`ANIME_PIPELINE_HOME` chooses the implementation (settings.py resolves it, `defs/resources.py` wires it):
 
-Configuration (environment):
+- a local dir (default `./data`) → `LocalDataStore`: the dir is the data, `pull`/`push` move nothing;
+- `s3://bucket/prefix` → `ObjectDataStore`: the bucket is the data, a local dir (`ANIME_PIPELINE_CACHE_DIR`,
+  default a per-URI folder under the system temp dir) is only a cache that any step may start without.
 
-| variable | meaning |
-|---|---|
-| `ANIME_PIPELINE_S3_BUCKET` | bucket name; unset: local only |
-| `ANIME_PIPELINE_S3_PREFIX` | key prefix inside the bucket (default: none) |
-| `ANIME_PIPELINE_S3_ENDPOINT_URL` | endpoint of an S3-compatible server (`http://127.0.0.1:9000`); unset: AWS |
-| `ANIME_PIPELINE_S3_REGION` | region; default `AWS_REGION`, then `AWS_DEFAULT_REGION`, then `us-east-1` |
+The bucket keeps the data dir's layout (`<prefix>/frames/mal_id=<id>/part-0.parquet` stays
+hive-partitioned, so `pl.scan_parquet(store.uri("frames/**/*.parquet"), storage_options=
+store.objects.polars_storage_options())` reads every shard). Transfers are boto3's managed transfers
+(s3transfer: multipart above 8 MiB, retries), each object tagged with its sha256 so unchanged files are
+never sent twice. `ANIME_PIPELINE_S3_ENDPOINT_URL` points at an S3-compatible server,
+`ANIME_PIPELINE_S3_REGION` (else AWS_REGION / AWS_DEFAULT_REGION / us-east-1) sets the region.
 
 Credentials are never configuration here: boto3's standard chain resolves them (env
 `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`, `AWS_PROFILE` and `~/.aws`, web
@@ -22,8 +19,7 @@ identity / IRSA, ECS task role, EC2 instance profile). They are never logged and
 `repr()`; `polars_storage_options()` and `pyarrow_filesystem()` hand the resolved (possibly temporary)
 credentials to polars / pyarrow, so do not log what they return.
 
-Pure: no Dagster import at module level (`s3_resource_from_env` imports dagster-aws when called), and
-nothing touches the network until a method that needs it is called.
+Pure: no Dagster import, and nothing touches the network until a method that needs it is called.
 """
 
 from __future__ import annotations
@@ -37,8 +33,7 @@ from typing import Any, Mapping
 
 from anime_pipeline.paths import UnsafePathError, atomic_path, file_sha256, within
 
-ENV_BUCKET = "ANIME_PIPELINE_S3_BUCKET"
-ENV_PREFIX = "ANIME_PIPELINE_S3_PREFIX"
+ENV_HOME = "ANIME_PIPELINE_HOME"
 ENV_ENDPOINT = "ANIME_PIPELINE_S3_ENDPOINT_URL"
 ENV_REGION = "ANIME_PIPELINE_S3_REGION"
 DEFAULT_REGION = "us-east-1"
@@ -73,13 +68,6 @@ def relative_key(relative_path: str | os.PathLike[str]) -> str:
     return p.as_posix()
 
 
-def _region(env: Mapping[str, str]) -> str:
-    for var in (ENV_REGION, "AWS_REGION", "AWS_DEFAULT_REGION"):
-        if env.get(var, "").strip():
-            return env[var].strip()
-    return DEFAULT_REGION
-
-
 @dataclass
 class ObjectStore:
     """A bucket + prefix on S3 or an S3-compatible server, mirroring the data dir's layout.
@@ -96,7 +84,7 @@ class ObjectStore:
 
     def __post_init__(self) -> None:
         if not _BUCKET_RE.match(self.bucket or "") or ".." in self.bucket:
-            raise StorageConfigError(f"{ENV_BUCKET}={self.bucket!r} is not a valid S3 bucket name")
+            raise StorageConfigError(f"{ENV_HOME}: {self.bucket!r} is not a valid S3 bucket name")
         prefix = (self.prefix or "").strip().strip("/")
         if prefix:
             relative_key(prefix)  # no `..`, no empty parts
@@ -110,21 +98,6 @@ class ObjectStore:
             self.endpoint_url = url
         if not self.region:
             raise StorageConfigError(f"{ENV_REGION} must not be empty")
-
-    # Construction ------------------------------------------------------------------------------
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "ObjectStore | None":
-        """The store the environment asks for, or None (local filesystem only) when no bucket is set."""
-        env = os.environ if env is None else env
-        bucket = env.get(ENV_BUCKET, "").strip()
-        if not bucket:
-            return None
-        return cls(
-            bucket=bucket,
-            prefix=env.get(ENV_PREFIX, ""),
-            endpoint_url=env.get(ENV_ENDPOINT, "").strip() or None,
-            region=_region(env),
-        )
 
     @property
     def allow_http(self) -> bool:
@@ -305,87 +278,185 @@ class ObjectStore:
         return fs.S3FileSystem(**kw)
 
 
-def s3_resource_from_env(env: Mapping[str, str] | None = None):
-    """A `dagster_aws.s3.S3Resource` for the configured store, or None when no bucket is set.
+# The data plane: one interface, a local and an object-store implementation ----------------------
+class LocalDataStore:
+    """The data dir on a local (or shared) filesystem: the default. `pull`/`push` have nothing to move."""
 
-    Only region and endpoint are set; credentials stay with boto3's standard chain.
+    remote = False
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+
+    def __repr__(self) -> str:
+        return f"LocalDataStore({str(self.root)!r})"
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
+    def path(self, relative_path: str | os.PathLike[str]) -> Path:
+        rel = relative_key(relative_path)
+        return within(self.root, *rel.split("/"))
+
+    def uri(self, relative_path: str | os.PathLike[str]) -> str:
+        return str(self.path(relative_path))
+
+    def pull(self, *relative_paths: str, missing_ok: bool = False) -> list[Path]:
+        """The local paths of `relative_paths`; a missing one raises FileNotFoundError unless `missing_ok`."""
+        out = []
+        for rel in relative_paths:
+            p = self.path(rel)
+            if not p.exists():
+                if missing_ok:
+                    continue
+                raise FileNotFoundError(f"{p} does not exist in the data dir {self.root}")
+            out.append(p)
+        return out
+
+    def push(self, *relative_paths: str) -> list[Published]:
+        for rel in relative_paths:
+            if not self.path(rel).exists():
+                raise FileNotFoundError(f"cannot publish {self.path(rel)}: it does not exist")
+        return []
+
+    def exists(self, relative_path: str) -> bool:
+        return self.path(relative_path).exists()
+
+    def list(self, relative_dir: str) -> list[str]:
+        base = self.path(relative_dir)
+        if not base.is_dir():
+            return []
+        return sorted(
+            p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")
+        )
+
+
+class ObjectDataStore:
+    """An object store (`s3://bucket/prefix`) holding the data; `root` is only a local cache of it.
+
+    `pull` brings objects into the cache (a file, or every object under a folder), re-downloading a
+    cached copy whose size or sha256 differs from the object's; `push` uploads files of the cache to
+    their keys, skipping objects that already hold the same bytes (size + sha256 in the object's
+    metadata). An object appears under its key only when complete: a file below boto3's multipart
+    threshold is one PUT, a larger one is visible only after CompleteMultipartUpload, so a process
+    killed mid-upload leaves nothing under the final key (only an incomplete multipart upload that a
+    bucket lifecycle rule `AbortIncompleteMultipartUpload` removes).
     """
-    store = ObjectStore.from_env(env)
-    if store is None:
-        return None
-    from dagster_aws.s3 import S3Resource
 
-    kw: dict[str, Any] = {"region_name": store.region}
-    if store.endpoint_url:
-        kw["endpoint_url"] = store.endpoint_url
-        kw["use_ssl"] = not store.allow_http
-    return S3Resource(**kw)
+    remote = True
+
+    def __init__(self, objects: ObjectStore, root: Path) -> None:
+        self.objects = objects
+        self.root = Path(root).resolve()
+
+    def __repr__(self) -> str:
+        return f"ObjectDataStore({self.location!r}, cache={str(self.root)!r})"
+
+    @property
+    def location(self) -> str:
+        return f"s3://{self.objects.bucket}" + (f"/{self.objects.prefix}" if self.objects.prefix else "")
+
+    def path(self, relative_path: str | os.PathLike[str]) -> Path:
+        rel = relative_key(relative_path)
+        return within(self.root, *rel.split("/"))
+
+    def uri(self, relative_path: str | os.PathLike[str]) -> str:
+        return self.objects.uri(relative_path)
+
+    def pull(self, *relative_paths: str, missing_ok: bool = False) -> list[Path]:
+        out: list[Path] = []
+        for raw in relative_paths:
+            rel = relative_key(raw)
+            if self.objects.head(rel) is not None:
+                out.append(self.objects.fetch(rel, self.root, verify=True))
+                continue
+            keys = self.objects.list_paths(rel)
+            if not keys:
+                if missing_ok:
+                    continue
+                raise FileNotFoundError(f"{self.objects.uri(rel)} does not exist (neither an object nor a folder)")
+            for key in keys:
+                self.objects.fetch(key, self.root, verify=True)
+            out.append(self.path(rel))
+        return out
+
+    def push(self, *relative_paths: str) -> list[Published]:
+        out: list[Published] = []
+        for raw in relative_paths:
+            local = self.path(raw)
+            if local.is_dir():
+                out += self.objects.publish_tree(local, self.root)
+            elif local.is_file():
+                out.append(self.objects.publish_file(local, self.root))
+            else:
+                raise FileNotFoundError(f"cannot publish {local}: it does not exist")
+        return out
+
+    def exists(self, relative_path: str) -> bool:
+        """An object at `relative_path` (not a folder)."""
+        return self.objects.head(relative_path) is not None
+
+    def list(self, relative_dir: str) -> list[str]:
+        return self.objects.list_paths(relative_dir)
 
 
-def store_from_resource(resource, env: Mapping[str, str] | None = None) -> "ObjectStore | None":
-    """The `ObjectStore` of the environment sharing the (configured) client of an `S3Resource`."""
-    store = ObjectStore.from_env(env)
-    if store is None or resource is None:
-        return store
-    store.client = resource.get_client()
-    return store
+DataStore = LocalDataStore | ObjectDataStore
+
+
+def open_data_store(
+    data_uri: str | None, cache_dir: Path, *, endpoint_url: str | None = None, region: str = DEFAULT_REGION
+) -> "DataStore":
+    """The data store of a deployment: `data_uri` None → the local dir `cache_dir` is the data dir;
+    `s3://bucket/prefix` → that bucket, with `cache_dir` as the local cache."""
+    if not data_uri:
+        return LocalDataStore(cache_dir)
+    scheme, _, rest = data_uri.partition("://")
+    if scheme != "s3":
+        raise StorageConfigError(f"unsupported data store {data_uri!r}: only s3:// URIs")
+    bucket, _, prefix = rest.partition("/")
+    return ObjectDataStore(ObjectStore(bucket=bucket, prefix=prefix, endpoint_url=endpoint_url, region=region), cache_dir)
+
+
+def data_store_from_settings(settings) -> "DataStore":
+    return open_data_store(settings.data_uri, settings.home, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
 
 
 # Command line: stage files in and out of a worker that shares no disk with the others -------------
-def _home(env: Mapping[str, str]) -> Path:
-    return Path(env.get("ANIME_PIPELINE_HOME", "./data")).expanduser().resolve()
-
-
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    """`python -m anime_pipeline.storage {fetch,publish} PATH...` (paths relative to the data dir).
+    """`python -m anime_pipeline.storage {fetch,publish} PATH...` (paths relative to the data home).
 
-    fetch: download each file, or every object under each folder, that is missing locally.
+    Configured like everything else by ANIME_PIPELINE_HOME (an s3:// URI) and ANIME_PIPELINE_CACHE_DIR.
+    fetch: download each file, or every object under each folder, into the local cache.
     publish: upload each file, or every file under each folder (unchanged ones are skipped).
-    Prints one line per object (`fetched|present|uploaded|unchanged <uri>`); exits 2 when no bucket is
-    configured, 1 when a path exists neither locally (publish) nor remotely (fetch).
+    Prints one line per path; exits 2 when the data home is a local dir (nothing to move), 1 when a
+    path exists neither locally (publish) nor remotely (fetch).
     """
     import argparse
 
-    env = os.environ if env is None else env
+    from anime_pipeline.settings import Settings
+
     parser = argparse.ArgumentParser(prog="python -m anime_pipeline.storage", description=main.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("fetch", "publish"))
-    parser.add_argument("paths", nargs="+", help="paths relative to the data dir (files or folders)")
-    parser.add_argument("--home", default=None, help="data dir (default: ANIME_PIPELINE_HOME, else ./data)")
+    parser.add_argument("paths", nargs="+", help="paths relative to the data home (files or folders)")
     args = parser.parse_args(argv)
-    store = ObjectStore.from_env(env)
-    if store is None:
-        print(f"{ENV_BUCKET} is not set: nothing to {args.action} (local filesystem only)", flush=True)
+    settings = Settings.from_env(dict(os.environ if env is None else env))
+    store = data_store_from_settings(settings)
+    if not store.remote:
+        print(f"ANIME_PIPELINE_HOME={settings.home} is a local dir: nothing to {args.action}", flush=True)
         return 2
-    home = Path(args.home).expanduser().resolve() if args.home else _home(env)
     status = 0
     for raw in args.paths:
-        rel = relative_key(raw)
-        if args.action == "publish":
-            local = within(home, *rel.split("/"))
-            if local.is_dir():
-                results = store.publish_tree(local, home)
-            elif local.is_file():
-                results = [store.publish_file(local, home)]
+        try:
+            if args.action == "publish":
+                for r in store.push(raw):
+                    print(f"{'uploaded' if r.uploaded else 'unchanged'} {r.uri}", flush=True)
             else:
-                print(f"missing {local}", flush=True)
-                status = 1
-                continue
-            for r in results:
-                print(f"{'uploaded' if r.uploaded else 'unchanged'} {r.uri}", flush=True)
-        else:
-            if store.head(rel) is not None:
-                rels = [rel]
-            else:
-                rels = store.list_paths(rel)
-            if not rels:
-                print(f"missing {store.uri(rel)}", flush=True)
-                status = 1
-                continue
-            for r in rels:
-                present = within(home, *r.split("/")).is_file()
-                store.fetch(r, home)
-                print(f"{'present' if present else 'fetched'} {store.uri(r)}", flush=True)
+                for p in store.pull(raw):
+                    print(f"fetched {p}", flush=True)
+        except FileNotFoundError as e:
+            print(f"missing: {e}", flush=True)
+            status = 1
     return status
 
 

@@ -10,9 +10,19 @@ from pydantic import Field
 from anime_pipeline import schemas
 from anime_pipeline.catalog import checks as catalog_checks
 from anime_pipeline.catalog.demo import demo_catalog
-from anime_pipeline.defs._meta import md_table, path_meta
+from anime_pipeline.defs._meta import (
+    OWNERS,
+    asset_definition_metadata,
+    asset_tags,
+    mb,
+    path_meta,
+    preview_table,
+    records_table,
+    seconds,
+    table_metadata,
+)
 from anime_pipeline.defs.partitions import MAL_ID_PARTITIONS_NAME
-from anime_pipeline.defs.resources import CatalogApiResource, PipelineResource
+from anime_pipeline.defs.resources import CatalogApiResource, DataStoreResource, PipelineResource
 from anime_pipeline.paths import atomic_path
 
 CATALOG_SOURCE = dg.AssetSpec(
@@ -69,9 +79,16 @@ def make_http_client(api: CatalogApiResource, settings):
     deps=[CATALOG_SOURCE],
     kinds={"parquet", "polars"},
     code_version="titles-v1",
+    owners=OWNERS,
+    tags=asset_tags("catalog"),
+    metadata=asset_definition_metadata(schemas.TITLES),
 )
 def titles(
-    context: dg.AssetExecutionContext, config: TitlesConfig, pipeline: PipelineResource, catalog_api: CatalogApiResource
+    context: dg.AssetExecutionContext,
+    config: TitlesConfig,
+    pipeline: PipelineResource,
+    catalog_api: CatalogApiResource,
+    data_store: DataStoreResource,
 ) -> dg.MaterializeResult:
     """Discovered anime titles: TV, released, rated at most PG-13, score ≥ min_score, first seasons only.
 
@@ -82,6 +99,7 @@ def titles(
     only with a reason in `rejected` (catalog.retention).
     """
     s = pipeline.settings()
+    data_store.pull("catalog/titles.parquet", missing_ok=True)  # the titles collected before (retention)
     started = time.monotonic()
     requests = 0
     stop_reason = ""
@@ -115,6 +133,7 @@ def titles(
     df, rejected = kept.titles, kept.rejected
     size = write_parquet(df, out)
     write_parquet(schemas.conform(rejected, schemas.REJECTED), s.catalog_dir / "titles_rejected.parquet")
+    data_store.push("catalog/titles.parquet", "catalog/titles_rejected.parquet")
     context.log.info(f"{df.height} titles from {source}, {rejected.height} rejected")
     return dg.MaterializeResult(
         metadata={
@@ -127,11 +146,12 @@ def titles(
             "stop_reason": stop_reason or "demo catalog",
             "catalog": source,
             "http_requests": requests,
-            "bytes": size,
-            "duration_s": round(time.monotonic() - started, 2),
-            "path": path_meta(out),
-            "preview": md_table(df.select("mal_id", "name", "score", "rating", "genres", "main_characters")),
-            "rejected_preview": md_table(rejected),
+            "size_mb": mb(size),
+            "compute_s": seconds(time.monotonic() - started),
+            "path": path_meta(data_store.uri("catalog/titles.parquet")),
+            "preview": preview_table(df.select("mal_id", "name", "score", "rating", "genres", "main_characters")),
+            "rejected_preview": preview_table(rejected),
+            **table_metadata(schemas.TITLES, df.height),
         }
     )
 
@@ -141,12 +161,16 @@ def titles(
     deps=[titles],
     kinds={"parquet", "polars"},
     code_version="synopses-v1",
+    owners=OWNERS,
+    tags=asset_tags("catalog"),
+    metadata=asset_definition_metadata(schemas.SYNOPSES),
 )
 def synopses(
     context: dg.AssetExecutionContext,
     config: SynopsesConfig,
     pipeline: PipelineResource,
     catalog_api: CatalogApiResource,
+    data_store: DataStoreResource,
 ) -> dg.MaterializeResult:
     """One cleaned, human-written synopsis per title, with its source, URL, fetch time and content hash.
 
@@ -156,6 +180,8 @@ def synopses(
     here becomes a partition (its MAL id) of the media assets.
     """
     s = pipeline.settings()
+    data_store.pull("catalog/titles.parquet", "catalog/titles_rejected.parquet")
+    data_store.pull("catalog/synopses.parquet", missing_ok=True)  # the synopses collected before (retention)
     started = time.monotonic()
     titles_df = pl.read_parquet(s.catalog_dir / "titles.parquet")
     requests = 0
@@ -193,6 +219,7 @@ def synopses(
         [pl.read_parquet(s.catalog_dir / "titles_rejected.parquet"), rejected], how="vertical_relaxed"
     )
     write_parquet(all_rejected, s.catalog_dir / "rejected.parquet")
+    data_store.push("catalog/synopses.parquet", "catalog/rejected.parquet")
 
     keys = [str(i) for i in df["mal_id"].to_list()]
     existing = set(context.instance.get_dynamic_partitions(MAL_ID_PARTITIONS_NAME))
@@ -205,20 +232,24 @@ def synopses(
             "num_synopses": df.height,
             "num_rejected": rejected.height,
             "num_kept_previous": len(kept.kept_previous),
-            "by_source": dg.MetadataValue.json(by_source),
+            "by_source": records_table(
+                [{"source": k, "synopses": v} for k, v in sorted(by_source.items())], [("source", "string"), ("synopses", "int")]
+            ),
             "new_partitions": len(new_keys),
             "http_requests": requests,
-            "bytes": size,
-            "duration_s": round(time.monotonic() - started, 2),
-            "path": path_meta(out),
-            "preview": md_table(df.select("mal_id", "source", "synopsis")),
-            "rejected": md_table(all_rejected),
+            "size_mb": mb(size),
+            "compute_s": seconds(time.monotonic() - started),
+            "path": path_meta(data_store.uri("catalog/synopses.parquet")),
+            "preview": preview_table(df.select("mal_id", "source", "synopsis"), max_chars=160),
+            "rejected": preview_table(all_rejected),
+            **table_metadata(schemas.SYNOPSES, df.height),
         }
     )
 
 
 @dg.asset_check(asset=titles, blocking=True, description="Every title has a MAL id and no MAL id appears twice.")
-def titles_unique_mal_ids(pipeline: PipelineResource) -> dg.AssetCheckResult:
+def titles_unique_mal_ids(pipeline: PipelineResource, data_store: DataStoreResource) -> dg.AssetCheckResult:
+    data_store.pull("catalog/titles.parquet")
     df = pl.read_parquet(pipeline.settings().catalog_dir / "titles.parquet")
     ok, detail = catalog_checks.check_unique_mal_ids(df)
     return dg.AssetCheckResult(passed=ok, metadata={"detail": detail, "rows": df.height})
@@ -227,7 +258,8 @@ def titles_unique_mal_ids(pipeline: PipelineResource) -> dg.AssetCheckResult:
 @dg.asset_check(
     asset=synopses, blocking=True, description="Synopses are non-empty, unique per title and free of attribution text."
 )
-def synopses_clean(pipeline: PipelineResource) -> dg.AssetCheckResult:
+def synopses_clean(pipeline: PipelineResource, data_store: DataStoreResource) -> dg.AssetCheckResult:
+    data_store.pull("catalog/synopses.parquet")
     df = pl.read_parquet(pipeline.settings().catalog_dir / "synopses.parquet")
     ok, detail = catalog_checks.check_synopses_clean(df)
     ok_ids, detail_ids = catalog_checks.check_unique_mal_ids(df)

@@ -10,10 +10,23 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from anime_pipeline.defs._meta import path_meta, png_md
+from anime_pipeline import schemas
+from anime_pipeline.defs._meta import (
+    OWNERS,
+    asset_definition_metadata,
+    asset_tags,
+    frames_sheet,
+    image_md,
+    mb,
+    path_meta,
+    seconds,
+    table_metadata,
+    title_label,
+    title_name,
+)
 from anime_pipeline.defs.catalog import synopses
 from anime_pipeline.defs.partitions import mal_id_partitions
-from anime_pipeline.defs.resources import PipelineResource
+from anime_pipeline.defs.resources import DataStoreResource, PipelineResource
 from anime_pipeline.media.errors import MediaError
 from anime_pipeline.paths import atomic_path
 
@@ -53,6 +66,13 @@ def partition_mal_id(key: str) -> int:
         raise dg.Failure(description=f"partition key {key!r} is not a MAL id: {e}") from e
 
 
+def episode_file(probe_file: Path, meta: dict) -> Path:
+    """The episode's video on this machine: the recorded path, or the file of that name beside probe.json
+    (the probe was recorded on another machine and the episode fetched here from the data store)."""
+    recorded = Path(str(meta.get("path") or "/nonexistent"))
+    return recorded if recorded.exists() else probe_file.parent / recorded.name
+
+
 def _record(path, payload: dict) -> None:
     with atomic_path(path, suffix=".json") as tmp:
         tmp.write_text(json.dumps(payload, indent=2, default=str))
@@ -64,8 +84,12 @@ def _record(path, payload: dict) -> None:
     partitions_def=mal_id_partitions,
     kinds={"ffmpeg", "video"},
     code_version="episodes-v1",
+    owners=OWNERS,
+    tags=asset_tags("media"),
 )
-def episodes(context: dg.AssetExecutionContext, config: EpisodesConfig, pipeline: PipelineResource) -> dg.MaterializeResult:
+def episodes(
+    context: dg.AssetExecutionContext, config: EpisodesConfig, pipeline: PipelineResource, data_store: DataStoreResource
+) -> dg.MaterializeResult:
     """Episode 1 of the title (one video file per MAL id partition), probed with ffprobe.
 
     Sources: `demo` (generated with ffmpeg lavfi), `local` (a folder you already have) or `manifest`
@@ -81,7 +105,12 @@ def episodes(context: dg.AssetExecutionContext, config: EpisodesConfig, pipeline
     probe_file = dest / "probe.json"
     started = time.monotonic()
     source = s.resolved_episode_source
-    if probe_file.exists() and not config.force and Path(json.loads(probe_file.read_text()).get("path") or "/nonexistent").exists():
+    rel = f"episodes/{mal_id}"
+    data_store.pull(f"{rel}/probe.json", missing_ok=True)
+    recorded = json.loads(probe_file.read_text()) if probe_file.exists() else None
+    if recorded and not config.force and (
+        episode_file(probe_file, recorded).exists() or data_store.exists(f"{rel}/{Path(str(recorded.get('path'))).name}")
+    ):
         meta = json.loads(probe_file.read_text())
         context.log.info(f"episode for {mal_id} already present ({meta['path']}); set force=true to re-acquire")
         reused = True
@@ -90,23 +119,27 @@ def episodes(context: dg.AssetExecutionContext, config: EpisodesConfig, pipeline
             got = acquire_episode(source, mal_id, dest, video_dir=s.video_dir, manifest=s.manifest)
         except MediaError as e:
             _record(dest / "error.json", {"mal_id": mal_id, "stage": "episodes", "source": source, "error": str(e)})
+            data_store.push(f"{rel}/error.json")
             raise dg.Failure(description=f"episode for MAL id {mal_id}: {e}", metadata={"source": source}) from e
         meta = {**got.probe.as_metadata(), "path": str(got.path), "source": got.source, "origin": str(got.origin)}
         _record(probe_file, meta)
         (dest / "error.json").unlink(missing_ok=True)
+        data_store.push(rel)
         reused = False
+    data_store.pull("catalog/titles.parquet", missing_ok=True)  # the title's name for the UI
     return dg.MaterializeResult(
         metadata={
+            "title": title_label(mal_id, title_name(s.catalog_dir / "titles.parquet", mal_id)),
             "source": meta.get("source", source),
-            "path": path_meta(meta["path"]),
+            "path": path_meta(data_store.uri(f"{rel}/{Path(str(meta['path'])).name}")),
             "codec": str(meta.get("codec")),
-            "fps": float(meta.get("fps") or 0.0),
+            "fps": round(float(meta.get("fps") or 0.0), 3),
             "resolution": f"{meta.get('width')}x{meta.get('height')}",
-            "duration_s": float(meta.get("duration_s") or 0.0),
-            "bytes": int(meta.get("size_bytes") or 0),
+            "video_duration_s": round(float(meta.get("duration_s") or 0.0), 2),
+            "size_mb": mb(int(meta.get("size_bytes") or 0)),
             "sha256": str(meta.get("sha256")),
             "reused": reused,
-            "elapsed_s": round(time.monotonic() - started, 2),
+            "compute_s": seconds(time.monotonic() - started),
         },
         data_version=dg.DataVersion(str(meta.get("sha256"))[:16]),
     )
@@ -118,14 +151,18 @@ def episodes(context: dg.AssetExecutionContext, config: EpisodesConfig, pipeline
     partitions_def=mal_id_partitions,
     kinds={"parquet", "pytorch"},
     code_version="frame_shards-v1",
+    owners=OWNERS,
+    tags=asset_tags("media"),
+    metadata=asset_definition_metadata(schemas.FRAMES),
 )
-def frame_shards(context: dg.AssetExecutionContext, config: FramesConfig, pipeline: PipelineResource) -> dg.MaterializeResult:
+def frame_shards(
+    context: dg.AssetExecutionContext, config: FramesConfig, pipeline: PipelineResource, data_store: DataStoreResource
+) -> dg.MaterializeResult:
     """Frames sampled from episode 1 by seeking (PyAV, decord fallback), resized and JPEG-encoded into a
     Parquet shard at `frames/mal_id=<id>/part-0.parquet` (mal_id, episode, frame_index, timestamp_s,
     width, height, image, source_sha256). Written atomically: a failure never leaves a partial shard.
     The metadata shows a contact sheet of the sampled frames.
     """
-    from anime_pipeline.media.preview import contact_sheet
     from anime_pipeline.media.probe import VideoProbe
     from anime_pipeline.media.sampling import SamplingConfig
     from anime_pipeline.media.shards import extract_frame_shard, read_frame_shard
@@ -133,9 +170,9 @@ def frame_shards(context: dg.AssetExecutionContext, config: FramesConfig, pipeli
     s = pipeline.settings()
     mal_id = partition_mal_id(context.partition_key)
     probe_file = s.episodes_dir / str(mal_id) / "probe.json"
-    if not probe_file.exists():
+    if not data_store.pull(f"episodes/{mal_id}", missing_ok=True) or not probe_file.exists():
         raise dg.Failure(description=f"no episode for MAL id {mal_id}: materialize `episodes` for this partition first")
-    video = json.loads(probe_file.read_text())["path"]
+    video = str(episode_file(probe_file, json.loads(probe_file.read_text())))
     num_frames = config.num_frames or (DEMO_FRAMES if s.profile == "demo" else LIVE_FRAMES)
     cfg = SamplingConfig(
         strategy=config.strategy,
@@ -154,26 +191,34 @@ def frame_shards(context: dg.AssetExecutionContext, config: FramesConfig, pipeli
         info = extract_frame_shard(video, mal_id=mal_id, episode=1, dest=dest, cfg=cfg, probe=probe, jpeg_quality=config.jpeg_quality)
     except MediaError as e:
         _record(dest.parent / "error.json", {"mal_id": mal_id, "stage": "frame_shards", "error": str(e)})
+        data_store.push(f"frames/mal_id={mal_id}/error.json")
         raise dg.Failure(description=f"frames for MAL id {mal_id}: {e}") from e
     (dest.parent / "error.json").unlink(missing_ok=True)
     elapsed = time.monotonic() - started
     df = read_frame_shard(dest)
-    sheet = contact_sheet(df["image"].to_list(), columns=min(8, df.height))
-    store = pipeline.object_store()
-    extra = {"s3_uri": dg.MetadataValue.url(store.publish(dest, s.home))} if store else {}
+    from anime_pipeline.inventory import scan_shards
+
+    data_store.pull("catalog/titles.parquet", missing_ok=True)  # the title's name for the UI
+    title = title_label(mal_id, title_name(s.catalog_dir / "titles.parquet", mal_id))
+    sheet = frames_sheet(df["image"].to_list(), df["timestamp_s"].to_list())
+    shard_rel = f"frames/mal_id={mal_id}/part-0.parquet"
+    data_store.push(shard_rel)
     return dg.MaterializeResult(
         metadata={
-            **extra,
+            "title": title,
             "num_frames": info.num_frames,
-            "bytes": info.bytes,
+            "size_mb": mb(info.bytes),
             "frame_size": f"{info.width}x{info.height}",
-            "duration_s": round(float(probe.duration_s), 2),
-            "first_ts_s": float(df["timestamp_s"].min()),
-            "last_ts_s": float(df["timestamp_s"].max()),
-            "elapsed_s": round(elapsed, 2),
-            "sampling": dg.MetadataValue.json({"strategy": cfg.strategy, "num_frames": num_frames, "mode": cfg.mode, "skip_s": cfg.skip_s}),
-            "path": path_meta(dest),
-            "contact_sheet": png_md(sheet, f"frames of {mal_id}"),
+            "video_duration_s": round(float(probe.duration_s), 2),
+            "first_frame_s": round(float(df["timestamp_s"].min()), 2),
+            "last_frame_s": round(float(df["timestamp_s"].max()), 2),
+            "compute_s": seconds(elapsed),
+            "sampling": f"{cfg.strategy}, {num_frames} frames, {cfg.mode} seek, {cfg.skip_s:g} s skipped at both ends",
+            "path": path_meta(data_store.uri(shard_rel)),
+            "contact_sheet": image_md(sheet, f"{title}: {df.height} frames, time in the video under each"),
+            **table_metadata(
+                schemas.FRAMES, int(scan_shards(s.home)["num_frames"].sum()), partition_row_count=df.height
+            ),
         },
         data_version=dg.DataVersion(_shard_version(df)),
     )
@@ -195,12 +240,15 @@ def _shard_version(df: pl.DataFrame) -> str:
     blocking=True,
     description="Frames per title as configured, timestamps strictly increasing and inside the episode.",
 )
-def frame_shards_contract(context: dg.AssetCheckExecutionContext, pipeline: PipelineResource) -> dg.AssetCheckResult:
+def frame_shards_contract(
+    context: dg.AssetCheckExecutionContext, pipeline: PipelineResource, data_store: DataStoreResource
+) -> dg.AssetCheckResult:
     from anime_pipeline.media.checks import check_frames
     from anime_pipeline.media.shards import read_frame_shard
 
     s = pipeline.settings()
     mal_id = partition_mal_id(context.partition_key)
+    data_store.pull(f"frames/mal_id={mal_id}/part-0.parquet", f"episodes/{mal_id}/probe.json")
     df = read_frame_shard(s.frames_dir / f"mal_id={mal_id}" / "part-0.parquet")
     duration = json.loads((s.episodes_dir / str(mal_id) / "probe.json").read_text()).get("duration_s")
     ok, detail = check_frames(df, duration_s=duration)

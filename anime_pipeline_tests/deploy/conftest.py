@@ -71,12 +71,21 @@ class S3Server:
     port: int
 
     def env(self, bucket: str, prefix: str = "") -> dict[str, str]:
+        """The settings of a deployment whose data home is this bucket (+ prefix)."""
         return {
-            "ANIME_PIPELINE_S3_BUCKET": bucket,
-            "ANIME_PIPELINE_S3_PREFIX": prefix,
+            "ANIME_PIPELINE_HOME": f"s3://{bucket}" + (f"/{prefix}" if prefix else ""),
             "ANIME_PIPELINE_S3_ENDPOINT_URL": self.endpoint_url,
             "ANIME_PIPELINE_S3_REGION": "us-east-1",
         }
+
+
+def object_store(env: dict[str, str]):
+    """The `ObjectStore` (bucket + prefix) that these settings name as data home."""
+    from anime_pipeline.settings import parse_store_uri
+    from anime_pipeline.storage import ObjectStore
+
+    _, bucket, prefix = parse_store_uri(env["ANIME_PIPELINE_HOME"])
+    return ObjectStore(bucket=bucket, prefix=prefix, endpoint_url=env["ANIME_PIPELINE_S3_ENDPOINT_URL"], region="us-east-1")
 
 
 def _moto_server_bin() -> str | None:

@@ -14,61 +14,68 @@ from anime_pipeline.media.sampling import SampledFrame
 from anime_pipeline.media.shards import read_frame_shard, write_frame_shard
 from anime_pipeline.paths import UnsafePathError
 from anime_pipeline.schemas import FRAMES
+from anime_pipeline.settings import Settings, SettingsError
 from anime_pipeline.storage import (
+    LocalDataStore,
+    ObjectDataStore,
     ObjectStore,
-    StorageConfigError,
+    data_store_from_settings,
     relative_key,
-    s3_resource_from_env,
-    store_from_resource,
 )
 
-from .conftest import FAKE_SECRET
+from .conftest import FAKE_SECRET, object_store
 
 
 # Configuration ------------------------------------------------------------------------------------
-def test_local_filesystem_is_the_default():
-    assert ObjectStore.from_env({}) is None
-    assert ObjectStore.from_env({"ANIME_PIPELINE_S3_BUCKET": "  "}) is None
-    assert s3_resource_from_env({}) is None
+def test_local_filesystem_is_the_default(tmp_path):
+    s = Settings.from_env({"ANIME_PIPELINE_HOME": str(tmp_path / "data")})
+    store = data_store_from_settings(s)
+    assert isinstance(store, LocalDataStore) and not store.remote and s.data_uri is None
+    assert store.root == (tmp_path / "data").resolve()
 
 
-def test_from_env_reads_bucket_prefix_endpoint_region():
-    store = ObjectStore.from_env(
-        {
-            "ANIME_PIPELINE_S3_BUCKET": "anime-data",
-            "ANIME_PIPELINE_S3_PREFIX": "/prod/v1/",
-            "ANIME_PIPELINE_S3_ENDPOINT_URL": "http://127.0.0.1:9000/",
-            "AWS_REGION": "eu-west-1",
-        }
+def test_an_s3_home_is_the_store_and_the_local_dir_only_a_cache(tmp_path):
+    env = {
+        "ANIME_PIPELINE_HOME": "s3://anime-data/prod/v1/",
+        "ANIME_PIPELINE_S3_ENDPOINT_URL": "http://127.0.0.1:9000/",
+        "AWS_REGION": "eu-west-1",
+        "ANIME_PIPELINE_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    s = Settings.from_env(env)
+    assert (s.data_uri, s.home, s.s3_endpoint_url, s.s3_region) == (
+        "s3://anime-data/prod/v1", (tmp_path / "cache").resolve(), "http://127.0.0.1:9000", "eu-west-1"
     )
-    assert (store.bucket, store.prefix, store.endpoint_url, store.region) == (
+    store = data_store_from_settings(s)
+    assert isinstance(store, ObjectDataStore) and store.remote and store.root == s.home
+    objects = store.objects
+    assert (objects.bucket, objects.prefix, objects.endpoint_url, objects.region) == (
         "anime-data", "prod/v1", "http://127.0.0.1:9000", "eu-west-1"
     )
-    assert store.allow_http
+    assert objects.allow_http
     assert store.uri("frames/mal_id=1/part-0.parquet") == "s3://anime-data/prod/v1/frames/mal_id=1/part-0.parquet"
-    assert store.uri("frames/**/*.parquet") == "s3://anime-data/prod/v1/frames/**/*.parquet"
-    assert store.arrow_path("splits/train.parquet") == "anime-data/prod/v1/splits/train.parquet"
-    # the explicit variable wins over AWS_REGION; AWS default otherwise
-    env = {"ANIME_PIPELINE_S3_BUCKET": "anime-data", "ANIME_PIPELINE_S3_REGION": "ap-northeast-1", "AWS_REGION": "x"}
-    assert ObjectStore.from_env(env).region == "ap-northeast-1"
-    bare = ObjectStore.from_env({"ANIME_PIPELINE_S3_BUCKET": "anime-data"})
-    assert (bare.region, bare.endpoint_url, bare.prefix, bare.allow_http) == ("us-east-1", None, "", False)
-    assert bare.uri("catalog/titles.parquet") == "s3://anime-data/catalog/titles.parquet"
+    assert objects.uri("frames/**/*.parquet") == "s3://anime-data/prod/v1/frames/**/*.parquet"
+    assert objects.arrow_path("splits/train.parquet") == "anime-data/prod/v1/splits/train.parquet"
+    # the explicit variable wins over AWS_REGION; us-east-1 otherwise
+    assert Settings.from_env({**env, "ANIME_PIPELINE_S3_REGION": "ap-northeast-1"}).s3_region == "ap-northeast-1"
+    bare = Settings.from_env({"ANIME_PIPELINE_HOME": "s3://anime-data"})
+    assert (bare.s3_region, bare.s3_endpoint_url, bare.data_uri) == ("us-east-1", None, "s3://anime-data")
+    # without ANIME_PIPELINE_CACHE_DIR each process gets its own fresh local dir
+    assert "anime_pipeline-cache" in str(bare.home) and not bare.home.exists()
 
 
 @pytest.mark.parametrize(
     "env",
     [
-        {"ANIME_PIPELINE_S3_BUCKET": "Bad_Bucket"},
-        {"ANIME_PIPELINE_S3_BUCKET": "s3://anime-data"},
-        {"ANIME_PIPELINE_S3_BUCKET": "anime-data", "ANIME_PIPELINE_S3_PREFIX": "a/../b"},
-        {"ANIME_PIPELINE_S3_BUCKET": "anime-data", "ANIME_PIPELINE_S3_ENDPOINT_URL": "127.0.0.1:9000"},
-        {"ANIME_PIPELINE_S3_BUCKET": "anime-data", "ANIME_PIPELINE_S3_ENDPOINT_URL": "http://h:1/path"},
+        {"ANIME_PIPELINE_HOME": "s3://Bad_Bucket"},
+        {"ANIME_PIPELINE_HOME": "s3://anime-data/a/../b"},
+        {"ANIME_PIPELINE_HOME": "s3://anime-data", "ANIME_PIPELINE_S3_ENDPOINT_URL": "127.0.0.1:9000"},
+        {"ANIME_PIPELINE_HOME": "s3://anime-data", "ANIME_PIPELINE_S3_ENDPOINT_URL": "http://h:1/path"},
+        {"ANIME_PIPELINE_HOME": "ftp://anime-data"},
     ],
 )
 def test_bad_configuration_names_the_variable(env):
-    with pytest.raises((StorageConfigError, UnsafePathError)):
-        ObjectStore.from_env(env)
+    with pytest.raises(SettingsError, match="ANIME_PIPELINE_(HOME|S3_ENDPOINT_URL)"):
+        Settings.from_env(env)
 
 
 @pytest.mark.parametrize("bad", ["", "/etc/passwd", "../x", "frames/../../x", "frames//x", "./x"])
@@ -90,17 +97,6 @@ def test_repr_has_no_credentials(aws_env):
     store = ObjectStore(bucket="anime-data", endpoint_url="http://127.0.0.1:9")
     store.s3()  # builds the client
     assert FAKE_SECRET not in repr(store)
-
-
-def test_s3_resource_from_env_is_a_configured_dagster_resource(aws_env):
-    from dagster_aws.s3 import S3Resource
-
-    res = s3_resource_from_env(
-        {"ANIME_PIPELINE_S3_BUCKET": "anime-data", "ANIME_PIPELINE_S3_ENDPOINT_URL": "http://127.0.0.1:9000"}
-    )
-    assert isinstance(res, S3Resource)
-    assert (res.region_name, res.endpoint_url, res.use_ssl) == ("us-east-1", "http://127.0.0.1:9000", False)
-    assert res.aws_access_key_id is None and res.aws_secret_access_key is None  # the standard chain
 
 
 # A real S3-compatible server ----------------------------------------------------------------------
@@ -126,7 +122,7 @@ def test_publish_scan_and_fetch_on_a_second_worker(s3_env, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     home = tmp_path / "worker-1"
     shards = [write_real_shard(home, mal_id) for mal_id in (1, 20, 300)]
-    store = ObjectStore.from_env(s3_env)
+    store = object_store(s3_env)
     sent = count_puts(store)
 
     uris = [store.publish(p, home) for p in shards]
@@ -182,7 +178,7 @@ def test_publish_scan_and_fetch_on_a_second_worker(s3_env, tmp_path, caplog):
 
 def test_polars_and_pyarrow_write_and_large_publish_is_multipart(s3_env, tmp_path):
     """The readers' options also work for writing; a large file goes up as a multipart upload."""
-    store = ObjectStore.from_env(s3_env)
+    store = object_store(s3_env)
     df = pl.DataFrame({"mal_id": [1, 2, 3], "split": ["train", "train", "val"]})
     df.write_parquet(store.uri("splits/train.parquet"), storage_options=store.polars_storage_options())
     assert pl.read_parquet(store.uri("splits/train.parquet"), storage_options=store.polars_storage_options()).equals(df)
@@ -204,7 +200,7 @@ def test_polars_and_pyarrow_write_and_large_publish_is_multipart(s3_env, tmp_pat
     assert store.fetch("episodes/7/ep01.mp4", tmp_path / "other").stat().st_size == video.stat().st_size
 
 
-def test_publish_tree_with_a_client_from_the_dagster_resource(s3_env, tmp_path):
+def test_publish_tree_skips_temp_files_and_unchanged_objects(s3_env, tmp_path):
     home = tmp_path / "data"
     adapter = home / "models" / "run-1" / "adapter"
     adapter.mkdir(parents=True)
@@ -212,7 +208,7 @@ def test_publish_tree_with_a_client_from_the_dagster_resource(s3_env, tmp_path):
     (adapter / "adapter_model.safetensors").write_bytes(b"\0" * 1000)
     (adapter / ".adapter_model.safetensors.tmp").write_bytes(b"partial")  # temp files are skipped
 
-    store = store_from_resource(s3_resource_from_env(s3_env), s3_env)
+    store = object_store(s3_env)
     results = store.publish_tree(home / "models" / "run-1", home)
     assert [r.key for r in results] == [
         "datasets/v1/models/run-1/adapter/adapter_config.json",
@@ -221,3 +217,82 @@ def test_publish_tree_with_a_client_from_the_dagster_resource(s3_env, tmp_path):
     assert all(r.uploaded for r in results)
     assert not any(r.uploaded for r in store.publish_tree(home / "models" / "run-1", home))
     assert store.head("models/run-1/adapter/adapter_model.safetensors")["sha256"] == results[1].sha256
+
+
+def test_data_store_pull_and_push_between_two_empty_local_dirs(s3_env, tmp_path):
+    """Two processes' stores on one bucket: what one pushes the other pulls into its own empty dir."""
+    a = data_store_from_settings(Settings.from_env({**s3_env, "ANIME_PIPELINE_CACHE_DIR": str(tmp_path / "a")}))
+    b = data_store_from_settings(Settings.from_env({**s3_env, "ANIME_PIPELINE_CACHE_DIR": str(tmp_path / "b")}))
+    write_real_shard(a.root, 5)
+    (a.root / "catalog").mkdir(parents=True)
+    (a.root / "catalog" / "titles.parquet").write_bytes(b"titles-v1")
+    pushed = a.push("frames", "catalog/titles.parquet")
+    assert [p.uploaded for p in pushed] == [True, True]
+    assert [p.uploaded for p in a.push("frames", "catalog/titles.parquet")] == [False, False]  # idempotent
+    assert b.exists("catalog/titles.parquet") and not b.exists("catalog/nothing.parquet")
+    assert b.list("frames") == ["frames/mal_id=5/part-0.parquet"]
+
+    got = b.pull("frames", "catalog/titles.parquet")
+    assert got == [b.root / "frames", b.root / "catalog" / "titles.parquet"]
+    assert read_frame_shard(b.root / "frames" / "mal_id=5" / "part-0.parquet").height == 4
+    # a newer version from another process replaces the cached copy on the next pull
+    (a.root / "catalog" / "titles.parquet").write_bytes(b"titles-v2")
+    a.push("catalog/titles.parquet")
+    b.pull("catalog/titles.parquet")
+    assert (b.root / "catalog" / "titles.parquet").read_bytes() == b"titles-v2"
+    # missing inputs: an error that names the object, unless optional
+    with pytest.raises(FileNotFoundError, match="splits/train.parquet"):
+        b.pull("splits/train.parquet")
+    assert b.pull("splits/train.parquet", missing_ok=True) == []
+    with pytest.raises(FileNotFoundError):
+        b.push("models/never-written")
+
+
+KILL_CHILD = """
+import os, signal, sys
+from pathlib import Path
+from anime_pipeline.settings import Settings
+from anime_pipeline.storage import data_store_from_settings
+
+store = data_store_from_settings(Settings.from_env())
+# fault: the process dies (SIGKILL, no cleanup) right after the first part of the upload reached the server
+store.objects.s3().meta.events.register(
+    "after-call.s3.UploadPart", lambda **kw: os.kill(os.getpid(), signal.SIGKILL))
+store.push(sys.argv[1])
+print("finished", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_process_killed_mid_upload_leaves_no_object_and_the_next_run_completes(s3_env, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, **s3_env, "ANIME_PIPELINE_CACHE_DIR": str(tmp_path / "cache")}
+    video = tmp_path / "cache" / "episodes" / "9" / "ep01.mp4"
+    video.parent.mkdir(parents=True)
+    video.write_bytes(os.urandom(20 * 1024 * 1024))  # 20 MiB: a multipart upload of 8 MiB parts
+    rel = "episodes/9/ep01.mp4"
+    child = subprocess.run([sys.executable, "-c", KILL_CHILD, rel], env=env, capture_output=True, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stdout + child.stderr
+    assert "finished" not in child.stdout
+
+    store = object_store(s3_env)
+    assert store.head(rel) is None  # nothing under the final key
+    assert store.list_paths("episodes") == []
+    uploads = store.s3().list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
+    assert [u["Key"] for u in uploads] == [store.key(rel)]  # only an incomplete upload, invisible to readers
+
+    # the next run completes: the object appears whole, with its sha256
+    done = subprocess.run(
+        [sys.executable, "-m", "anime_pipeline.storage", "publish", rel], env=env, capture_output=True, text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("uploaded s3://")
+    head = store.head(rel)
+    assert head["size"] == video.stat().st_size
+    other = store.fetch(rel, tmp_path / "reader")
+    assert other.read_bytes() == video.read_bytes()
