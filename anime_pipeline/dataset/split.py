@@ -3,11 +3,16 @@
 The split is decided per MAL id by a salted sha256, never by position or random state, so:
 - the same title always lands on the same side (train and val can never overlap);
 - adding or removing titles never moves another title across the line.
+
+A title that cannot become a sample is listed in `excluded` with its reason; when the media stage
+failed for it, the reason carries the failure that stage recorded (`error.json`, see
+`read_media_failures`), so the split shows which titles were left out and why.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +21,9 @@ import numpy as np
 import polars as pl
 
 from anime_pipeline.dataset.prompt import build_prompt
-from anime_pipeline.paths import atomic_path
+from anime_pipeline.inventory import shard_path
+from anime_pipeline.paths import atomic_path, file_sha256
 from anime_pipeline.schemas import SAMPLES, conform, empty
-from anime_pipeline.paths import file_sha256
 
 DEFAULT_SALT = "anime_pipeline-v1"
 DEFAULT_VAL_FRACTION = 0.05
@@ -26,7 +31,10 @@ DEFAULT_VAL_FRACTION = 0.05
 TRAIN = "train"
 VAL = "val"
 
-EXCLUDED = {"mal_id": pl.Int64, "reason": pl.String}
+EXCLUDED = {"mal_id": pl.Int64, "name": pl.String, "reason": pl.String}
+FAILURES = {"mal_id": pl.Int64, "stage": pl.String, "error": pl.String}
+ERROR_FILE = "error.json"
+MAX_ERROR_CHARS = 300
 SHARDS = {"mal_id": pl.Int64, "frames_path": pl.String, "num_frames": pl.Int32, "duration_s": pl.Float64}
 
 REASON_NO_SYNOPSIS = "no synopsis"
@@ -52,6 +60,32 @@ def assign_split(mal_id: int, val_fraction: float = DEFAULT_VAL_FRACTION, salt: 
     return VAL if _unit_interval(mal_id, salt) < val_fraction else TRAIN
 
 
+def media_failure_paths(home: Path, mal_id: int) -> list[Path]:
+    """Where the media assets record a failed title: `episodes/<id>/error.json` and next to the shard."""
+    return [Path(home) / "episodes" / str(int(mal_id)) / ERROR_FILE, shard_path(home, mal_id).parent / ERROR_FILE]
+
+
+def read_media_failures(home: Path, mal_ids: Iterable[int]) -> pl.DataFrame:
+    """FAILURES rows (mal_id, stage, error) from the `error.json` records of these titles. A record that
+    cannot be read is itself reported as the failure (never skipped)."""
+    rows = []
+    for mal_id in sorted({int(i) for i in mal_ids}):
+        for path in media_failure_paths(home, mal_id):
+            if not path.is_file():
+                continue
+            try:
+                rec = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(rec, dict):
+                    raise ValueError("not a JSON object")
+            except (OSError, ValueError) as exc:
+                rec = {"stage": path.parent.parent.name, "error": f"unreadable {path}: {exc}"}
+            error = " ".join(str(rec.get("error") or "no error text recorded").split())
+            if len(error) > MAX_ERROR_CHARS:
+                error = error[: MAX_ERROR_CHARS - 1] + "…"
+            rows.append({"mal_id": mal_id, "stage": str(rec.get("stage") or "media"), "error": error})
+    return pl.DataFrame(rows, schema=FAILURES)
+
+
 def _require_unique(df: pl.DataFrame, what: str) -> None:
     dupes = df.filter(pl.col("mal_id").is_duplicated())["mal_id"].unique().sort().to_list()
     if dupes:
@@ -65,13 +99,15 @@ def build_samples(
     *,
     val_fraction: float = DEFAULT_VAL_FRACTION,
     salt: str = DEFAULT_SALT,
+    failures: pl.DataFrame | None = None,
 ) -> SplitResult:
     """Join titles × synopses × frame shards on mal_id and split by title hash.
 
     `titles` has the TITLES columns (mal_id, name, genres, main_characters at least), `synopses` the SYNOPSES
     columns (mal_id, synopsis), `shards` one row per title: mal_id, frames_path (relative to the data dir),
     num_frames, duration_s. A title without a non-blank synopsis or without a shard holding frames goes to
-    `excluded` with its reason(s) joined by "; ". Duplicate mal_ids in any input raise ValueError.
+    `excluded` with its reason(s) joined by "; "; `failures` (FAILURES rows, `read_media_failures`) add
+    what the media stage recorded to "no frame shard". Duplicate mal_ids in any input raise ValueError.
     """
     if not 0.0 <= val_fraction <= 1.0:
         raise ValueError(f"val_fraction must be within [0, 1], got {val_fraction}")
@@ -99,17 +135,34 @@ def build_samples(
         .filter(pl.col("mal_id").is_not_null() & pl.col("frames_path").is_not_null() & (pl.col("num_frames") > 0))
     )
 
-    joined = t.join(s, on="mal_id", how="left").join(f, on="mal_id", how="left").sort("mal_id")
+    failed = (
+        conform(failures, FAILURES)
+        .filter(pl.col("mal_id").is_not_null())
+        .group_by("mal_id", maintain_order=True)
+        .agg(pl.concat_str(pl.col("stage"), pl.lit(" failed: "), pl.col("error")).str.join("; ").alias("failure"))
+        if failures is not None and failures.height
+        else pl.DataFrame(schema={"mal_id": pl.Int64, "failure": pl.String})
+    )
+    joined = (
+        t.join(s, on="mal_id", how="left").join(f, on="mal_id", how="left").join(failed, on="mal_id", how="left")
+        .sort("mal_id")
+    )
     has_synopsis = pl.col("synopsis").is_not_null()
     has_frames = pl.col("frames_path").is_not_null()
+    no_frames = (
+        pl.when(pl.col("failure").is_not_null())
+        .then(pl.lit(REASON_NO_FRAMES + " (") + pl.col("failure") + pl.lit(")"))
+        .otherwise(pl.lit(REASON_NO_FRAMES))
+    )
 
     excluded = (
         joined.filter(~has_synopsis | ~has_frames)
         .select(
             "mal_id",
+            "name",
             pl.concat_str(
                 pl.when(~has_synopsis).then(pl.lit(REASON_NO_SYNOPSIS)),
-                pl.when(~has_frames).then(pl.lit(REASON_NO_FRAMES)),
+                pl.when(~has_frames).then(no_frames),
                 separator="; ",
                 ignore_nulls=True,
             ).alias("reason"),

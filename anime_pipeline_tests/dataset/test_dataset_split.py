@@ -11,6 +11,7 @@ from anime_pipeline.dataset.split import (
     assign_split,
     build_samples,
     content_hash,
+    read_media_failures,
     split_stats,
     write_split,
 )
@@ -105,9 +106,9 @@ def test_build_samples_join_exclusions_and_schema():
     assert res.train["name"][0] == "Title 1"
     assert res.train["frames_path"][0] == "frames/mal_id=1/part-0.parquet"
     assert res.excluded.to_dicts() == [
-        {"mal_id": 3, "reason": REASON_NO_FRAMES},
-        {"mal_id": 4, "reason": REASON_NO_SYNOPSIS},
-        {"mal_id": 5, "reason": f"{REASON_NO_SYNOPSIS}; {REASON_NO_FRAMES}"},
+        {"mal_id": 3, "name": "Title 3", "reason": REASON_NO_FRAMES},
+        {"mal_id": 4, "name": "Title 4", "reason": REASON_NO_SYNOPSIS},
+        {"mal_id": 5, "name": "Title 5", "reason": f"{REASON_NO_SYNOPSIS}; {REASON_NO_FRAMES}"},
     ]
     assert check_samples_well_formed(res.train).ok
 
@@ -156,3 +157,38 @@ def test_write_split_atomic_and_hash(tmp_path):
     other = build_samples(make_titles(ids), make_synopses(ids), make_shards(ids), val_fraction=0.5)
     write_split(other, tmp_path / "splits")
     assert content_hash(paths.values()) != h1
+
+
+def _write_error(path, record):
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(record if isinstance(record, str) else json.dumps(record))
+
+
+def test_media_failures_recorded_in_error_json_explain_the_exclusion(tmp_path):
+    """The media assets write `error.json` for a failed episode / shard; the split reads it, so the excluded
+    table says which titles were left out and why."""
+    _write_error(tmp_path / "episodes" / "2" / "error.json",
+                 {"mal_id": 2, "stage": "episodes", "source": "local", "error": "no video file for MAL id 2 in /v"})
+    _write_error(tmp_path / "frames" / "mal_id=3" / "error.json",
+                 {"mal_id": 3, "stage": "frame_shards", "error": "decoder timed out\nafter 60 s"})
+    _write_error(tmp_path / "episodes" / "4" / "error.json", "{not json")
+    failures = read_media_failures(tmp_path, [1, 2, 3, 4, 5])
+    assert failures["mal_id"].to_list() == [2, 3, 4]
+
+    ids = [1, 2, 3, 4, 5]
+    res = build_samples(make_titles(ids), make_synopses(ids), make_shards([1, 5]), val_fraction=0.0,
+                        failures=failures)
+    reasons = dict(zip(res.excluded["mal_id"], res.excluded["reason"]))
+    assert reasons[2] == f"{REASON_NO_FRAMES} (episodes failed: no video file for MAL id 2 in /v)"
+    assert reasons[3] == f"{REASON_NO_FRAMES} (frame_shards failed: decoder timed out after 60 s)"
+    assert reasons[4].startswith(f"{REASON_NO_FRAMES} (episodes failed: unreadable ") and "error.json" in reasons[4]
+    assert res.train["mal_id"].to_list() == [1, 5]
+
+
+def test_a_failure_record_never_hides_a_complete_shard(tmp_path):
+    _write_error(tmp_path / "episodes" / "1" / "error.json", {"stage": "episodes", "error": "old failure"})
+    res = build_samples(make_titles([1]), make_synopses([1]), make_shards([1]), val_fraction=0.0,
+                        failures=read_media_failures(tmp_path, [1]))
+    assert res.train["mal_id"].to_list() == [1] and res.excluded.height == 0
