@@ -13,7 +13,8 @@ directory is configured) with:
   later); `HttpClient` retries it itself, with the same backoff, while the call has sent at most
   `total_retries` requests.
 * a per-host sliding-window rate limiter (`RateLimiter`) applied to every request that goes to
-  the network, retries included. Cache hits cost nothing.
+  the network, retries included. Cache hits cost nothing. (pyrate-limiter was tried and dropped: it
+  waits with its own `time.sleep`, so neither the injected clock nor a bounded wait can reach it.)
 * a disk cache (sqlite) that also stores POST responses, keyed on the JSON body, so
   re-materialising an asset does not refetch. Only HTTP 200 JSON documents without GraphQL
   `errors` are cached, serialised as JSON (never pickle: the cache file is untrusted input).

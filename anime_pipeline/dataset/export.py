@@ -44,10 +44,10 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
+from huggingface_hub import DatasetCard, DatasetCardData
 
-from anime_pipeline.dataset.split import file_sha256
-from anime_pipeline.paths import atomic_path, within
+from anime_pipeline.markdown import md_table as _md_table
+from anime_pipeline.paths import atomic_path, file_sha256, within
 
 FORMAT_VERSION = 1  # bump when ARROW_SCHEMA / HF_FEATURES / writer options change: forces a rewrite
 DEFAULT_SHARD_TARGET_BYTES = 500_000_000
@@ -279,14 +279,6 @@ def _size_category(n: int) -> str:
     return "1M<n<10M"
 
 
-def _md_table(header: list[str], rows: list[list[Any]]) -> str:
-    def cell(x: Any) -> str:
-        return str("–" if x is None else x).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows])
-
-
 def _counts_table(counter: Counter, label: str) -> str:
     return _md_table([label, "titles"], [[k or "unknown", v] for k, v in sorted(counter.items(), key=lambda x: (str(x[0])))])
 
@@ -301,25 +293,22 @@ def render_dataset_card(
 ) -> str:
     all_rows = [r for rows in planned.values() for r in rows]
     n_total = len(all_rows)
-    front = {
-        "pretty_name": pretty_name,
-        "license": "other",
-        "license_name": "third-party-content",
-        "task_categories": ["video-text-to-text", "image-to-text"],
-        "language": ["en", "ru"],
-        "tags": ["anime", "video-captioning", "synopsis", "anime_pipeline"],
-        "size_categories": [_size_category(n_total)],
-        "configs": [
+    card_data = DatasetCardData(
+        pretty_name=pretty_name,
+        license="other",
+        license_name="third-party-content",
+        task_categories=["video-text-to-text", "image-to-text"],
+        language=["en", "ru"],
+        tags=["anime", "video-captioning", "synopsis", "anime_pipeline"],
+        size_categories=[_size_category(n_total)],
+        configs=[
             {
                 "config_name": "default",
                 "default": True,
-                "data_files": [
-                    {"split": hf, "path": f"{DATA_DIR}/{hf}-*.parquet"} for hf in planned
-                ],
+                "data_files": [{"split": hf, "path": f"{DATA_DIR}/{hf}-*.parquet"} for hf in planned],
             }
         ],
-    }
-    header = yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip()
+    )
     counts = _md_table(
         ["split", "titles (rows)", "frames"],
         [[hf, len(rows), sum(len(r.text["frame_timestamps_s"]) for r in rows)] for hf, rows in planned.items()]
@@ -365,7 +354,6 @@ def render_dataset_card(
         "and adding titles never moves another title across splits."
     )
     sections = [
-        f"---\n{header}\n---",
         f"# {pretty_name}",
         "## Purpose\n\nVideo captioning research: each row pairs frames from the first episode of an anime with "
         "the human-written synopsis of the series, plus catalog metadata and a ready-made prompt. It was "
@@ -392,7 +380,8 @@ def render_dataset_card(
         + "\n\nCatalog sources:\n\n" + _counts_table(catalogs, "catalog"),
         f"## Versions\n\n{versions_table}",
     ]
-    return "\n\n".join(sections) + "\n"
+    card = DatasetCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
+    return str(card)
 
 
 # ---------------------------------------------------------------------------------------------------- export

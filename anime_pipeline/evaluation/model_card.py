@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from anime_pipeline.markdown import md_table as _table
 from anime_pipeline.paths import atomic_path
 
 TAGS = ["lora", "smolvlm2", "video-captioning", "anime_pipeline"]
@@ -85,16 +86,6 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _metric_keys(info: ModelCardInfo) -> list[str]:

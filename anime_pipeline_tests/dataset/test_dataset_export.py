@@ -169,6 +169,10 @@ def test_export_loads_with_datasets(world):
     assert "video-text-to-text" in meta["task_categories"]
     splits = {f["split"]: f["path"] for f in meta["configs"][0]["data_files"]}
     assert splits == {"train": "data/train-*.parquet", "validation": "data/validation-*.parquet"}
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard.load(dest / "README.md")  # the Hub's own parser reads the card and its metadata
+    assert card.data.pretty_name and card.data.license == "other" and card.data.to_dict()["configs"] == meta["configs"]
     body = (dest / "README.md").read_text(encoding="utf-8")
     assert f"| train | {res.train.height} | {res.train.height * FRAMES_PER_TITLE} |" in body
     assert "| jikan |" in body and "| mal |" in body and "abc123" in body and "31172a8" in body
