@@ -57,6 +57,9 @@ class VideoProbe:
     container: str = ""
     num_frames: int | None = None  # from the container header when present
     start_time_s: float = 0.0
+    # width/height of one pixel as displayed (anamorphic DVD: 32/27, 64/45); None: not recorded (an older
+    # probe.json), then the decoder reads it from the stream
+    sample_aspect_ratio: float | None = 1.0
 
     def as_metadata(self) -> dict[str, Any]:
         """Plain JSON-able values (for Dagster metadata / logs)."""
@@ -115,6 +118,7 @@ class VideoProbe:
             container=str(meta.get("container") or ""),
             num_frames=nb,
             start_time_s=_float(meta.get("start_time_s")) or 0.0,
+            sample_aspect_ratio=_float(meta.get("sample_aspect_ratio")) or None,
         )
         if width <= 0 or height <= 0:
             raise bad(f"frame size {width}x{height}")
@@ -135,6 +139,15 @@ def _rate(text: str | None) -> float:
     except (ValueError, ZeroDivisionError):
         return 0.0
     return float(value) if value > 0 else 0.0
+
+
+def _ratio(text: Any) -> float:
+    """ffprobe's `sample_aspect_ratio` ("32:27") as a float; 1.0 (square pixels) when absent or "0:1"."""
+    try:
+        num, den = (int(x) for x in str(text).split(":"))
+    except (TypeError, ValueError):
+        return 1.0
+    return num / den if num > 0 and den > 0 else 1.0
 
 
 def _float(value: Any) -> float | None:
@@ -242,4 +255,5 @@ def probe_video(path: Path | str, *, sha256: bool = True, check_vfr: bool = True
         container=str(fmt.get("format_name") or ""),
         num_frames=int(nb) if str(nb or "").isdigit() else None,
         start_time_s=_float(v.get("start_time")) or 0.0,
+        sample_aspect_ratio=_ratio(v.get("sample_aspect_ratio")),
     )

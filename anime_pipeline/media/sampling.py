@@ -21,6 +21,8 @@ Which frame a timestamp gives
       keyframe already taken) the exact frame at t is used. So keyframe mode returns as many frames as
       exact mode, and where keyframes are sparser than samples it decodes about what exact mode decodes.
       The container index (MP4/MOV) tells which samples can take a keyframe without seeking at all.
+      A keyframe outside the sampled window [skip_s, duration - skip_s] is never taken (openings start
+      black): such a sample gets the exact frame at its target instead.
     A frame is never returned twice: where several timestamps map to the same frame (a clip with fewer
     frames than samples) only the first is kept, so fewer frames than planned may come back. The returned
     `timestamp_s` is the frame's own start time (relative to the stream start), strictly increasing and
@@ -34,25 +36,39 @@ Decoders
     only for variable-frame-rate files and other containers (decord mis-seeks MPEG-TS by a GOP).
 
 Time limit
-    With `timeout_s` set (the default) decoding runs in a separate Python process
-    (`python -m anime_pipeline.media._worker`, request and result pickled over its stdin/stdout). If it
-    has not answered after `timeout_s` seconds it is killed and `MediaError` is raised; a decoder crash
-    (segfault on a corrupt file) also ends as `MediaError` instead of taking the caller down. A thread
-    could not be stopped once stuck inside a C decoder, and a plain subprocess (unlike multiprocessing)
-    does not re-import the caller's `__main__` and works from daemonic processes. `timeout_s=None`
-    decodes in the calling process (no protection; used by fast unit tests).
+    With `timeout_s` set (the default) decoding runs in a separate, long-lived Python process
+    (`python -m anime_pipeline.media._worker`, framed pickles over its stdin/stdout), reused from episode
+    to episode, so an episode pays neither an interpreter start nor the PyAV/PIL imports
+    (`prestart_worker()` starts one while the caller probes). If it has not answered after `timeout_s`
+    seconds it is killed with its process group and `MediaError` is raised; a decoder crash (segfault on a
+    corrupt file) also ends as `MediaError` instead of taking the caller down; the next episode gets a
+    fresh worker. A thread could not be stopped once stuck inside a C decoder, and a plain subprocess
+    (unlike multiprocessing) does not re-import the caller's `__main__` and works from daemonic processes.
+    `timeout_s=None` decodes in the calling process (no protection; used by fast unit tests).
+
+Output size
+    Frames are stored at their display aspect: a non-square sample aspect ratio (anamorphic DVD rips,
+    720x480 SAR 32:27) is applied, then the longest side is fitted to `max_side` (`display_size`). PyAV
+    scales inside the pixel-format conversion (swscale, `frame.to_image(width=, height=)`), one pass with
+    no full-size RGB copy; decord's frames are resized with PIL.
 """
 
 from __future__ import annotations
 
+import atexit
 import bisect
 import math
 import os
-import re
 import pickle
+import re
+import selectors
 import signal
+import struct
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -111,13 +127,21 @@ class SampledFrame:
 
 
 # --------------------------------------------------------------------------------------------- plan
-def plan_timestamps(duration_s: float, cfg: SamplingConfig) -> list[float]:
-    """Target timestamps (seconds, strictly increasing, inside (0, duration)); see the module docstring."""
+def plan_window(duration_s: float, cfg: SamplingConfig) -> tuple[float, float]:
+    """The sampled window [skip_s, duration - skip_s], or [0, duration] for a clip too short to skip.
+
+    Every returned frame starts inside it: targets lie strictly inside, and keyframe mode takes a keyframe
+    only when it lies inside too (else the exact frame at the target)."""
     if not (isinstance(duration_s, (int, float)) and math.isfinite(duration_s) and duration_s > 0):
         raise ValueError(f"duration must be a positive number of seconds, got {duration_s!r}")
-    start, end = cfg.skip_s, duration_s - cfg.skip_s
     if duration_s <= 2 * cfg.skip_s:  # too short to skip anything: sample the whole clip
-        start, end = 0.0, float(duration_s)
+        return 0.0, float(duration_s)
+    return float(cfg.skip_s), float(duration_s - cfg.skip_s)
+
+
+def plan_timestamps(duration_s: float, cfg: SamplingConfig) -> list[float]:
+    """Target timestamps (seconds, strictly increasing, inside (0, duration)); see the module docstring."""
+    start, end = plan_window(duration_s, cfg)
     span = end - start
     if cfg.strategy == "uniform":
         n = cfg.num_frames
@@ -151,6 +175,16 @@ def resize_max_side(img: Image.Image, max_side: int) -> Image.Image:
     return img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
 
+def display_size(width: int, height: int, sar: float | None, max_side: int) -> tuple[int, int]:
+    """Output size of a `width`x`height` frame with sample aspect ratio `sar`: its display size (width * sar by
+    height, so anamorphic 720x480 SAR 32:27 shows at 853x480), then the longest side at most `max_side`.
+    Not upscaled beyond the display size; `sar` None, 0 or non-finite means square pixels."""
+    dw = float(width) * sar if sar and math.isfinite(sar) and sar > 0 else float(width)
+    dh = float(height)
+    scale = min(1.0, max_side / max(dw, dh))
+    return max(1, round(dw * scale)), max(1, round(dh * scale))
+
+
 def _pick_nearest(candidates: list[float], t: float) -> int:
     """Index of the candidate nearest to t (ties: the earlier one)."""
     best = 0
@@ -162,9 +196,12 @@ def _pick_nearest(candidates: list[float], t: float) -> int:
 
 # ------------------------------------------------------------------------------------------ decord
 def _decode_decord(
-    path: str, targets: list[float], mode: str, max_side: int, frame_pixels: int
+    path: str, targets: list[float], mode: str, max_side: int, frame_pixels: int,
+    window: tuple[float, float] | None = None, sar: float | None = None,
 ) -> list[tuple[float, Image.Image]]:
     import decord
+
+    lo, hi = window or (-math.inf, math.inf)
 
     vr = decord.VideoReader(path, ctx=decord.cpu(0))
     n = len(vr)
@@ -191,8 +228,8 @@ def _decode_decord(
             cands = [keys[k] for k in (j, j + 1) if 0 <= k < len(keys)]
             i = cands[_pick_nearest([starts[c] for c in cands], t)]
             nxt = exact_index(targets[pos + 1]) if pos + 1 < len(targets) else n
-            if (indices and i <= indices[-1]) or i >= nxt:  # taken, or it would take the next sample's frame
-                i = exact_index(t)
+            if (indices and i <= indices[-1]) or i >= nxt or not lo - _EPS <= starts[i] <= hi + _EPS:
+                i = exact_index(t)  # taken, the next sample's frame, or outside the window: the exact frame
             if not indices or i > indices[-1]:
                 indices.append(i)
     out: list[tuple[float, Image.Image]] = []
@@ -201,7 +238,11 @@ def _decode_decord(
         chunk = indices[k : k + per_batch]
         arr = vr.get_batch(chunk).asnumpy()
         for i, frame in zip(chunk, arr):
-            out.append((starts[i], resize_max_side(Image.fromarray(frame, "RGB"), max_side)))
+            img = Image.fromarray(frame, "RGB")
+            size = display_size(img.width, img.height, sar, max_side)
+            if size != img.size:
+                img = img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+            out.append((starts[i], img))
     return out
 
 
@@ -221,6 +262,8 @@ class _PyAVReader:
         self.origin = float(s.start_time * s.time_base) if s.start_time is not None else 0.0
         rate = float(s.average_rate or s.guessed_rate or 0) or 1.0
         self.frame_s = 1.0 / rate  # nominal frame duration
+        ratio = s.codec_context.sample_aspect_ratio or s.sample_aspect_ratio
+        self.sar = float(ratio) if ratio else None  # sample aspect ratio (None: square pixels / unknown)
         self.max_gap = max(1.0, 4.0 / rate)  # a frame "on screen" at t must start this close before t
         self._index_keys: list[float] | None = None  # keyframe times from the container index (approximate)
         self.bracket: tuple[float, float] | None = None  # consecutive keyframes seen by the last keyframe_near
@@ -405,6 +448,20 @@ class _PyAVReader:
         return self.cur
 
 
+# swscale's scaler for the RGB conversion that also resizes (bicubic: sharper than the default bilinear
+# for 2.5x downscales, same cost within noise; see docs/BENCHMARKS.md)
+_SWS_INTERPOLATION = "BICUBIC"
+
+
+def _to_image(frame, sar: float | None, max_side: int) -> Image.Image:
+    """The frame as an RGB image at its display size fitted to `max_side`, scaled by swscale inside the
+    pixel-format conversion (one pass; no full-size RGB copy, no PIL resize)."""
+    w, h = display_size(frame.width, frame.height, sar, max_side)
+    if (w, h) == (frame.width, frame.height):
+        return frame.to_image()
+    return frame.to_image(width=w, height=h, interpolation=_SWS_INTERPOLATION)
+
+
 def _is_attached_pic(stream) -> bool:
     try:
         import av
@@ -415,9 +472,13 @@ def _is_attached_pic(stream) -> bool:
 
 
 def _decode_pyav(
-    path: str, targets: list[float], mode: str, max_side: int, frame_pixels: int = 0
+    path: str, targets: list[float], mode: str, max_side: int, frame_pixels: int = 0,
+    window: tuple[float, float] | None = None, sar: float | None = None,
 ) -> list[tuple[float, Image.Image]]:
     reader = _PyAVReader(path)
+    lo, hi = window or (-math.inf, math.inf)
+    if sar is None:
+        sar = reader.sar
     try:
         out: list[tuple[float, Image.Image]] = []
         last = -math.inf
@@ -429,8 +490,10 @@ def _decode_pyav(
                 nxt = targets[pos + 1] if pos + 1 < len(targets) else math.inf
 
                 def fits(k: float, slack: float = 0.0) -> bool:
-                    # after the previous sample's frame, and before the frame on screen at the next target
-                    return k > last + _EPS - slack and k + reader.frame_s <= nxt + _EPS + slack
+                    # after the previous sample's frame, before the frame on screen at the next target, and
+                    # inside the sampled window (skip_s honoured at both ends)
+                    return (k > last + _EPS - slack and k + reader.frame_s <= nxt + _EPS + slack
+                            and lo - _EPS - slack <= k <= hi + _EPS + slack)
 
                 hint = reader.key_hint(t)
                 frame = None
@@ -446,7 +509,7 @@ def _decode_pyav(
                     frame = reader.exact(t)
             ts = reader._time(frame)
             if ts > last + _EPS:
-                out.append((ts, resize_max_side(frame.to_image(), max_side)))
+                out.append((ts, _to_image(frame, sar, max_side)))
                 last = ts
         return out
     finally:
@@ -482,13 +545,18 @@ def decode_targets(
     duration_s: float,
     frame_pixels: int = 1920 * 1080,
     container: str = "",
+    window: tuple[float, float] | None = None,
+    sar: float | None = None,
 ) -> list[tuple[float, Image.Image]]:
-    """Decode the frames for `targets` (in this process); MediaError when no backend can."""
+    """Decode the frames for `targets` (in this process); MediaError when no backend can.
+
+    `window`: (start, end) seconds a keyframe must lie in (`plan_window`); `sar`: the sample aspect ratio
+    from the probe (None: read from the stream by PyAV, square pixels for decord)."""
     errors = []
     for name in _backends(decoder, mode, vfr, container):
         fn = _decode_decord if name == "decord" else _decode_pyav
         try:
-            frames = fn(path, targets, mode, max_side, frame_pixels)
+            frames = fn(path, targets, mode, max_side, frame_pixels, window, sar)
         except Exception as e:  # any decoder failure: try the next backend
             msg = str(e).replace(f"{path}: ", "").strip()[:300]
             errors.append(f"{name}: {msg}" if isinstance(e, MediaError) else f"{name}: {type(e).__name__}: {msg}")
@@ -514,15 +582,6 @@ def _worker_argv() -> list[str]:
     return [sys.executable, "-m", "anime_pipeline.media._worker"]
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    """Kill the worker and its process group (it was started in a new session), then reap it."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:
-        proc.kill()
-    proc.communicate()
-
-
 _SECRET_ENV = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|CLIENT_ID|API_KEY|ACCESS_KEY|^AWS_|^MAL_)", re.I)
 
 
@@ -531,39 +590,227 @@ def worker_env(environ) -> dict[str, str]:
     return {k: v for k, v in environ.items() if not _SECRET_ENV.search(k)}
 
 
-def run_worker(job: dict, *, timeout_s: float, what: str, argv: list[str] | None = None) -> Any:
-    """Run `job` in a worker process (see the module docstring); MediaError on timeout, crash or failure."""
-    import anime_pipeline
+_HEADER = struct.Struct(">Q")
+_MAX_REPLY = 1 << 31  # bytes; a longer announced reply is garbage
+_MAX_JOBS = 256  # a worker is replaced after this many jobs (bounds memory growth in native libraries)
+_IDLE_KEPT = 2  # idle workers kept per process
 
-    env = worker_env(os.environ)
-    pkg_root = str(Path(anime_pipeline.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("OMP_NUM_THREADS", "2")
-    env["ANIME_PIPELINE_WORKER_PARENT"] = str(os.getpid())  # the worker dies with us (see _worker.py)
-    proc = subprocess.Popen(
-        argv or _worker_argv(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(pickle.dumps(job), timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        _kill(proc)
-        raise MediaError(f"{what}: decoding did not finish within {timeout_s:g} s; the decoder was stopped") from None
-    except BaseException:
-        _kill(proc)
-        raise
-    try:
-        status, payload = pickle.loads(out)
-    except Exception:
-        tail = err.decode("utf-8", "replace").strip()[-500:]
-        raise MediaError(f"{what}: the decoder process died (exit code {proc.returncode}): {tail}") from None
-    if status == "ok":
-        return payload
-    raise MediaError(payload)
+
+class _WorkerDied(Exception):
+    def __init__(self, returncode: int | None, stderr_tail: str, *, before_reply: bool):
+        super().__init__(stderr_tail)
+        self.returncode, self.stderr_tail, self.before_reply = returncode, stderr_tail, before_reply
+
+
+class DecoderWorker:
+    """One long-lived decoding process (`python -m anime_pipeline.media._worker`, see its docstring).
+
+    `request(raw, timeout_s)` sends one framed message and waits at most `timeout_s` seconds for the framed
+    reply; past the limit the worker and its process group are killed (`TimeoutError`); a worker that dies
+    or answers garbage raises `_WorkerDied`. Its stderr goes to an unlinked temp file (never a pipe that
+    could fill up and block it), read back only for the message when it dies.
+    """
+
+    def __init__(self, argv: list[str]):
+        import anime_pipeline
+
+        self.argv = list(argv)
+        self.jobs = 0
+        env = worker_env(os.environ)
+        pkg_root = str(Path(anime_pipeline.__file__).resolve().parents[1])
+        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env.setdefault("OMP_NUM_THREADS", "2")
+        env["ANIME_PIPELINE_WORKER_PARENT"] = str(os.getpid())  # the worker dies with us (see _worker.py)
+        self._stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=env,
+            start_new_session=True,
+            bufsize=0,
+        )
+        self.pid_owner = os.getpid()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """Kill the worker and its process group (it was started in a new session), then reap it."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except OSError:
+            try:
+                self.proc.kill()
+            except OSError:
+                pass
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover (SIGKILL of a non-zombie)
+            pass
+        self._stderr.close()
+
+    close = kill
+
+    def _stderr_tail(self) -> str:
+        try:
+            self._stderr.seek(0, os.SEEK_END)
+            size = self._stderr.tell()
+            self._stderr.seek(max(0, size - 2000))
+            return self._stderr.read().decode("utf-8", "replace").strip()[-500:]
+        except (OSError, ValueError):
+            return ""
+
+    def _died(self, *, before_reply: bool) -> _WorkerDied:
+        try:
+            code = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+        tail = self._stderr_tail()
+        self.kill()
+        return _WorkerDied(code, tail, before_reply=before_reply)
+
+    def request(self, raw: bytes, timeout_s: float) -> bytes:
+        deadline = time.monotonic() + timeout_s
+        try:  # a fresh stderr for this job (the worker's offset is shared with ours: it writes from 0 again)
+            self._stderr.seek(0)
+            self._stderr.truncate()
+        except OSError:
+            pass
+        try:
+            self.proc.stdin.write(_HEADER.pack(len(raw)) + raw)
+        except (BrokenPipeError, OSError, ValueError):
+            raise self._died(before_reply=True) from None
+        self.jobs += 1
+        fd = self.proc.stdout.fileno()
+        header = self._read(fd, _HEADER.size, deadline, first=True)
+        (n,) = _HEADER.unpack(header)
+        if n > _MAX_REPLY:
+            raise self._died(before_reply=False)
+        return self._read(fd, n, deadline, first=False)
+
+    def _read(self, fd: int, n: int, deadline: float, *, first: bool) -> bytes:
+        chunks, got = [], 0
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while got < n:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    self.kill()
+                    raise TimeoutError
+                chunk = os.read(fd, min(n - got, 1 << 22))
+                if not chunk:
+                    raise self._died(before_reply=first and got == 0)
+                chunks.append(chunk)
+                got += len(chunk)
+        return b"".join(chunks)
+
+
+class _WorkerPool:
+    """Idle decoder workers of this process, by argv (a worker started before a fork is never reused in the
+    child). Thread-safe: a worker serves one caller at a time; more concurrent callers start more workers."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._idle: list[DecoderWorker] = []
+        self._pid = os.getpid()
+
+    def _mine(self) -> None:
+        if self._pid != os.getpid():  # forked: the parent's workers are not ours to use or kill
+            self._idle, self._pid = [], os.getpid()
+            self._lock = threading.Lock()
+
+    def take(self, argv: list[str]) -> tuple[DecoderWorker, bool]:
+        """(a worker, whether it served a job before)."""
+        self._mine()
+        with self._lock:
+            for i, w in enumerate(self._idle):
+                if w.argv == argv:
+                    del self._idle[i]
+                    if w.alive():
+                        return w, w.jobs > 0
+                    w.kill()
+                    break
+        return DecoderWorker(argv), False
+
+    def give(self, w: DecoderWorker) -> None:
+        self._mine()
+        if w.pid_owner != os.getpid() or not w.alive() or w.jobs >= _MAX_JOBS:
+            if w.pid_owner == os.getpid():
+                w.kill()
+            return
+        with self._lock:
+            self._idle.append(w)
+            extra = self._idle[:-_IDLE_KEPT] if len(self._idle) > _IDLE_KEPT else []
+            self._idle = self._idle[len(extra):]
+        for old in extra:
+            old.kill()
+
+    def prestart(self, argv: list[str]) -> None:
+        """Start a worker now (its interpreter start and imports overlap with the caller's probing)."""
+        self._mine()
+        with self._lock:
+            if any(w.argv == argv and w.alive() for w in self._idle):
+                return
+        self.give(DecoderWorker(argv))
+
+    def close(self) -> None:
+        self._mine()
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for w in idle:
+            w.kill()
+
+
+_POOL = _WorkerPool()
+atexit.register(_POOL.close)
+
+
+def prestart_worker() -> None:
+    """Start a decoder worker in the background if none is idle (see `_WorkerPool.prestart`)."""
+    _POOL.prestart(_worker_argv())
+
+
+def close_workers() -> None:
+    """Stop this process's idle decoder workers (they also exit on their own when idle or orphaned)."""
+    _POOL.close()
+
+
+def run_worker(job: dict, *, timeout_s: float, what: str, argv: list[str] | None = None) -> Any:
+    """Run `job` in a decoder worker (reused across episodes; see the module docstring); MediaError on timeout,
+    crash or failure. A reused worker found dead before it answered (e.g. killed with the thread that
+    started it, PR_SET_PDEATHSIG) is replaced once; a timeout is never retried."""
+    argv = list(argv or _worker_argv())
+    raw_job = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+    for attempt in (1, 2):
+        worker, reused = _POOL.take(argv)
+        try:
+            raw = worker.request(raw_job, timeout_s)
+        except TimeoutError:
+            raise MediaError(f"{what}: decoding did not finish within {timeout_s:g} s; the decoder was stopped") from None
+        except _WorkerDied as e:
+            if reused and attempt == 1 and e.before_reply and e.returncode == -signal.SIGKILL:
+                continue
+            raise MediaError(f"{what}: the decoder process died (exit code {e.returncode}): {e.stderr_tail}") from None
+        except BaseException:
+            worker.kill()
+            raise
+        try:
+            status, payload = pickle.loads(raw)
+        except Exception:
+            worker.kill()
+            raise MediaError(f"{what}: the decoder process died (exit code None): unreadable reply") from None
+        _POOL.give(worker)
+        if status == "ok":
+            return payload
+        raise MediaError(payload)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def sample_frames(path: Path | str, cfg: SamplingConfig | None = None, probe: VideoProbe | None = None) -> list[SampledFrame]:
@@ -583,6 +830,8 @@ def sample_frames(path: Path | str, cfg: SamplingConfig | None = None, probe: Vi
         duration_s=probe.duration_s,
         frame_pixels=probe.width * probe.height,
         container=probe.container,
+        window=plan_window(probe.duration_s, cfg),
+        sar=probe.sample_aspect_ratio,
     )
     if cfg.timeout_s is None:
         frames = decode_targets(**job)

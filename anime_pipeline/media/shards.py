@@ -20,7 +20,7 @@ from anime_pipeline.schemas import FRAMES
 
 from .errors import MediaError
 from .probe import VideoProbe, probe_video
-from .sampling import SampledFrame, SamplingConfig, sample_frames
+from .sampling import SampledFrame, SamplingConfig, prestart_worker, sample_frames
 
 SHARD_COMPRESSION = "zstd"
 
@@ -154,6 +154,9 @@ def extract_frame_shard(
     probed or hashed again. Otherwise (no probe, no sha256, or the file's size changed since) the file is
     probed with ffprobe and hashed.
     """
+    cfg = cfg or SamplingConfig()
+    if cfg.timeout_s is not None:
+        prestart_worker()  # the decoder worker starts while the file is probed / hashed
     if probe is not None and probe.sha256:
         try:
             size = Path(video_path).stat().st_size
@@ -163,7 +166,7 @@ def extract_frame_shard(
             probe = None  # the file changed since it was probed: its recorded sha256 is stale
     if probe is None or not probe.sha256:
         probe = probe_video(video_path)
-    frames = sample_frames(video_path, cfg or SamplingConfig(), probe)
+    frames = sample_frames(video_path, cfg, probe)
     if not frames:
         raise MediaError(f"{video_path}: no frames could be sampled", path=video_path)
     return write_frame_shard(

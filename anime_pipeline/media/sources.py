@@ -48,6 +48,7 @@ from anime_pipeline.paths import UnsafePathError, atomic_path, safe_component, w
 from .demo_video import render_demo_episode
 from .errors import MediaError
 from .probe import VIDEO_EXTENSIONS, VideoProbe, probe_video
+from .redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -137,88 +138,139 @@ def validate_url(url: Any) -> str:
     """Return the URL if it is an absolute http(s) URL yt-dlp may fetch; MediaError otherwise.
 
     Refused: other schemes (file:, ftp:, data:, javascript:, ...), option-like strings ("-..."), local or
-    relative paths, whitespace/control characters, missing host, credentials in the URL.
+    relative paths, whitespace/control characters, missing host, credentials in the URL. Messages show the
+    URL redacted (`redact.redact_url`: no userinfo, no secret query values).
     """
     if not isinstance(url, str) or not url.strip():
-        raise MediaError(f"URL {url!r}: empty or not text")
+        raise MediaError(f"URL {redact_url(url)!r}: empty or not text")
     url = url.strip()
+    shown = redact_url(url)
     if url.startswith("-"):
-        raise MediaError(f"URL {url!r}: looks like a command-line option, refused")
+        raise MediaError(f"URL {shown!r}: looks like a command-line option, refused")
     if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
-        raise MediaError(f"URL {url!r}: contains whitespace or control characters")
+        raise MediaError(f"URL {shown!r}: contains whitespace or control characters")
     try:
         parts = urllib.parse.urlsplit(url)
         host = parts.hostname
         parts.port  # noqa: B018  (raises ValueError on a bad port)
     except ValueError as e:
-        raise MediaError(f"URL {url!r}: not a valid URL ({e})") from None
+        raise MediaError(f"URL {shown!r}: not a valid URL ({redact_text(e)})") from None
     scheme = parts.scheme.lower()
     if scheme not in ALLOWED_URL_SCHEMES:
         what = f"scheme {scheme!r}" if scheme else "no scheme (a local or relative path?)"
-        raise MediaError(f"URL {url!r}: {what} is not allowed, only http and https")
+        raise MediaError(f"URL {shown!r}: {what} is not allowed, only http and https")
     if not host:
-        raise MediaError(f"URL {url!r}: no host")
+        raise MediaError(f"URL {shown!r}: no host")
     if parts.username or parts.password:
-        raise MediaError(f"URL {url!r}: credentials in URLs are not supported")
+        raise MediaError(f"URL {shown!r}: credentials in URLs are not supported (userinfo redacted here)")
     return url
 
 
 # ----------------------------------------------------------------------------------------- manifest
+class _RowProblem(ValueError):
+    """One manifest row is unusable (the reason, without the file and row prefix)."""
+
+
+@dataclass(frozen=True)
+class InvalidRow:
+    row: int  # 1-based data row (CSV: line number; YAML: entry number)
+    reason: str  # secrets redacted
+    mal_id: int | None = None  # when the row's MAL id itself was readable
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"row": self.row, "mal_id": self.mal_id, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class ManifestReport:
+    """Every row of a manifest, sorted into usable rows and invalid ones (each with its row and reason)."""
+
+    path: Path
+    rows: tuple[ManifestRow, ...]
+    invalid: tuple[InvalidRow, ...]
+
+    def row_for(self, mal_id: int, episode: int = 1) -> ManifestRow | None:
+        for row in self.rows:
+            if row.mal_id == mal_id and row.episode == episode:
+                return row
+        return None
+
+    def invalid_for(self, mal_id: int) -> list[InvalidRow]:
+        return [r for r in self.invalid if r.mal_id == mal_id]
+
+    def describe_invalid(self, limit: int = 20) -> str:
+        shown = "; ".join(f"row {r.row}: {r.reason}" for r in self.invalid[:limit])
+        more = f"; ... and {len(self.invalid) - limit} more" if len(self.invalid) > limit else ""
+        return shown + more
+
+
 def _manifest_error(path: Path, row: int | None, msg: str) -> MediaError:
     where = f"{path}: row {row}" if row else str(path)
     return MediaError(f"{where}: {msg}", path=path)
 
 
+def _row_mal_id(keys: dict[str, Any]) -> int | None:
+    raw_id = keys.get("mal_id")
+    if raw_id is None or isinstance(raw_id, (bool, dict, list)):
+        return None
+    try:
+        return normalize_mal_id(raw_id if isinstance(raw_id, int) else str(raw_id))
+    except MediaError:
+        return None
+
+
 def _parse_row(path: Path, n: int, raw: dict[str, Any]) -> ManifestRow:
+    """One row; `_RowProblem` (reason only, secrets redacted) when it is unusable."""
     keys = {str(k).strip().lower(): v for k, v in raw.items() if k is not None}
     unknown = sorted(set(keys) - MANIFEST_COLUMNS)
     if unknown:
-        raise _manifest_error(path, n, f"unknown column(s) {unknown}; allowed: {sorted(MANIFEST_COLUMNS)}")
+        raise _RowProblem(f"unknown column(s) {unknown}; allowed: {sorted(MANIFEST_COLUMNS)}")
 
     def text(name: str) -> str | None:
         v = keys.get(name)
         if v is None:
             return None
         if isinstance(v, (dict, list)):
-            raise _manifest_error(path, n, f"{name} must be text, got {type(v).__name__}")
+            raise _RowProblem(f"{name} must be text, got {type(v).__name__}")
         v = str(v).strip()
         return v or None
 
     raw_id = keys.get("mal_id")
     if raw_id is None or (isinstance(raw_id, str) and not raw_id.strip()):
-        raise _manifest_error(path, n, "mal_id is missing")
-    try:
-        mal_id = normalize_mal_id(raw_id if isinstance(raw_id, int) else str(raw_id))
-    except MediaError:
-        raise _manifest_error(path, n, f"mal_id {raw_id!r} is not a positive integer") from None
+        raise _RowProblem("mal_id is missing")
+    mal_id = _row_mal_id(keys)
+    if mal_id is None:
+        shown = redact_text(raw_id) if isinstance(raw_id, str) else raw_id
+        raise _RowProblem(f"mal_id {shown!r} is not a positive integer")
     episode_raw = keys.get("episode")
     episode = 1
     if episode_raw not in (None, ""):
         s = str(episode_raw).strip()
         if isinstance(episode_raw, bool) or not re.fullmatch(r"[0-9]{1,5}", s) or not 1 <= int(s) <= 32767:
-            raise _manifest_error(path, n, f"episode {episode_raw!r} is not an integer in 1..32767")
+            shown = redact_text(episode_raw) if isinstance(episode_raw, str) else episode_raw
+            raise _RowProblem(f"episode {shown!r} is not an integer in 1..32767")
         episode = int(s)
     url, local = text("url"), text("path")
     if url is None and local is None:
-        raise _manifest_error(path, n, "needs a url or a path")
+        raise _RowProblem("needs a url or a path")
     if url is not None:
         try:
             url = validate_url(url)
         except MediaError as e:
-            raise _manifest_error(path, n, str(e)) from None
+            raise _RowProblem(str(e)) from None
     file_path = None
     if local is not None:
         if "\x00" in local:
-            raise _manifest_error(path, n, "path contains a NUL character")
+            raise _RowProblem("path contains a NUL character")
         file_path = Path(local).expanduser()
         if not file_path.is_absolute():
             file_path = path.parent / file_path
     return ManifestRow(mal_id=mal_id, url=url, episode=episode, path=file_path, row=n)
 
 
-def load_manifest(path: Path | str) -> list[ManifestRow]:
-    """Read and validate a manifest (.csv, or .yaml/.yml: a list of mappings or {"episodes": [...]})."""
-    path = Path(path).expanduser()
+def _raw_rows(path: Path) -> tuple[list[tuple[int, dict]], list[InvalidRow]]:
+    """The manifest's data rows (row number, mapping) and rows unusable before parsing; MediaError when the
+    file as a whole is unusable (missing, unreadable, wrong format, no mal_id/url header)."""
     if not path.is_file():
         raise _manifest_error(path, None, "manifest file does not exist")
     suffix = path.suffix.lower()
@@ -227,14 +279,27 @@ def load_manifest(path: Path | str) -> list[ManifestRow]:
     except (OSError, UnicodeDecodeError) as e:
         raise _manifest_error(path, None, f"cannot read manifest ({e})") from None
     raw_rows: list[tuple[int, dict]] = []
+    bad: list[InvalidRow] = []
     if suffix == ".csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        header = [h.strip().lower() for h in (reader.fieldnames or []) if h is not None]
+        try:
+            header = [h.strip().lower() for h in (reader.fieldnames or []) if h is not None]
+        except csv.Error as e:
+            raise _manifest_error(path, None, f"unreadable CSV ({e})") from None
         if "mal_id" not in header or not ({"url", "path"} & set(header)):
             raise _manifest_error(path, None, f"CSV header must have mal_id and url (or path), got {header}")
-        for rec in reader:
+        while True:
+            try:
+                rec = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                bad.append(InvalidRow(reader.line_num, f"unreadable CSV line ({e})"))
+                continue
             if None in rec:
-                raise _manifest_error(path, reader.line_num, "more values than header columns")
+                keys = {str(k).strip().lower(): v for k, v in rec.items() if k is not None}
+                bad.append(InvalidRow(reader.line_num, "more values than header columns", _row_mal_id(keys)))
+                continue
             if not any((v or "").strip() for v in rec.values()):
                 continue  # blank line
             raw_rows.append((reader.line_num, rec))
@@ -244,7 +309,7 @@ def load_manifest(path: Path | str) -> list[ManifestRow]:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise _manifest_error(path, None, f"invalid YAML ({e})") from None
+            raise _manifest_error(path, None, f"invalid YAML ({redact_text(e)})") from None
         if isinstance(data, dict) and "episodes" in data:
             data = data["episodes"]
         if data is None:
@@ -253,25 +318,63 @@ def load_manifest(path: Path | str) -> list[ManifestRow]:
             raise _manifest_error(path, None, "YAML manifest must be a list of rows (or {episodes: [...]})")
         for i, rec in enumerate(data, start=1):
             if not isinstance(rec, dict):
-                raise _manifest_error(path, i, f"expected a mapping with mal_id and url, got {type(rec).__name__}")
+                bad.append(InvalidRow(i, f"expected a mapping with mal_id and url, got {type(rec).__name__}"))
+                continue
             raw_rows.append((i, rec))
     else:
         raise _manifest_error(path, None, "manifest must be .csv, .yaml or .yml")
-    rows, seen = [], {}
+    return raw_rows, bad
+
+
+def read_manifest(path: Path | str) -> ManifestReport:
+    """Read a manifest (.csv, or .yaml/.yml: a list of mappings or {"episodes": [...]}) and validate every
+    row: usable rows and invalid rows (row number + reason, secrets redacted) side by side, so one bad row
+    fails only itself. Two rows for the same (MAL id, episode) are both invalid (which one is meant cannot be
+    told). MediaError only when the file as a whole is unusable."""
+    path = Path(path).expanduser()
+    raw_rows, bad = _raw_rows(path)
+    parsed: list[ManifestRow] = []
     for n, rec in raw_rows:
-        row = _parse_row(path, n, rec)
+        try:
+            parsed.append(_parse_row(path, n, rec))
+        except _RowProblem as e:
+            keys = {str(k).strip().lower(): v for k, v in rec.items() if k is not None}
+            bad.append(InvalidRow(n, str(e), _row_mal_id(keys)))
+    seen: dict[tuple[int, int], int] = {}
+    rows = []
+    for row in parsed:
         key = (row.mal_id, row.episode)
         if key in seen:
-            raise _manifest_error(path, n, f"MAL id {row.mal_id} episode {row.episode} already listed in row {seen[key]}")
-        seen[key] = n
-        rows.append(row)
-    return rows
+            bad.append(InvalidRow(row.row, f"MAL id {row.mal_id} episode {row.episode} already listed in row "
+                                           f"{seen[key]}", row.mal_id))
+        else:
+            seen[key] = row.row
+            rows.append(row)
+    return ManifestReport(path=path, rows=tuple(rows), invalid=tuple(sorted(bad, key=lambda r: r.row)))
+
+
+def load_manifest(path: Path | str) -> list[ManifestRow]:
+    """The rows of a manifest that must be valid as a whole (see `read_manifest`); MediaError naming every
+    invalid row (row number and reason) when any is."""
+    report = read_manifest(path)
+    if report.invalid:
+        first = report.invalid[0].row
+        raise _manifest_error(report.path, first if len(report.invalid) == 1 else None,
+                              report.invalid[0].reason if len(report.invalid) == 1
+                              else f"{len(report.invalid)} invalid rows: {report.describe_invalid()}")
+    return list(report.rows)
 
 
 def _manifest_row(manifest: Path, mal_id: int) -> ManifestRow | None:
-    for row in load_manifest(manifest):
-        if row.mal_id == mal_id and row.episode == 1:
-            return row
+    """The manifest's row for episode 1 of `mal_id`; other rows' problems do not matter here. MediaError
+    naming the row and reason when this title's row is invalid."""
+    report = read_manifest(manifest)
+    row = report.row_for(mal_id, 1)
+    if row is not None:
+        return row
+    mine = report.invalid_for(mal_id)
+    if mine:
+        raise _manifest_error(report.path, mine[0].row, mine[0].reason)
     return None
 
 
@@ -402,18 +505,20 @@ def _archive_path(opts: YtDlpOptions, dest_dir: Path, mal_id: int) -> Path:
 
 
 class _YtDlpLogger:
+    """yt-dlp's messages into our log, every URL in them redacted (they quote the URL being fetched)."""
+
     def debug(self, msg: str) -> None:
         if not msg.startswith("[debug] "):
-            log.debug("yt-dlp: %s", msg)
+            log.debug("yt-dlp: %s", redact_text(msg))
 
     def info(self, msg: str) -> None:
-        log.info("yt-dlp: %s", msg)
+        log.info("yt-dlp: %s", redact_text(msg))
 
     def warning(self, msg: str) -> None:
-        log.warning("yt-dlp: %s", msg)
+        log.warning("yt-dlp: %s", redact_text(msg))
 
     def error(self, msg: str) -> None:
-        log.error("yt-dlp: %s", msg)
+        log.error("yt-dlp: %s", redact_text(msg))
 
 
 def _not_live(info: dict, *, incomplete: bool = False) -> str | None:
@@ -476,9 +581,38 @@ def ytdlp_params(opts: YtDlpOptions, stage: Path, archive: Path) -> dict[str, An
         params["max_filesize"] = opts.max_filesize
     if opts.proxy is not None:
         params["proxy"] = opts.proxy
-    if opts.user_agent:
-        params["http_headers"] = {"User-Agent": opts.user_agent}
+    # never yt-dlp's random browser User-Agent: the configured one, else the project's default
+    params["http_headers"] = {"User-Agent": opts.user_agent or default_user_agent()}
+    if opts.max_filesize is not None:
+        params["progress_hooks"] = [_ByteCap(opts.max_filesize)]
     return params
+
+
+def default_user_agent() -> str:
+    """The project's User-Agent (`Settings.user_agent`'s default; ANIME_PIPELINE_USER_AGENT overrides it in
+    the assets, which pass it in `YtDlpOptions.user_agent`)."""
+    from anime_pipeline.settings import Settings
+
+    return Settings.__dataclass_fields__["user_agent"].default
+
+
+class SizeCapExceeded(Exception):
+    """Raised from yt-dlp's progress hook when more bytes than `max_filesize` were written."""
+
+
+class _ByteCap:
+    """yt-dlp progress hook: abort once the bytes actually written pass the cap (yt-dlp's own `max_filesize`
+    only checks a Content-Length the server sends). Checked after every block, so at most one block
+    (yt-dlp's adaptive block size, <= 4 MiB) is written past the cap before the download stops; the
+    partial file is removed with the staging folder."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+
+    def __call__(self, status: dict) -> None:
+        done = status.get("downloaded_bytes") or 0
+        if done > self.cap:
+            raise SizeCapExceeded(f"more than max_filesize {self.cap} bytes received, download stopped")
 
 
 def _disable_ytdlp_plugins() -> None:
@@ -493,13 +627,20 @@ def _disable_ytdlp_plugins() -> None:
 
 
 def download_url(url: str, mal_id: int, dest_dir: Path, opts: YtDlpOptions | None = None) -> AcquiredEpisode:
-    """Download `url` (validated first) with yt-dlp into dest_dir/ep01.<ext> and probe it."""
+    """Download `url` (validated first) with yt-dlp into dest_dir/ep01.<ext> and probe it.
+
+    Every failure is a MediaError naming the URL redacted (`redact.redact_url`): yt-dlp's DownloadError,
+    and anything else raised under it (e.g. requests' InvalidSchema for a redirect to file:// or ftp://,
+    a size cap hit, an OSError). The episode's `origin` (stored in probe.json and the origin marker) is the
+    redacted URL too, so a signed URL whose token rotates still reuses the file it fetched.
+    """
     url = validate_url(url)  # before anything reaches yt-dlp
+    shown = redact_url(url)
     mal_id = normalize_mal_id(mal_id)
     opts = opts or YtDlpOptions()
     dest_dir = Path(dest_dir)
-    if (probe := _reusable(dest_dir, url)) is not None:
-        return AcquiredEpisode(probe.path, probe, "manifest", url)
+    if (probe := _reusable(dest_dir, shown)) is not None:
+        return AcquiredEpisode(probe.path, probe, "manifest", shown)
     archive = _archive_path(opts, dest_dir, mal_id)
     archive.parent.mkdir(parents=True, exist_ok=True)
     before = archive.read_text(encoding="utf-8") if archive.is_file() else None
@@ -519,26 +660,32 @@ def download_url(url: str, mal_id: int, dest_dir: Path, opts: YtDlpOptions | Non
             with yt_dlp.YoutubeDL(ytdlp_params(opts, stage, staged_archive)) as ydl:
                 ydl.extract_info(url, download=True)
         except yt_dlp.utils.DownloadError as e:
-            msg = re.sub(r"^ERROR:\s*", "", str(e)).strip()
-            raise MediaError(f"{url}: download failed ({msg[:500]})") from None
+            msg = re.sub(r"^ERROR:\s*", "", redact_text(e)).strip()
+            raise MediaError(f"{shown}: download failed ({msg[:500]})") from None
+        except Exception as e:  # noqa: BLE001  every other failure under yt-dlp, named and redacted
+            msg = redact_text(e).strip()
+            raise MediaError(f"{shown}: download failed ({type(e).__name__}: {msg[:500]})") from None
         files = sorted(p for p in stage.iterdir() if p.is_file() and p.stem == EPISODE_STEM
                        and not p.name.endswith((".part", ".ytdl", ".temp")))
         now = staged_archive.read_text(encoding="utf-8") if staged_archive.is_file() else None
         if not files:
             if before and now == before:
                 raise MediaError(
-                    f"{url}: already downloaded once (recorded in {archive}) but {dest_dir} has no episode file; "
-                    f"remove the line from the archive to download it again"
+                    f"{shown}: already downloaded once (recorded in {archive}) but {dest_dir} has no episode "
+                    f"file; remove the line from the archive to download it again"
                 )
-            raise MediaError(f"{url}: yt-dlp wrote no file (over max_filesize {opts.max_filesize}?)")
+            raise MediaError(f"{shown}: yt-dlp wrote no file (over max_filesize {opts.max_filesize}?)")
         staged = files[0]
-        path, probe = _install(staged, dest_dir, staged.suffix.lower(), url)
+        size = staged.stat().st_size
+        if opts.max_filesize is not None and size > opts.max_filesize:
+            raise MediaError(f"{shown}: downloaded {size} bytes, over max_filesize {opts.max_filesize}")
+        path, probe = _install(staged, dest_dir, staged.suffix.lower(), shown)
         if now is not None and now != before:
             with atomic_path(archive, suffix=".txt") as tmp:
                 tmp.write_text(now, encoding="utf-8")
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    return AcquiredEpisode(path, probe, "manifest", url)
+    return AcquiredEpisode(path, probe, "manifest", shown)
 
 
 def acquire_episode(

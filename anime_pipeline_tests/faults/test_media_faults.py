@@ -152,8 +152,11 @@ def test_crashing_decoder_is_a_media_error(fault, clip, monkeypatch, how):
     fault.record(f"decoder process crashes ({how})", "MediaError naming the file; the caller survives")
     script = {
         "SIGSEGV": f"import os, signal; os.kill(os.getpid(), {int(signal.SIGSEGV)})",
-        "garbage on stdout": "import sys; sys.stdin.buffer.read(); sys.stdout.buffer.write(b'\\x80\\x04garbage')",
-        "exit 0 without a result": "import sys; sys.stdin.buffer.read()",
+        # both read one framed request (8-byte length + pickle) as the real worker does
+        "garbage on stdout": "import sys; n = int.from_bytes(sys.stdin.buffer.read(8), 'big'); "
+                             "sys.stdin.buffer.read(n); sys.stdout.buffer.write(b'\\x80\\x04garbage')",
+        "exit 0 without a result": "import sys; n = int.from_bytes(sys.stdin.buffer.read(8), 'big'); "
+                                   "sys.stdin.buffer.read(n)",
     }[how]
     monkeypatch.setattr(sampling, "_worker_argv", lambda: [sys.executable, "-c", script])
     with pytest.raises(MediaError, match=r"clip.mp4: the decoder process died"):
