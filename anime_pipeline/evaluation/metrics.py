@@ -29,6 +29,16 @@ def _text(s: str | None) -> str:
     return "" if s is None else str(s)
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]")
+
+
+def clean_caption(text: str | None) -> str:
+    """A generated caption fit to store and show: control characters (e.g. U+0018 from a byte-level BPE
+    decoding a stray byte) and U+FFFD replacement characters removed, runs of whitespace collapsed (tabs and
+    newlines become spaces), ends stripped."""
+    return " ".join(_CONTROL.sub("", _text(text)).split())
+
+
 # ---------------------------------------------------------------------------------------------------- BLEU
 
 
@@ -161,14 +171,23 @@ def cider(
 # ---------------------------------------------------------------------------------------------------- content
 
 
-def _names_all(text: str, terms: Sequence[str]) -> bool:
-    return all(re.search(rf"(?<!\w){re.escape(t)}(?!\w)", text, flags=re.IGNORECASE) for t in terms)
+def _names_in_order(text: str, terms: Sequence[str]) -> bool:
+    """Every term occurs as a whole word (case-insensitive), each one after the previous term's match."""
+    pos = 0
+    for t in terms:
+        m = re.compile(rf"(?<!\w){re.escape(t)}(?!\w)", flags=re.IGNORECASE).search(text, pos)
+        if m is None:
+            return False
+        pos = m.end()
+    return True
 
 
 def content_score(
     hyps: Sequence[str], expected_terms: Sequence[Sequence[str]]
 ) -> tuple[float | None, list[bool | None]]:
-    """Fraction of captions that name ALL of their expected terms (whole words, case-insensitive).
+    """Fraction of captions that name ALL of their expected terms in the given order (whole words,
+    case-insensitive): for the demo, the first scene's colour and then the second's, so a caption with the
+    colours reversed scores 0.
 
     Items whose term list is empty are not scorable: their per-item value is None and they are left out of
     the fraction. The fraction is None when no item is scorable (there is nothing to measure, which is not 0).
@@ -177,7 +196,7 @@ def content_score(
     per_item: list[bool | None] = []
     for h, terms in zip(hyps, expected_terms):
         terms = [t for t in terms if t and t.strip()]
-        per_item.append(_names_all(_text(h), terms) if terms else None)
+        per_item.append(_names_in_order(_text(h), terms) if terms else None)
     scored = [x for x in per_item if x is not None]
     return (sum(scored) / len(scored) if scored else None), per_item
 

@@ -12,11 +12,27 @@ from typing import Any, Callable
 
 import polars as pl
 
-from anime_pipeline.evaluation.metrics import demo_expected_terms, score_captions
+from anime_pipeline.evaluation.metrics import clean_caption, demo_expected_terms, score_captions
 from anime_pipeline.evaluation.model_card import ModelCardInfo, write_model_card
 from anime_pipeline.paths import atomic_path
 
 METRIC_NAMES = ("val_loss", "bleu", "rouge_l", "cider", "content_score")
+# TrainConfig fields that decide what the model sees; evaluation uses the training run's values.
+AS_TRAINED_KEYS = ("max_frames", "max_length", "max_side", "qlora", "dtype", "attn_implementation")
+
+
+def training_settings(adapter_dir: Path) -> dict[str, Any]:
+    """The input settings the adapter was trained with, from `train_config.json` beside it (the training
+    run's output dir holds `adapter/` and `train_config.json`); {} when the file is absent (an adapter from
+    elsewhere: every frame, no length budget, full-precision base)."""
+    path = Path(adapter_dir).parent / "train_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); cannot evaluate the adapter as trained") from e
+    return {k: data[k] for k in AS_TRAINED_KEYS if k in data}
 
 
 @dataclass
@@ -39,11 +55,13 @@ class EvalResult:
         return "\n".join(lines)
 
 
-def _scores(model, processor, samples: list[dict], *, max_new_tokens: int, batch_size: int, terms) -> tuple[dict, list[str], Any]:
+def _scores(model, processor, samples: list[dict], *, max_new_tokens: int, batch_size: int, terms,
+            max_length: int | None = None) -> tuple[dict, list[str], Any]:
     from anime_pipeline.training.inference import compute_loss, generate_captions
 
-    loss = compute_loss(model, processor, samples, batch_size=batch_size)
-    captions = generate_captions(model, processor, samples, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    loss = compute_loss(model, processor, samples, batch_size=batch_size, max_length=max_length)
+    captions = [clean_caption(c) for c in
+                generate_captions(model, processor, samples, max_new_tokens=max_new_tokens, batch_size=batch_size)]
     scores = score_captions(captions, [s["answer"] for s in samples], terms)
     summary = {"val_loss": loss, **scores.summary()}
     summary["content_score"] = summary.pop("content")
@@ -62,26 +80,58 @@ def evaluate_adapter(
     batch_size: int = 4,
     lineage: dict | None = None,
     log: Callable[[str], None] = print,
+    train_config: dict | None = None,
 ) -> EvalResult:
     """Captions and scores for every validation title, base vs fine-tuned; writes captions.parquet and the
-    adapter's model card (README.md)."""
+    adapter's model card (README.md).
+
+    Evaluated as trained: `train_config` (default: the run's `train_config.json`, see `training_settings`)
+    gives the frames per sample (`max_frames`), the token budget of the loss (`max_length`), the resize
+    (`max_side`), dtype and attention; a QLoRA adapter is evaluated on the 4-bit base (both rows), unmerged.
+    Where 4-bit cannot load (no CUDA or no bitsandbytes) it is evaluated on the full-precision base and
+    `extras["eval_base"]` says so. Validation samples too long for `max_length` even with one frame are
+    skipped and listed in `extras["skipped"]`, as in training.
+    """
+    from anime_pipeline.training.collator import VideoSFTCollator
     from anime_pipeline.training.data import ShardVideoDataset
     from anime_pipeline.training.inference import load_model
+    from anime_pipeline.training.model import qlora_supported
     from anime_pipeline.training.processor import load_processor
 
+    tc = training_settings(adapter_dir) if train_config is None else {
+        k: train_config[k] for k in AS_TRAINED_KEYS if k in train_config}
     val = pl.read_parquet(val_samples)
     if val.is_empty():
         raise ValueError(f"{val_samples}: the validation split is empty; nothing to evaluate")
-    dataset = ShardVideoDataset(val, data_home)
+    dataset = ShardVideoDataset(val, data_home, tc.get("max_frames"))
+    processor = load_processor(base_model, max_side=tc.get("max_side"))
+    max_length = tc.get("max_length")
+    skipped = dataset.drop_too_long(VideoSFTCollator(processor, max_length=max_length))
+    for item in skipped:
+        log(f"skipping validation sample MAL {item['mal_id']}: {item['error']}")
+    if len(dataset) == 0:
+        raise ValueError(f"{val_samples}: every validation sample is longer than max_length={max_length}")
     samples = [dataset[i] for i in range(len(dataset))]
     terms = [demo_expected_terms(s["mal_id"]) for s in samples]
-    processor = load_processor(base_model)
+
+    qlora = bool(tc.get("qlora"))
+    reason = qlora_supported() if qlora else None
+    if qlora and reason is None:
+        eval_base = "4-bit NF4 (as trained, adapter not merged)"
+    elif qlora:
+        eval_base = f"full precision: the adapter was trained on a 4-bit base, but {reason}"
+        log(f"WARNING: QLoRA adapter evaluated on the full-precision base ({reason})")
+    else:
+        eval_base = "as trained (no quantization)"
+    load_kw = {"dtype": tc.get("dtype", "auto"), "attn_implementation": tc.get("attn_implementation", "auto"),
+               "qlora": qlora and reason is None}
 
     results = {}
     for label, adapter in (("base", None), ("finetuned", adapter_dir)):
-        log(f"evaluating {label} model on {len(samples)} validation titles")
-        model = load_model(base_model, adapter)
-        results[label] = _scores(model, processor, samples, max_new_tokens=max_new_tokens, batch_size=batch_size, terms=terms)
+        log(f"evaluating {label} model on {len(samples)} validation titles ({eval_base})")
+        model = load_model(base_model, adapter, **load_kw)
+        results[label] = _scores(model, processor, samples, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                 terms=terms, max_length=max_length)
         del model
 
     metrics: dict[str, float] = {}
@@ -112,12 +162,15 @@ def evaluate_adapter(
     with atomic_path(out_dir / "metrics.json", suffix=".json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2))
 
-    _write_card(adapter_dir, base_model, val, train_samples, metrics, lineage or {}, data_home)
+    _write_card(adapter_dir, base_model, val, train_samples, metrics, lineage or {}, data_home,
+                max(len(x["images"]) for x in samples))
 
     from anime_pipeline.media.preview import contact_sheet
 
     preview = contact_sheet(samples[0]["images"], columns=min(8, len(samples[0]["images"])))
-    return EvalResult(metrics=metrics, num_samples=len(samples), captions_path=captions_path, table=table, preview_png=preview)
+    extras = {"eval_base": eval_base, "skipped": skipped, "as_trained": tc}
+    return EvalResult(metrics=metrics, num_samples=len(samples), captions_path=captions_path, table=table,
+                      preview_png=preview, extras=extras)
 
 
 def _source_counts(home: Path) -> dict[str, dict[str, int]]:
@@ -134,6 +187,7 @@ def _source_counts(home: Path) -> dict[str, dict[str, int]]:
 def _write_card(
     adapter_dir: Path, base_model: str, val: pl.DataFrame, train_samples: Path | None, metrics: dict, lineage: dict,
     data_home: Path,
+    frames_per_sample: int | None = None,
 ) -> Path:
     train = pl.read_parquet(train_samples) if train_samples and Path(train_samples).exists() else None
     sources = _source_counts(Path(data_home))
@@ -152,7 +206,7 @@ def _write_card(
         data_version=str(lineage.get("data_version", "unknown")),
         code_version=str(lineage.get("code_version", "unknown")),
         git_commit=str(lineage.get("git_commit")) if lineage.get("git_commit") else None,
-        frames_per_sample=int(val["num_frames"].max()) if "num_frames" in val.columns else None,
+        frames_per_sample=frames_per_sample,
         synopsis_sources=sources.get("synopses", {}),
         catalog_sources=sources.get("titles", {}),
     )

@@ -99,6 +99,20 @@ class _Base:
     def _length(self, text: str) -> int:
         return len(self.processor.encode(text)["input_ids"])
 
+    def check_fits(self, sample: dict) -> None:
+        """Raise `SampleTooLongError` when `sample` does not fit `max_length` even with a single frame.
+
+        Reads only the text fields and `timestamps` (images may be placeholders), so a whole dataset can be
+        screened before training without decoding a frame."""
+        if self.max_length is None:
+            return
+        n = len(sample["timestamps"])
+        answer = P.sanitize_text(sample["answer"]) if isinstance(self, VideoSFTCollator) else None
+        budget = self.max_length - int(getattr(self, "max_new_tokens", 0))
+        fit_frames(n, lambda k: self._length(self._text(sample, P.uniform_indices(n, k), answer=answer,
+                                                          generation=answer is None)),
+                   budget, what=f"sample {sample.get('mal_id', '')}".strip())
+
     def _batch(self, samples: Sequence[dict], encoded: list[EncodedSample], with_labels: bool) -> dict[str, Any]:
         out = self.processor.pad([e.input_ids for e in encoded], padding_side=self.padding_side,
                                  labels=[e.labels for e in encoded] if with_labels else None)

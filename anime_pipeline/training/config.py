@@ -133,6 +133,30 @@ class TrainConfig:
         return cls.from_dict(json.loads(text))
 
 
+# Run-control fields: where files go, how often to log/save, how many loader workers. They do not change
+# what is trained, so they are left out of the run's identity (`run_name`).
+RUN_CONTROL_FIELDS = frozenset({"output_dir", "log_every", "num_workers", "pin_memory", "prefetch_factor",
+                                "torch_threads", "save_steps", "keep_checkpoints", "resume", "feature_cache",
+                                "feature_cache_dir"})
+
+
+def config_hash(cfg: TrainConfig, *extra: str) -> str:
+    """SHA-256 (hex) of every field that changes what is trained (all but RUN_CONTROL_FIELDS) + `extra`."""
+    import hashlib
+
+    ident = {k: v for k, v in cfg.to_dict().items() if k not in RUN_CONTROL_FIELDS}
+    return hashlib.sha256(json.dumps([ident, list(extra)], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_name(cfg: TrainConfig, data_version: str, code_version: str = "") -> str:
+    """Deterministic run-directory name `<data version[:12]>-<config hash[:12]>`: a retried or re-executed
+    run of the same data and configuration gets the same directory and resumes from its checkpoints (a
+    finished one reports its result again without training); any other data or setting gets a new one."""
+    if not data_version:
+        raise ValueError("run_name needs a data version")
+    return f"{data_version[:12]}-{config_hash(cfg, data_version, code_version)[:12]}"
+
+
 @dataclass
 class TrainResult:
     steps: int  # optimizer steps reached (including those before a resume)
@@ -161,6 +185,8 @@ class TrainResult:
     frames_dropped: int = 0  # frames dropped by the max_length policy (this process)
     feature_cache_hits: int = 0
     feature_cache_misses: int = 0
+    skipped_samples: int = 0  # train + val samples left out: too long for max_length even with one frame
+    # (listed with their errors in output_dir/skipped.json)
     world_size: int = 1  # data-parallel processes (samples/s, samples_seen, frames_dropped and the
     # feature-cache counts are totals over all of them; peak memory and device are rank 0's)
 

@@ -115,6 +115,43 @@ class ShardVideoDataset(Dataset):
         }
 
 
+    def text_sample(self, i: int) -> dict:
+        """Item `i` without pixels: text fields and the kept frames' timestamps (images are `None`
+        placeholders), for length checks that need no JPEG decoding."""
+        row = self.rows[i]
+        path = within(self.data_home, row["frames_path"])
+        if not path.is_file():
+            raise FramesMissingError(f"frame shard {path} for MAL {row['mal_id']} does not exist")
+        ts = (pl.scan_parquet(path).filter(pl.col("mal_id") == row["mal_id"])
+              .sort(["timestamp_s", "frame_index"]).select("timestamp_s").collect()["timestamp_s"].to_list())
+        if not ts:
+            raise FramesMissingError(f"frame shard {path} holds no frames for MAL {row['mal_id']}")
+        idx = uniform_indices(len(ts), self.max_frames) if self.max_frames else list(range(len(ts)))
+        duration = row.get("duration_s")
+        return {"images": [None] * len(idx), "timestamps": [float(ts[j]) for j in idx],
+                "duration_s": float(duration if duration is not None else ts[-1]), "prompt": row["prompt"],
+                "answer": row["synopsis"], "mal_id": int(row["mal_id"]), "name": row.get("name")}
+
+    def drop_too_long(self, collator) -> list[dict]:
+        """Remove the rows that cannot fit the collator's `max_length` even with one frame
+        (`SampleTooLongError`); returns one record `{"mal_id", "name", "error"}` per removed row. Nothing
+        is read when the collator has no `max_length`."""
+        from anime_pipeline.training.collator import SampleTooLongError
+
+        if getattr(collator, "max_length", None) is None:
+            return []
+        kept, skipped = [], []
+        for i, row in enumerate(self.rows):
+            try:
+                collator.check_fits(self.text_sample(i))
+            except SampleTooLongError as e:
+                skipped.append({"mal_id": int(row["mal_id"]), "name": row.get("name"), "error": str(e)})
+                continue
+            kept.append(row)
+        self.rows = kept
+        return skipped
+
+
 class EpochSampler(Sampler[int]):
     """Deterministic order per (seed, epoch), resumable: `set_epoch(e, start=k)` skips the first k items
     (of this rank's shard).

@@ -93,8 +93,10 @@ class FramesProcessor:
 
     # Text --------------------------------------------------------------------------------------
     def render(self, messages: list[dict], *, add_generation_prompt: bool = False) -> str:
-        """Chat template text with one `<image>` per frame (not expanded)."""
-        return P.render(messages, add_generation_prompt=add_generation_prompt, template=self.chat_template)
+        """Chat template text with one `<image>` per frame (not expanded), rendered by the tokenizer's own
+        `apply_chat_template` with the model's template (the hub template when the tokenizer has none)."""
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                                  chat_template=self.chat_template)
 
     def expand(self, text: str) -> str:
         return P.expand_images(text, self.image_seq_len)

@@ -13,7 +13,15 @@ torch AdamW over the adapter parameters, warmup + schedule set by hand each step
 Checkpoints (every `save_steps`, and at the end) hold the adapter (safetensors), the optimizer state
 (`torch.save` of tensors/primitives, loaded with `weights_only=True`), the RNG states and a JSON state
 (step, loss history, ...). With `resume=True`, a run continues after the latest complete checkpoint in
-`output_dir/checkpoints`, with the same data order (deterministic per seed and epoch) and RNG streams.
+`output_dir/checkpoints`, with the same data order (deterministic per seed and epoch) and RNG streams; a
+checkpoint made with other data, model, adapter or schedule settings (RESUME_KEYS: learning rate, its
+schedule and warmup, epochs, max steps, ...) is refused with a `ResumeError` naming each change. The
+Dagster asset names the output dir after the data version + config hash (`config.run_name`), so a retried
+or re-executed run resumes.
+
+Samples that cannot fit `max_length` even with a single frame (`SampleTooLongError`) are found before
+training (text only, no frame decoded), reported as `skipped` events, listed in `output_dir/skipped.json`
+and left out; the rest trains.
 
 Data parallelism (launched by `torchrun` / `accelerate launch`, `WORLD_SIZE` > 1; see `distributed`):
 one process per device (`cuda:LOCAL_RANK`, or CPU with Gloo), the adapter model wrapped in
@@ -47,9 +55,11 @@ __all__ = ["ResumeError", "TrainConfig", "TrainResult", "evaluate", "lr_at", "sa
 
 Reporter = Callable[[dict], None]
 CHECKPOINT_RE = re.compile(r"^step-(\d{8})$")
-# Fields that must match for a checkpoint to be resumed.
-RESUME_KEYS = ("base_model", "train_samples", "train_split", "lora_r", "lora_alpha", "use_dora", "qlora",
-               "batch_size", "grad_accum", "max_frames", "max_length", "max_side", "seed", "mask_policy")
+# Fields that must match for a checkpoint to be resumed: data, model, adapter and the whole optimisation
+# schedule (a resumed run must continue the same learning-rate curve over the same number of steps).
+RESUME_KEYS = ("base_model", "train_samples", "train_split", "lora_r", "lora_alpha", "lora_dropout", "use_dora",
+               "qlora", "batch_size", "grad_accum", "max_frames", "max_length", "max_side", "seed", "mask_policy",
+               "lr", "weight_decay", "warmup_steps", "lr_schedule", "max_grad_norm", "epochs", "max_steps")
 
 
 class ResumeError(RuntimeError):
@@ -239,15 +249,23 @@ def _train(cfg: TrainConfig, reporter: Reporter | None, world, device: torch.dev
     collator = VideoSFTCollator(processor, max_length=cfg.max_length, mask_policy=cfg.mask_policy,
                                 padding_side="right", return_stats=True, uint8_pixels=uint8_pixels)
     train_ds = ShardVideoDataset(cfg.train_samples, Path(cfg.data_home), cfg.max_frames, split=cfg.train_split)
+    # a sample that cannot fit max_length even with one frame is recorded and left out, not fatal
+    skipped = [dict(r, split="train") for r in train_ds.drop_too_long(collator)]
     if len(train_ds) == 0:
-        raise ValueError(f"no training samples in {cfg.train_samples}")
+        raise ValueError(f"no training samples in {cfg.train_samples}"
+                         + (f" ({len(skipped)} longer than max_length={cfg.max_length})" if skipped else ""))
     val_ds = None
     if cfg.val_samples:
         val_ds = ShardVideoDataset(cfg.val_samples, Path(cfg.data_home), cfg.max_frames, split=cfg.val_split)
+        skipped += [dict(r, split="val") for r in val_ds.drop_too_long(collator)]
         if cfg.val_max_samples is not None:
             val_ds.rows = val_ds.rows[: cfg.val_max_samples]
         if len(val_ds) == 0:
             val_ds = None
+    for item in skipped:
+        report({"event": "skipped", **item})
+    if skipped and main:
+        (out_dir / "skipped.json").write_text(json.dumps(skipped, indent=2) + "\n")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     pin = (device.type == "cuda") if cfg.pin_memory is None else cfg.pin_memory
@@ -293,8 +311,10 @@ def _train(cfg: TrainConfig, reporter: Reporter | None, world, device: torch.dev
         if saved.get("world_size", 1) != world.size:
             mismatch["world_size"] = (saved.get("world_size", 1), world.size)
         if mismatch:
-            raise ResumeError(f"checkpoint {ck} was made with different settings {mismatch}; "
-                              "use another output_dir or resume=false")
+            changes = ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in mismatch.items())
+            raise ResumeError(f"cannot resume {ck}: it was made with other settings ({changes}); a resumed "
+                              "run must keep the data, model and schedule. Use another output_dir, or "
+                              "resume=false to start afresh")
         set_peft_model_state_dict(model, load_file(str(ck / "adapter" / "adapter_model.safetensors"),
                                                    device=str(device)))
         optimizer.load_state_dict(torch.load(ck / "optimizer.pt", map_location=device, weights_only=True))
@@ -439,6 +459,7 @@ def _train(cfg: TrainConfig, reporter: Reporter | None, world, device: torch.dev
         adapter_bytes=dir_bytes(adapter_dir), trainable_params=params["total"]["trainable"],
         frozen_params=params["total"]["frozen"], params=params, frames_dropped=frames_dropped,
         feature_cache_hits=hits, feature_cache_misses=misses, world_size=world.size,
+        skipped_samples=len(skipped),
     )
     if main:
         cfg.to_json(out_dir / "train_config.json")

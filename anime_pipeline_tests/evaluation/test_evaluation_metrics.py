@@ -6,6 +6,7 @@ from anime_pipeline.demo import demo_titles
 from anime_pipeline.evaluation.metrics import (
     bleu,
     cider,
+    clean_caption,
     content_score,
     demo_expected_terms,
     mean_rouge_l,
@@ -97,6 +98,26 @@ def test_content_score():
     assert items == [True, False, False, None]
     assert frac == pytest.approx(1 / 3)
     assert content_score(["x"], [[]]) == (None, [None])
+
+
+def test_content_score_is_order_aware():
+    terms = [["red", "blue"]]
+    assert content_score(["It opens red and later turns blue."], terms) == (1.0, [True])
+    # the colours of reversed frames: both named, wrong order
+    assert content_score(["It opens blue and later turns red."], terms) == (0.0, [False])
+    # the same colour twice needs two mentions
+    assert content_score(["A red world."], [["red", "red"]]) == (0.0, [False])
+    assert content_score(["A red world, still red."], [["red", "red"]]) == (1.0, [True])
+    t = demo_titles()[5]
+    terms = demo_expected_terms(t.mal_id)
+    swapped = t.synopsis.replace(terms[0], "\0").replace(terms[1], terms[0]).replace("\0", terms[1])
+    assert content_score([t.synopsis, swapped], [terms, terms]) == (0.5, [True, False])
+
+
+def test_clean_caption_drops_control_and_replacement_characters():
+    assert clean_caption("A red\x18 world\ufffd turns\tblue.\n") == "A red world turns blue."
+    assert clean_caption("caf\u00e9 \u2014 ok") == "caf\u00e9 \u2014 ok"
+    assert clean_caption(None) == "" and clean_caption("\x00\x1f\x7f\x9f") == ""
 
 
 def test_demo_expected_terms():

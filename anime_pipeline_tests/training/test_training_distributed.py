@@ -136,13 +136,18 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tin
     assert result["val_loss_before"] == pytest.approx(single.val_loss_before, rel=1e-5)
     assert result["val_loss_after"] == pytest.approx(single.val_loss_after, rel=1e-4)
 
-    # resume on two ranks: stop after step 1, continue to step 2 → the straight two-process result
+    # resume on two ranks: a run interrupted after step 1 (its step-2 checkpoint and adapter gone) continues
+    # to step 2 → the straight two-process result (same config: max_steps is part of the resume key)
+    import shutil
+
     res = tmp_path / "resumed"
-    for steps in (1, 2):
-        cfg_path.write_text(json.dumps(_run_cfg(tiny_model_dir, colour_dataset, res, batch_size=1, max_steps=steps)))
-        proc = subprocess.run(training_command(cfg_path, gpus=2, launcher="torchrun", bin_dir=BIN),
-                              capture_output=True, text=True, env=_env(), timeout=600, cwd=REPO)
-        assert proc.returncode == 0, proc.stderr[-4000:]
+    shutil.copytree(out, res)
+    shutil.rmtree(res / "checkpoints/step-00000002")
+    shutil.rmtree(res / "adapter")
+    cfg_path.write_text(json.dumps(_run_cfg(tiny_model_dir, colour_dataset, res, batch_size=1)))
+    proc = subprocess.run(training_command(cfg_path, gpus=2, launcher="torchrun", bin_dir=BIN),
+                          capture_output=True, text=True, env=_env(), timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [e["step"] for e in events if e["event"] == "resume"] == [1]
     c = load_file(str(res / "adapter" / "adapter_model.safetensors"))
@@ -152,7 +157,7 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tin
     from anime_pipeline.training.train import ResumeError
 
     with pytest.raises(ResumeError, match="world_size"):
-        train(TrainConfig(**_run_cfg(tiny_model_dir, colour_dataset, res, batch_size=1, max_steps=3)))
+        train(TrainConfig(**_run_cfg(tiny_model_dir, colour_dataset, res, batch_size=1)))
 
 
 @pytest.mark.slow

@@ -39,6 +39,11 @@ def test_rendering_matches_tokenizer_chat_template(tiny_processor, sample3):
     theirs = tiny_processor.tokenizer.apply_chat_template(msgs, tokenize=False, chat_template=P.chat_template())
     assert ours == theirs
     assert ours.endswith("<end_of_utterance>\nAssistant: An answer.<end_of_utterance>\n")
+    # the processor (what the collators call) renders through the tokenizer's apply_chat_template
+    assert tiny_processor.render(msgs) == ours
+    prompt_only = msgs[:1]
+    assert tiny_processor.render(prompt_only, add_generation_prompt=True) == P.render(prompt_only,
+                                                                                      add_generation_prompt=True)
 
 
 def test_time_formats_and_number_words():

@@ -83,6 +83,11 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_model_dir, col
     assert again.steps == 6 and again.resumed_from_step == 6
     with pytest.raises(ResumeError):
         train(_cfg(tiny_model_dir, colour_dataset, out, lora_r=8))
+    # a changed schedule (learning rate, its shape, the number of steps or epochs) is refused, by name
+    for change in ({"lr_schedule": "linear"}, {"lr": 1e-3}, {"max_steps": 8}, {"warmup_steps": 2},
+                   {"max_steps": None, "epochs": 2.0}):
+        with pytest.raises(ResumeError, match=f"{next(iter(change))}: .* in the checkpoint, .* now"):
+            train(_cfg(tiny_model_dir, colour_dataset, out, **change))
     fresh = train(_cfg(tiny_model_dir, colour_dataset, out, resume=False, max_steps=1, save_steps=0))
     assert fresh.resumed_from_step is None and fresh.steps == 1
 
@@ -204,3 +209,42 @@ def test_uint8_pixels_give_the_same_run(tiny_model_dir, colour_dataset, tmp_path
     b = train(_cfg(tiny_model_dir, colour_dataset, tmp_path / "u8", max_steps=2, save_steps=0, uint8_pixels=True))
     assert b.loss_history == pytest.approx(a.loss_history, rel=1e-6, abs=1e-7)
     assert b.val_loss_after == pytest.approx(a.val_loss_after, rel=1e-6)
+
+
+def test_run_name_is_deterministic_per_data_version_and_configuration():
+    from anime_pipeline.training.config import run_name
+
+    cfg = TrainConfig(base_model="m", train_samples="t.parquet", output_dir="a", lr=1e-4)
+    name = run_name(cfg, "f" * 64, "v1")
+    assert name.startswith("f" * 12 + "-") and len(name) == 25
+    # run control (where, how often to log/save, loader workers) does not make another run
+    same = TrainConfig(base_model="m", train_samples="t.parquet", output_dir="b", lr=1e-4, log_every=7,
+                       num_workers=3, save_steps=5, feature_cache=True)
+    assert run_name(same, "f" * 64, "v1") == name
+    others = [run_name(TrainConfig(base_model="m", train_samples="t.parquet", output_dir="a", lr=2e-4), "f" * 64, "v1"),
+              run_name(TrainConfig(base_model="m", train_samples="t.parquet", output_dir="a", lr=1e-4,
+                                   lr_schedule="linear"), "f" * 64, "v1"),
+              run_name(cfg, "e" * 64, "v1"), run_name(cfg, "f" * 64, "v2")]
+    assert len({name, *others}) == 5
+    with pytest.raises(ValueError, match="data version"):
+        run_name(cfg, "")
+
+
+def test_a_sample_too_long_for_max_length_is_recorded_and_skipped(tiny_model_dir, tmp_path):
+    from .conftest import colour_titles, write_dataset
+
+    train_t, val_t = colour_titles()
+    long_answer = " ".join(["The red world turns blue and the white square drifts left."] * 30)
+    train_t = train_t[:4] + [{"mal_id": 9999, "colours": ["red", "blue"], "synopsis": long_answer}]
+    ds = {"home": tmp_path, "train": write_dataset(tmp_path, train_t, split="train"),
+          "val": write_dataset(tmp_path, val_t[:2] + [{"mal_id": 9998, "colours": ["red"], "synopsis": long_answer}],
+                               split="val")}
+    events: list[dict] = []
+    res = train(_cfg(tiny_model_dir, ds, tmp_path / "out", max_steps=1, save_steps=0, grad_accum=1,
+                     max_length=100, val_max_samples=None), reporter=events.append)
+    assert res.steps == 1 and res.train_samples == 4 and res.val_samples == 2 and res.skipped_samples == 2
+    skipped = [e for e in events if e["event"] == "skipped"]
+    assert [(e["mal_id"], e["split"]) for e in skipped] == [(9999, "train"), (9998, "val")]
+    assert "max_length=100" in skipped[0]["error"]
+    recorded = json.loads((tmp_path / "out" / "skipped.json").read_text())
+    assert [r["mal_id"] for r in recorded] == [9999, 9998] and res.metadata()["skipped_samples"] == 2
