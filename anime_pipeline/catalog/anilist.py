@@ -19,8 +19,8 @@ from anime_pipeline.catalog.listing import ListingSpec
 from anime_pipeline.catalog.models import (
     SourceText,
     TitleCandidate,
-    identity_reasons,
-    score_reasons,
+    malformed_entry,
+    title_candidate,
     as_dict,
     as_float,
     as_int,
@@ -79,7 +79,7 @@ def _first_season_blockers(relations: Any) -> list[str]:
 def parse_anilist_media(item: Any, *, min_score: float) -> TitleCandidate:
     """One `Page.media` entry → TITLES row + reasons to reject it."""
     if not isinstance(item, dict):
-        return TitleCandidate(catalog_id="", row={"name": None}, reject_reasons=["malformed entry (not an object)"])
+        return malformed_entry()
     catalog_id = as_str(item.get("id")) or ""
     title = item.get("title") if isinstance(item.get("title"), dict) else {}
     average = as_float(item.get("averageScore"))
@@ -93,35 +93,28 @@ def parse_anilist_media(item: Any, *, min_score: float) -> TitleCandidate:
             main_characters.append(full)
     fmt = str(item.get("format") or "TV").upper()
     status = str(item.get("status") or "FINISHED").upper()
-    row = {
+    fields = {
         "mal_id": as_int(item.get("idMal")),
         "name": as_str(title.get("romaji")),
         "name_english": as_str(title.get("english")),
         "name_native": as_str(title.get("native")),
-        "name_russian": None,
         "kind": "tv" if fmt == "TV" else fmt.lower(),
         "status": "released" if status == "FINISHED" else status.lower(),
         "rating": "none",  # AniList has no age rating (see module doc)
         "score": score,
-        "popularity": None,
         "episodes": as_int(item.get("episodes")) or None,
         "episode_duration_min": as_float(item.get("duration")) or None,
         "genres": [g for g in as_list(item.get("genres")) if isinstance(g, str) and g],
         "main_characters": main_characters,
-        "catalog": "anilist",
-        "catalog_id": catalog_id,
-        "description_ru": None,
     }
-    reasons = identity_reasons(catalog_id, row["mal_id"])
-    reasons += _first_season_blockers(item.get("relations"))
-    if row["kind"] != "tv":
+    reasons = _first_season_blockers(item.get("relations"))
+    if fmt != "TV":
         reasons.append(f"format {fmt} is not TV")
-    if row["status"] != "released":
+    if status != "FINISHED":
         reasons.append(f"status {status} is not FINISHED")
     if item.get("isAdult") is True:
         reasons.append("isAdult")
-    reasons += score_reasons(score, min_score)
-    return TitleCandidate(catalog_id=catalog_id, row=row, reject_reasons=reasons)
+    return title_candidate("anilist", catalog_id, fields, min_score=min_score, reasons=reasons)
 
 
 def fetch_anilist_description(client: HttpClient, url: str, mal_id: int) -> SourceText:

@@ -106,3 +106,28 @@ def score_reasons(score: float | None, min_score: float) -> list[str]:
     if score is None or score <= 0:
         return ["no score"]
     return [f"score {score} < {min_score}"] if score < min_score else []
+
+
+def malformed_entry() -> TitleCandidate:
+    """The candidate for a listing entry that is not a JSON object."""
+    return TitleCandidate(catalog_id="", row={"name": None}, reject_reasons=["malformed entry (not an object)"])
+
+
+def title_candidate(
+    catalog: str,
+    catalog_id: str,
+    fields: dict[str, Any],
+    *,
+    min_score: float,
+    reasons: list[str],
+) -> TitleCandidate:
+    """A TITLES row of `catalog` (`popularity` left for discovery) and its reject reasons: the identity
+    checks, then the catalog's own `reasons` (first-season blockers, kind/status/rating filters), then the
+    score filter."""
+    row = {"name_russian": None, "description_ru": None, **fields,
+           "popularity": None, "catalog": catalog, "catalog_id": catalog_id}
+    return TitleCandidate(
+        catalog_id=catalog_id,
+        row=row,
+        reject_reasons=identity_reasons(catalog_id, row.get("mal_id")) + reasons + score_reasons(row.get("score"), min_score),
+    )

@@ -15,8 +15,8 @@ from anime_pipeline.catalog.listing import ListingSpec
 from anime_pipeline.catalog.models import (
     ALLOWED_RATINGS,
     TitleCandidate,
-    identity_reasons,
-    score_reasons,
+    malformed_entry,
+    title_candidate,
     as_dict,
     as_float,
     as_int,
@@ -78,7 +78,7 @@ def _first_season_blockers(related: Any) -> list[str]:
 def parse_shikimori_anime(item: Any, *, min_score: float) -> TitleCandidate:
     """One `animes` entry → TITLES row + reasons to reject it (filters re-checked client-side)."""
     if not isinstance(item, dict):
-        return TitleCandidate(catalog_id="", row={"name": None}, reject_reasons=["malformed entry (not an object)"])
+        return malformed_entry()
     catalog_id = as_str(item.get("id")) or ""
     rating = normalise_rating(item.get("rating"))
     score = as_float(item.get("score"))
@@ -92,35 +92,31 @@ def parse_shikimori_anime(item: Any, *, min_score: float) -> TitleCandidate:
         if "main" in roles and isinstance(character, dict) and as_str(character.get("name")):
             main_characters.append(character["name"])
     description_ru = russian_description(item.get("description"), item.get("descriptionHtml"))
-    row = {
+    kind, status = as_str(item.get("kind")), as_str(item.get("status"))
+    fields = {
         "mal_id": as_int(item.get("malId")),
         "name": as_str(item.get("name")),
         "name_english": as_str(item.get("english")),
         "name_native": as_str(item.get("japanese")),
         "name_russian": as_str(item.get("russian")),
-        "kind": as_str(item.get("kind")),
-        "status": as_str(item.get("status")),
+        "kind": kind,
+        "status": status,
         "rating": rating,
         "score": score,
-        "popularity": None,
         "episodes": as_int(item.get("episodes")) or None,  # 0 = unknown
         "episode_duration_min": as_float(item.get("duration")) or None,
         "genres": genres,
         "main_characters": main_characters,
-        "catalog": "shikimori",
-        "catalog_id": catalog_id,
         "description_ru": description_ru,
     }
-    reasons = identity_reasons(catalog_id, row["mal_id"])
-    reasons += _first_season_blockers(item.get("related"))
-    if row["kind"] != "tv":
-        reasons.append(f"kind {row['kind']} is not tv")
-    if row["status"] != "released":
-        reasons.append(f"status {row['status']} is not released")
+    reasons = _first_season_blockers(item.get("related"))
+    if kind != "tv":
+        reasons.append(f"kind {kind} is not tv")
+    if status != "released":
+        reasons.append(f"status {status} is not released")
     if rating not in ALLOWED_RATINGS:
         reasons.append(f"rating {rating} is not one of {', '.join(ALLOWED_RATINGS)}")
-    reasons += score_reasons(score, min_score)
-    return TitleCandidate(catalog_id=catalog_id, row=row, reject_reasons=reasons)
+    return title_candidate("shikimori", catalog_id, fields, min_score=min_score, reasons=reasons)
 
 
 LISTING = ListingSpec(

@@ -1,4 +1,5 @@
-"""A bad episode fails its own partition with a clear, recorded error; the other partitions still materialize."""
+"""A bad episode fails its own partition with a clear, recorded error; the other partitions still materialize,
+and the split lists the title as excluded with that error."""
 
 import json
 
@@ -33,6 +34,12 @@ def test_bad_file_fails_only_its_partition(tmp_path):
         message = failure.event_specific_data.error.message
         assert f"{bad}.mp4" in message and "MAL id 990002" in message
         assert instance.get_materialized_partitions(dg.AssetKey("frame_shards")) == {good}
+        # failures as data: the split names the title left out and the error its episode recorded
+        split = dg.materialize(assets, selection=["train_val_split"], instance=instance, resources=resources,
+                               run_config={"ops": {"train_val_split": {"config": {"val_fraction": 0.0}}}})
+        meta = split.get_asset_materialization_events()[0].step_materialization_data.materialization.metadata
+        assert meta["num_train"].value == 1 and meta["num_media_failures"].value == 1
+        assert bad in str(meta["excluded"].value) and "no frame shard (episodes failed:" in str(meta["excluded"].value)
     record = json.loads((home / "episodes" / bad / "error.json").read_text())
     assert record["stage"] == "episodes" and f"{bad}.mp4" in record["error"]
     assert not list((home / "episodes" / bad).glob("ep01.*"))  # nothing partial left behind

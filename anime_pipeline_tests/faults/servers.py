@@ -80,15 +80,9 @@ class _FaultHandler(_Handler):
             self.close_connection = True
             _rst(self.connection)
             return
-        payload, headers = canned.encode()
         try:
-            self.send_response(canned.status)
-            for key, value in headers.items():
-                self.send_header(key, value)
-            self.send_header("Content-Length", str(len(payload)))
-            if isinstance(canned, (PartialBody, Trickle)):
-                self.send_header("Connection", "close")
-            self.end_headers()
+            payload = self._send_head(canned, **({"Connection": "close"} if isinstance(canned, (PartialBody, Trickle))
+                                                  else {}))
             if isinstance(canned, PartialBody):
                 self.wfile.write(payload[: canned.keep])
                 self.wfile.flush()
