@@ -1,5 +1,5 @@
 """AniList GraphQL: title discovery (`Page { media }`) and descriptions by MAL id (`Media(idMal:)`).
-See shared/reference/catalog/anilist.md.
+API facts and their sources: docs/CATALOG_APIS.md.
 
 AniList has no age rating. Discovery filters with `isAdult: false` (which excludes hentai only),
 so the `rating` column of AniList titles is "none" (unknown) and the rating ≤ PG-13 filter cannot

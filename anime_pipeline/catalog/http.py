@@ -85,7 +85,7 @@ SECRET_HEADERS = frozenset({"x-mal-client-id", "authorization", "cookie", "x-api
 
 RateSpec = tuple[float | None, float | None]  # (per_second, per_minute); None = no limit of that kind
 
-# From the reference docs (shared/reference/catalog): Shikimori 5 rps + 90 rpm; AniList 90/min,
+# From the APIs' own documentation (docs/CATALOG_APIS.md): Shikimori 5 rps + 90 rpm; AniList 90/min,
 # currently degraded to 30/min (plus an undocumented burst limiter, so at most 1/s); Jikan
 # 3/s + 60/min; MAL publishes no limit (community guidance ~1/s), so stay conservative.
 DEFAULT_RATE_LIMITS: dict[str, RateSpec] = {

@@ -1,5 +1,5 @@
 """Jikan v4 synopses: `GET {jikan_url}/anime/{id}` → `data.synopsis` (MAL's text, no key needed).
-See shared/reference/catalog/jikan.md.
+API facts and their sources: docs/CATALOG_APIS.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """MyAnimeList API v2 synopses: `GET {mal_url}/anime/{id}?fields=synopsis` with `X-MAL-CLIENT-ID`.
 
 The client id is a secret: it only travels in the header, never in a URL, a message or a row.
-See shared/reference/catalog/mal.md.
+API facts and their sources: docs/CATALOG_APIS.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Shikimori GraphQL title discovery (`animes` query). See shared/reference/catalog/shikimori.md.
+"""Shikimori GraphQL title discovery (`animes` query). API facts and their sources: docs/CATALOG_APIS.md.
 
 Server-side filters: kind "tv", status "released", rating "g,pg,pg_13", score ≥ an integer
 (the `score` argument is an Int filter that only accepts 1..9), ordered by popularity. Every

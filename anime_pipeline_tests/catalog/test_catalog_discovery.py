@@ -261,7 +261,7 @@ def test_fetch_page_refuses_a_page_past_the_depth_limit(make_client):
 
 def test_listing_queries_use_only_documented_arguments_and_fields():
     """Every argument, enum value and field the listing queries send exists in the reference docs
-    (shared/reference/catalog: shikimori.md, anilist.md)."""
+    (docs/CATALOG_APIS.md)."""
     from anime_pipeline.catalog import anilist, shikimori
 
     shiki = shikimori.SHIKIMORI_QUERY
