@@ -58,7 +58,9 @@ def run_job(
     )
 
 
-def run_job_multiprocess(job_name: str, *, instance, partition_key: str | None = None, tags: dict | None = None):
+def run_job_multiprocess(
+    job_name: str, *, instance, partition_key: str | None = None, run_config: dict | None = None, tags: dict | None = None
+):
     """One run of a job with every step in its own process (the job is reloaded from
     `anime_pipeline.definitions` in each, so each step resolves its own settings and local dir)."""
     import dagster as dg
@@ -70,7 +72,8 @@ def run_job_multiprocess(job_name: str, *, instance, partition_key: str | None =
     run_tags = {"anime_pipeline/launched_by": "cli", **(tags or {})}
     if partition_key:
         run_tags["dagster/partition"] = partition_key
-    return dg.execute_job(job, instance=instance, tags=run_tags)
+    ops = {k: v for k, v in (run_config or {}).items() if k in JOB_ASSETS[job_name]}
+    return dg.execute_job(job, instance=instance, tags=run_tags, run_config={"ops": ops} if ops else None)
 
 
 def run_all(
@@ -148,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     jp.add_argument("--all-partitions", action="store_true", help="media_job: one run per title partition")
     jp.add_argument("--multiprocess", action="store_true",
                     help="each step in its own process (Dagster's multiprocess executor), as a run worker does")
+    jp.add_argument("--config", default=None, help='op config as JSON: {"finetuned_adapter": {"max_steps": 20}, …}')
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if args.command == "dagster-home":
@@ -161,15 +165,16 @@ def main(argv: list[str] | None = None) -> int:
 
         instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else _instance(settings)
         defs = build_defs(settings)
+        op_config = {k: {"config": v} for k, v in json.loads(args.config).items()} if args.config else None
         keys = [args.partition]
         if args.all_partitions:
             keys = instance.get_dynamic_partitions(MAL_ID_PARTITIONS_NAME)
         ok = True
         for key in keys:
             if args.multiprocess:
-                result = run_job_multiprocess(args.name, instance=instance, partition_key=key)
+                result = run_job_multiprocess(args.name, instance=instance, partition_key=key, run_config=op_config)
             else:
-                result = run_job(defs, args.name, instance=instance, partition_key=key)
+                result = run_job(defs, args.name, instance=instance, partition_key=key, run_config=op_config)
             print(f"{'ok  ' if result.success else 'FAIL'} {args.name}" + (f" [{key}]" if key else "") + f" run {result.run_id}")
             ok = ok and result.success
         return 0 if ok else 1

@@ -159,33 +159,6 @@ def training_command(
     return cmd + tail
 
 
-def staged_command(
-    command: Sequence[str],
-    *,
-    fetch: Sequence[str] = (),
-    publish: Sequence[str] = (),
-    python: str = "python",
-) -> list[str]:
-    """Wrap `command` for a worker that shares no disk with the orchestrator: `sh -c` that first fetches
-    `fetch` (paths relative to the data dir) from the object store, runs `command`, and — only when it
-    succeeded — publishes `publish` back (`python -m anime_pipeline.storage`, configured by the
-    ANIME_PIPELINE_S3_* / AWS environment of the pod or task). The exit status is the first failure's.
-    """
-    import shlex
-
-    from anime_pipeline.storage import relative_key
-
-    if not command or not all(isinstance(a, str) for a in command):
-        raise LaunchError("command must be a non-empty list of strings")
-    steps = []
-    if fetch:
-        steps.append(shlex.join([python, "-m", "anime_pipeline.storage", "fetch", *map(relative_key, fetch)]))
-    steps.append(shlex.join(list(command)))
-    if publish:
-        steps.append(shlex.join([python, "-m", "anime_pipeline.storage", "publish", *map(relative_key, publish)]))
-    return ["sh", "-c", "set -e; " + "; ".join(steps)]
-
-
 # Kubernetes -----------------------------------------------------------------------------------
 def _env_list(env: Mapping[str, str] | None) -> list[dict[str, str]]:
     out = []

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anime_pipeline.launch import k8s_pod_spec_for_training, staged_command, training_command
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -19,7 +18,8 @@ PG_ENV = {
     "DAGSTER_PG_USERNAME": "dagster",
     "DAGSTER_PG_PASSWORD": "not-a-real-password",
     "DAGSTER_PG_DB": "dagster",
-    "ANIME_PIPELINE_S3_BUCKET": "anime-data",
+    "ANIME_PIPELINE_HOME": "s3://anime-data/anime-pipeline",
+    "ANIME_PIPELINE_LOG_BUCKET": "anime-data",
     "ANIME_PIPELINE_S3_REGION": "us-east-1",
 }
 
@@ -98,7 +98,7 @@ def test_ecs_instance_yaml(monkeypatch):
     launcher = raw["run_launcher"]["config"]
     # the password is never copied as a plain variable; it reaches run tasks as a secret
     assert "DAGSTER_PG_PASSWORD" not in launcher["env_vars"]
-    assert {"DAGSTER_PG_HOST", "ANIME_PIPELINE_S3_BUCKET"} <= set(launcher["env_vars"])
+    assert {"DAGSTER_PG_HOST", "ANIME_PIPELINE_HOME", "ANIME_PIPELINE_GPU_LAUNCHER"} <= set(launcher["env_vars"])
     assert raw["concurrency"]["runs"]["max_concurrent_runs"] >= 1
 
 
@@ -154,28 +154,21 @@ def test_helm_values():
     assert module == "anime_pipeline.definitions"
 
 
-def test_training_pod_manifest_is_what_the_helper_builds():
+def test_training_pod_manifest_is_what_the_k8s_launcher_submits():
+    """deploy/k8s/training-pod.yaml is the pod spec `K8sGpuLauncher` builds from the Helm values' settings."""
+    from anime_pipeline.defs.resources import build_resources
+    from anime_pipeline.gpu_job import train_job
+    from anime_pipeline.settings import Settings
+
+    v = load("k8s/values.yaml")
+    env_vars = dict(e.split("=", 1) for e in v["runLauncher"]["config"]["k8sRunLauncher"]["envVars"])
+    launcher = build_resources(env={}, settings=Settings.from_env(env_vars))["gpu_launcher"]
+    job = train_job(store={"data_uri": env_vars["ANIME_PIPELINE_HOME"], "region": "us-east-1"}, train_config={},
+                    home=Path("/unused"), inputs=[], run_dir="models/example", asset_key="finetuned_adapter")
     doc = load("k8s/training-pod.yaml")
     assert (doc["apiVersion"], doc["kind"]) == ("v1", "Pod")
-    expected = k8s_pod_spec_for_training(
-        "ghcr.io/your-org/anime-pipeline:0.1.0",
-        gpus=1,
-        command=staged_command(
-            training_command("/data/models/example/train_config.json"),
-            fetch=["splits", "frames", "models/example/train_config.json"],
-            publish=["models/example"],
-        ),
-        env={
-            "ANIME_PIPELINE_HOME": "/data",
-            "ANIME_PIPELINE_S3_BUCKET": "your-anime-bucket",
-            "ANIME_PIPELINE_S3_PREFIX": "anime-pipeline",
-            "ANIME_PIPELINE_S3_REGION": "us-east-1",
-        },
-        secret_env=["anime-pipeline-aws"],
-        cpu="8",
-        memory="48Gi",
-    )
-    assert doc["spec"] == expected
+    assert doc["spec"] == launcher.pod_spec(job)
+    assert launcher.namespace == "anime" and launcher.image == doc["spec"]["containers"][0]["image"]
 
 
 def test_training_pod_manifest_is_a_valid_kubernetes_pod():

@@ -1,37 +1,54 @@
-"""With ANIME_PIPELINE_S3_BUCKET set, `frame_shards` also publishes its shard to S3 (a real moto_server)."""
+"""With ANIME_PIPELINE_HOME=s3://…, the catalog and media stages read from and write to the bucket (a real
+moto_server): a later step with an empty local dir finds its inputs there, and re-running uploads nothing."""
 
-import os
-
-import boto3
 import dagster as dg
 import polars as pl
 import pytest
 
-from anime_pipeline.definitions import defs
-from anime_pipeline.defs.resources import build_resources
+from anime_pipeline.definitions import build_defs
 from anime_pipeline.demo import DEMO_MAL_ID_BASE
+from anime_pipeline.settings import Settings
+
+from .conftest import object_store
 
 pytestmark = pytest.mark.slow
 
 
-def test_frame_shard_is_published_and_readable_over_s3(s3_env, tmp_path):
-    home = tmp_path / "data"
-    env = {**os.environ, **s3_env, "ANIME_PIPELINE_HOME": str(home)}
-    resources = build_resources(env=env)
+def _defs(s3_env, cache):
+    return build_defs(Settings.from_env({**s3_env, "ANIME_PIPELINE_CACHE_DIR": str(cache)}), env={})
+
+
+def _materialize(defs, instance, selection, partition_key=None):
     assets = list(defs.assets) + list(defs.asset_checks)
+    result = dg.materialize(assets, selection=selection, instance=instance, resources=defs.resources,
+                            partition_key=partition_key)
+    assert result.success
+    return result
+
+
+def test_media_stage_works_from_the_bucket_with_empty_local_dirs(s3_env, tmp_path):
     key = str(DEMO_MAL_ID_BASE)
+    store = object_store(s3_env)
     with dg.instance_for_test() as instance:
-        assert dg.materialize(assets, selection=["titles", "synopses"], instance=instance, resources=resources).success
-        result = dg.materialize(
-            assets, selection=["episodes", "frame_shards"], partition_key=key, instance=instance, resources=resources
-        )
-        assert result.success
+        _materialize(_defs(s3_env, tmp_path / "step-1"), instance, ["titles", "synopses"])
+        assert {"catalog/titles.parquet", "catalog/synopses.parquet"} <= set(store.list_paths("catalog"))
+        # `episodes` and `frame_shards` in dirs of their own: each fetches what it reads from the bucket
+        _materialize(_defs(s3_env, tmp_path / "step-2"), instance, ["episodes"], key)
+        assert not (tmp_path / "step-2" / "frames").exists()
+        _materialize(_defs(s3_env, tmp_path / "step-3"), instance, ["frame_shards"], key)
+        assert (tmp_path / "step-3" / "episodes" / key / "ep01.mp4").exists()  # fetched, not shared
         md = instance.get_latest_materialization_event(dg.AssetKey("frame_shards")).asset_materialization.metadata
-    uri = md["s3_uri"].value
-    bucket, prefix = s3_env["ANIME_PIPELINE_S3_BUCKET"], s3_env["ANIME_PIPELINE_S3_PREFIX"]
-    assert uri == f"s3://{bucket}/{prefix}/frames/mal_id={key}/part-0.parquet"
-    s3 = boto3.client("s3", endpoint_url=s3_env["ANIME_PIPELINE_S3_ENDPOINT_URL"], region_name="us-east-1")
-    body = s3.get_object(Bucket=bucket, Key=f"{prefix}/frames/mal_id={key}/part-0.parquet")["Body"].read()
-    assert body == (home / "frames" / f"mal_id={key}" / "part-0.parquet").read_bytes()
-    remote = pl.read_parquet(uri, storage_options=resources["pipeline"].object_store().polars_storage_options())
+        # episodes again, in a fourth empty dir: the episode is in the bucket, so it is reused, not downloaded
+        sent = []
+        defs4 = _defs(s3_env, tmp_path / "step-4")
+        defs4.resources["data_store"].open().objects.s3().meta.events.register(
+            "before-call.s3.PutObject", lambda **kw: sent.append(kw))
+        _materialize(defs4, instance, ["episodes"], key)
+        ep = instance.get_latest_materialization_event(dg.AssetKey("episodes")).asset_materialization.metadata
+        assert ep["reused"].value is True and not (tmp_path / "step-4" / "episodes" / key / "ep01.mp4").exists()
+    uri = f"{s3_env['ANIME_PIPELINE_HOME']}/frames/mal_id={key}/part-0.parquet"
+    assert md["path"].value == uri
+    remote = pl.read_parquet(uri, storage_options=store.polars_storage_options())
     assert remote.height == 8 and remote["mal_id"].unique().to_list() == [int(key)]
+    assert (tmp_path / "step-3" / "frames" / f"mal_id={key}" / "part-0.parquet").read_bytes() == store.s3().get_object(
+        Bucket=store.bucket, Key=store.key(f"frames/mal_id={key}/part-0.parquet"))["Body"].read()

@@ -19,7 +19,6 @@ from anime_pipeline.launch import (
     LaunchError,
     ecs_run_task_params,
     k8s_pod_spec_for_training,
-    staged_command,
     training_command,
 )
 
@@ -83,7 +82,7 @@ def test_invalid_arguments_are_refused(kwargs, message):
         training_command(CFG, **kwargs)
 
 
-@pytest.mark.parametrize("bad", ["", "--help", None, 3])
+@pytest.mark.parametrize("bad", ["", "--help", 3])  # None: no --config (the gpu_job takes its job from Pipes)
 def test_config_path_must_be_a_path(bad):
     with pytest.raises(LaunchError, match="config_path"):
         training_command(bad)
@@ -147,62 +146,39 @@ def test_the_training_entry_point_takes_the_emitted_arguments():
     assert cmd[1:3] == ["-m", "anime_pipeline.training"] and cmd[3] == "--config"
 
 
-# staged_command ---------------------------------------------------------------------------------
-def test_staged_command_fetches_runs_and_publishes():
-    cmd = staged_command(
-        training_command(CFG, gpus=2), fetch=["splits", "frames", "models/run-1/train_config.json"], publish=["models/run-1"]
-    )
-    assert cmd[:2] == ["sh", "-c"]
-    assert cmd[2] == (
-        "set -e; python -m anime_pipeline.storage fetch splits frames models/run-1/train_config.json; "
-        "torchrun --standalone --nnodes 1 --nproc-per-node 2 -m anime_pipeline.training --config "
-        "/data/models/run-1/train_config.json; python -m anime_pipeline.storage publish models/run-1"
-    )
-    with pytest.raises(ValueError):
-        staged_command(["python"], fetch=["../etc"])
+# The GPU job (what the gpu_launcher resource runs) -------------------------------------------------
+def test_gpu_job_command_has_no_config_file_the_job_comes_through_pipes():
+    assert training_command(None, gpus=1, module="anime_pipeline.gpu_job") == ["python", "-m", "anime_pipeline.gpu_job"]
+    assert training_command(None, gpus=2, launcher="torchrun", module="anime_pipeline.gpu_job")[-2:] == [
+        "-m", "anime_pipeline.gpu_job"]
 
 
-def test_staged_command_moves_files_through_a_real_object_store(s3_env, tmp_path):
-    """Worker 1 publishes the inputs; a 'GPU worker' with an empty data dir fetches them, runs, publishes."""
-    from anime_pipeline.storage import ObjectStore, main as storage_main
+def test_gpu_job_paths_are_relative_to_each_machines_data_dir(tmp_path):
+    from anime_pipeline.gpu_job import eval_job, from_ref, to_ref, train_job
 
-    store = ObjectStore.from_env(s3_env)
-    home1, home2 = tmp_path / "orchestrator", tmp_path / "gpu-worker"
-    (home1 / "splits").mkdir(parents=True)
-    (home1 / "splits" / "train.parquet").write_bytes(b"train-split")
-    (home1 / "models" / "run-1").mkdir(parents=True)
-    (home1 / "models" / "run-1" / "train_config.json").write_text("{}")
-    assert storage_main(["publish", "splits", "models/run-1/train_config.json", "--home", str(home1)], env=s3_env) == 0
-
-    job = [sys.executable, "-c",
-           "import os, pathlib; h = pathlib.Path(os.environ['ANIME_PIPELINE_HOME']);"
-           "assert (h / 'splits/train.parquet').read_bytes() == b'train-split';"
-           "(h / 'models/run-1/adapter').mkdir(parents=True);"
-           "(h / 'models/run-1/adapter/adapter_model.safetensors').write_bytes(b'weights')"]
-    cmd = staged_command(job, fetch=["splits", "models/run-1/train_config.json"], publish=["models/run-1"],
-                         python=sys.executable)
-    env = {**os.environ, **s3_env, "ANIME_PIPELINE_HOME": str(home2)}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert f"fetched {store.uri('splits/train.parquet')}" in r.stdout
-    assert f"uploaded {store.uri('models/run-1/adapter/adapter_model.safetensors')}" in r.stdout
-    assert f"unchanged {store.uri('models/run-1/train_config.json')}" in r.stdout
-    # back on the orchestrator
-    got = store.fetch("models/run-1/adapter/adapter_model.safetensors", home1)
-    assert got.read_bytes() == b"weights"
-
-    # a failing job publishes nothing and fails the command
-    bad = staged_command([sys.executable, "-c", "raise SystemExit(3)"], publish=["models/run-2"], python=sys.executable)
-    r = subprocess.run(bad, capture_output=True, text=True, timeout=60, env=env)
-    assert r.returncode == 3
-    assert store.list_paths("models/run-2") == []
+    here, there = tmp_path / "orchestrator", tmp_path / "gpu-pod"
+    cfg = {"base_model": str(here / "tiny-model"), "output_dir": str(here / "models" / "r1"),
+           "data_home": str(here), "lora_r": 16, "feature_cache_dir": None, "other": "HuggingFaceTB/SmolVLM2"}
+    job = train_job(store={"data_uri": "s3://b/p"}, train_config=cfg, home=here, inputs=["splits/train.parquet"],
+                    run_dir="models/r1", asset_key="finetuned_adapter")
+    assert job["config"]["output_dir"] == "{home}/models/r1" and job["config"]["data_home"] == "{home}"
+    assert str(here) not in json.dumps(job)
+    assert job["inputs"] == ["splits/train.parquet", "tiny-model"]  # a base model inside the data home travels too
+    assert job["outputs"] == ["models/r1"] and job["optional_inputs"] == ["models/r1"]  # resume from checkpoints
+    resolved = from_ref(job["config"], there)
+    assert resolved["output_dir"] == str((there / "models" / "r1").resolve())
+    assert resolved["other"] == "HuggingFaceTB/SmolVLM2" and resolved["lora_r"] == 16
+    assert to_ref(resolved, there) == job["config"]
+    hub = eval_job(store={}, eval_args={"base_model": "HuggingFaceTB/SmolVLM2"}, home=here, inputs=[], outputs=[],
+                   asset_key="caption_eval")
+    assert hub["inputs"] == []  # a hub model id is not fetched from the store
 
 
-def test_storage_cli_without_a_bucket_says_so(capsys):
+def test_storage_cli_with_a_local_home_says_there_is_nothing_to_move(capsys, tmp_path):
     from anime_pipeline.storage import main as storage_main
 
-    assert storage_main(["fetch", "frames"], env={}) == 2
-    assert "ANIME_PIPELINE_S3_BUCKET is not set" in capsys.readouterr().out
+    assert storage_main(["fetch", "frames"], env={"ANIME_PIPELINE_HOME": str(tmp_path)}) == 2
+    assert "is a local dir: nothing to fetch" in capsys.readouterr().out
 
 
 # Kubernetes -------------------------------------------------------------------------------------
