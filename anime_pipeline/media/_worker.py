@@ -3,8 +3,8 @@
 A long-lived process that serves one decoding job after another, so an episode pays no interpreter start
 or import of PyAV/PIL (the parent keeps it and kills it on a time limit; see `sampling`). Messages on
 stdin/stdout are framed: an 8-byte big-endian length, then that many bytes of pickle. Each request is a
-job dict for `sampling.decode_targets`; each reply is `("ok", [(ts, (w, h), rgb bytes), ...])` or
-`("error", message)`. Native libraries may print to fd 1, so fd 1 is pointed at stderr and the replies
+job dict for `sampling.decode_targets` (plus `jpeg_quality`); each reply is `("ok", frames)` with the frames
+packed by `sampling.pack_frames` (JPEG or RGB bytes), or `("error", message)`. Native libraries may print to fd 1, so fd 1 is pointed at stderr and the replies
 go to a private copy of the original stdout.
 
 The worker exits when stdin closes (its parent is gone or done with it), after `IDLE_EXIT_S` seconds
@@ -85,8 +85,8 @@ def main() -> int:
             return 1
         try:
             job = pickle.loads(raw)
-            frames = sampling.decode_targets(**job)
-            payload = ("ok", [(ts, img.size, img.tobytes()) for ts, img in frames])
+            quality = job.pop("jpeg_quality", None)
+            payload = ("ok", sampling.pack_frames(sampling.decode_targets(**job), quality))
         except Exception as e:  # reported to the parent as MediaError
             payload = ("error", str(e) if type(e).__name__ == "MediaError" else f"{type(e).__name__}: {e}")
         write_message(result_fd, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))

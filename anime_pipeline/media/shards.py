@@ -20,7 +20,7 @@ from anime_pipeline.schemas import FRAMES
 
 from .errors import MediaError
 from .probe import VideoProbe, probe_video
-from .sampling import SampledFrame, SamplingConfig, prestart_worker, sample_frames
+from .sampling import SampledFrame, SamplingConfig, encode_jpeg, prestart_worker, sample_frames
 
 SHARD_COMPRESSION = "zstd"
 
@@ -52,12 +52,6 @@ def _check_ids(mal_id: int, episode: int) -> tuple[int, int]:
     return mal_id, episode
 
 
-def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:
-    buf = io.BytesIO()
-    image.convert("RGB").save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
 def frames_dataframe(
     frames: Iterable[SampledFrame], *, mal_id: int, episode: int, source_sha256: str, jpeg_quality: int = 90
 ) -> pl.DataFrame:
@@ -78,9 +72,11 @@ def frames_dataframe(
         "episode": [episode] * len(frames),
         "frame_index": [f.frame_index for f in frames],
         "timestamp_s": [float(f.timestamp_s) for f in frames],
-        "width": [f.image.width for f in frames],
-        "height": [f.image.height for f in frames],
-        "image": [encode_jpeg(f.image, jpeg_quality) for f in frames],
+        "width": [f.size[0] for f in frames],
+        "height": [f.size[1] for f in frames],
+        # JPEG bytes the decoder already made at this quality are stored as they are
+        "image": [f.jpeg if f.jpeg is not None and f.jpeg_quality == jpeg_quality else encode_jpeg(f.rgb(), jpeg_quality)
+                  for f in frames],
         "source_sha256": [source_sha256] * len(frames),
     }
     return pl.DataFrame(data, schema=FRAMES)
@@ -166,7 +162,7 @@ def extract_frame_shard(
             probe = None  # the file changed since it was probed: its recorded sha256 is stale
     if probe is None or not probe.sha256:
         probe = probe_video(video_path)
-    frames = sample_frames(video_path, cfg, probe)
+    frames = sample_frames(video_path, cfg, probe, jpeg_quality=jpeg_quality)
     if not frames:
         raise MediaError(f"{video_path}: no frames could be sampled", path=video_path)
     return write_frame_shard(
