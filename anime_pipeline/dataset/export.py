@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -111,7 +110,12 @@ SCHEMA_WITH_FEATURES = ARROW_SCHEMA.with_metadata(
 
 _TITLE_FIELDS = ("name_english", "name_native", "name_russian", "rating", "genres", "main_characters", "catalog")
 _SHARD_RE = re.compile(r"^(?P<split>[a-z]+)-(?P<idx>\d{5})-of-(?P<n>\d{5})\.parquet$")
-_TMP_PREFIX = ".export-"
+_TMP_PREFIX = ".export-"  # rename holds; shard temps are atomic_path's `.<shard name>.<random>.parquet`
+_SHARD_TEMP_GLOB = ".*-of-*.parquet.*.parquet"
+
+
+class _SameBytes(Exception):
+    """Raised inside `atomic_path` to drop a rebuilt shard whose bytes equal the file already there."""
 
 
 class ExportError(RuntimeError):
@@ -450,8 +454,9 @@ def export_dataset(
 
     data_dir = dest / DATA_DIR
     data_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in data_dir.glob(f"{_TMP_PREFIX}*"):  # from an interrupted run of ours
-        leftover.unlink(missing_ok=True)
+    for pattern in (f"{_TMP_PREFIX}*", _SHARD_TEMP_GLOB):  # from an interrupted run of ours
+        for leftover in data_dir.glob(pattern):
+            leftover.unlink(missing_ok=True)
     previous = _load_manifest(dest)
 
     # 1. Shards whose content already exists on disk (same fingerprint, file bytes still as recorded).
@@ -490,22 +495,15 @@ def export_dataset(
         if shard.relpath in reuse:
             continue
         final = dest / shard.relpath
-        fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".parquet", dir=data_dir)
-        os.close(fd)
-        tmp = Path(tmp_name)
         try:
-            _write_parquet(_build_table(shard, data_home), tmp)
-            sha = file_sha256(tmp)
-            if final.is_file() and file_sha256(final) == sha:
-                tmp.unlink()
-                unchanged.append(shard.relpath)
-            else:
-                os.replace(tmp, final)
-                written.append(shard.relpath)
-            sha_of[shard.relpath] = sha
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+            with atomic_path(final, suffix=".parquet") as tmp:
+                _write_parquet(_build_table(shard, data_home), tmp)
+                sha_of[shard.relpath] = file_sha256(tmp)
+                if final.is_file() and file_sha256(final) == sha_of[shard.relpath]:
+                    raise _SameBytes  # atomic_path removes the temp; the file keeps its bytes and mtime
+            written.append(shard.relpath)
+        except _SameBytes:
+            unchanged.append(shard.relpath)
 
     # 4. Remove shards that are no longer part of the release.
     wanted = {s.relpath for s in shards}

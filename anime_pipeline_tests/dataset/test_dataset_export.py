@@ -242,3 +242,15 @@ def test_missing_frames_fail_loudly(world):
     escaping = world["shards"].with_columns(pl.lit("../outside.parquet").alias("frames_path"))
     with pytest.raises(ExportError, match="outside the data dir"):
         run_export(world, shards=escaping)
+
+
+def test_leftovers_of_an_interrupted_export_are_removed(world):
+    data = world["dest"] / "data"
+    data.mkdir(parents=True)
+    planted = [data / ".train-00000-of-00002.parquet.k3j4h5.parquet", data / ".export-hold-0123abcd"]
+    for p in planted:
+        p.write_bytes(b"half a shard")
+    run_export(world)
+    assert not any(p.exists() for p in planted)
+    assert sorted(p.name for p in data.iterdir()) == sorted(
+        Path(r).name for r in json.loads((world["dest"] / MANIFEST_NAME).read_text())["shards"])
