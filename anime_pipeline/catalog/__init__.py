@@ -4,6 +4,7 @@ Public API:
     HttpConfig, HttpClient                     (catalog.http)
     discover_titles, DiscoveryResult           (catalog.discovery)
     fetch_synopses, SynopsisSources, SynopsisResult  (catalog.synopses)
+    retain_titles, retain_synopses             (catalog.retention: no silent churn)
     demo_catalog                               (catalog.demo)
     check_unique_mal_ids, check_synopses_clean (catalog.checks)
     CatalogError, CatalogHTTPError, CatalogDataError, CatalogConfigError (catalog.errors)
@@ -14,6 +15,7 @@ from anime_pipeline.catalog.demo import demo_catalog
 from anime_pipeline.catalog.discovery import DiscoveryResult, discover_titles
 from anime_pipeline.catalog.errors import CatalogConfigError, CatalogDataError, CatalogError, CatalogHTTPError
 from anime_pipeline.catalog.http import HttpClient, HttpConfig
+from anime_pipeline.catalog.retention import retain_synopses, retain_titles
 from anime_pipeline.catalog.synopses import SynopsisResult, SynopsisSources, fetch_synopses
 
 __all__ = [
@@ -31,4 +33,6 @@ __all__ = [
     "demo_catalog",
     "discover_titles",
     "fetch_synopses",
+    "retain_synopses",
+    "retain_titles",
 ]

@@ -17,7 +17,6 @@ from anime_pipeline.catalog.models import (
     TitleCandidate,
     malformed_entry,
     title_candidate,
-    as_dict,
     as_float,
     as_int,
     as_list,

@@ -22,8 +22,6 @@ import pytest
 
 from anime_pipeline_tests.fixtures.http import make_client  # noqa: F401  (fixture)
 
-from anime_pipeline.catalog.http import HttpClient
-from anime_pipeline_tests.faults.helpers import REPO, fast_config
 from anime_pipeline_tests.faults.servers import FaultServer
 from anime_pipeline_tests.fixtures import media as fx
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
 
-from anime_pipeline.catalog.http import HttpConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
