@@ -109,3 +109,43 @@ def test_safe_component_keeps_different_titles_apart():
     a, b = safe_component("進撃の巨人"), safe_component("鬼滅の刃")
     assert a != b and a.startswith("item-") and b.startswith("item-")
     assert safe_component("a/b") != safe_component("a_b")
+
+
+def test_deployment_variables_are_read(tmp_path):
+    env = {
+        "ANIME_PIPELINE_HOME": "s3://anime-data/prod",
+        "ANIME_PIPELINE_CACHE_DIR": str(tmp_path / "cache"),
+        "ANIME_PIPELINE_S3_ENDPOINT_URL": "http://127.0.0.1:9000",
+        "ANIME_PIPELINE_S3_REGION": "eu-west-1",
+        "ANIME_PIPELINE_GPU_LAUNCHER": "ecs",
+        "ANIME_PIPELINE_GPUS": "2",
+        "ANIME_PIPELINE_ECS_CLUSTER": "gpu",
+        "ANIME_PIPELINE_ECS_TASK_DEFINITION": "train:3",
+        "ANIME_PIPELINE_ECS_CONTAINER": "trainer",
+        "ANIME_PIPELINE_ECS_SUBNETS": "subnet-a, subnet-b",
+        "ANIME_PIPELINE_ECS_SECURITY_GROUPS": "sg-1",
+        "ANIME_PIPELINE_ECS_CAPACITY_PROVIDER": "gpu-asg",
+        "ANIME_PIPELINE_CATALOG_CRON": "0 4 * * *",
+        "ANIME_PIPELINE_CATALOG_SCHEDULE": "off",
+        "ANIME_PIPELINE_MEDIA_SENSOR": "off",
+        "ANIME_PIPELINE_CATALOG_MAX_RUNTIME_S": "60",
+        "ANIME_PIPELINE_TRAINING_CRON": "0 6 * * 1",
+        "ANIME_PIPELINE_TRAINING_SCHEDULE": "on",
+    }
+    s = Settings.from_env(env)
+    assert (s.data_uri, s.home, s.s3_endpoint_url, s.s3_region, s.remote) == (
+        "s3://anime-data/prod", (tmp_path / "cache").resolve(), "http://127.0.0.1:9000", "eu-west-1", True)
+    g = s.gpu
+    assert (g.launcher, g.gpus, g.ecs_cluster, g.ecs_task_definition, g.ecs_container) == ("ecs", 2, "gpu", "train:3", "trainer")
+    assert (g.ecs_subnets, g.ecs_security_groups, g.ecs_capacity_provider) == (("subnet-a", "subnet-b"), ("sg-1",), "gpu-asg")
+    a = s.automation
+    assert (a.catalog_cron, a.catalog_schedule, a.media_sensor, a.catalog_max_runtime_s) == ("0 4 * * *", False, False, 60)
+    assert (a.training_cron, a.training_schedule) == ("0 6 * * 1", True)
+    k8s = Settings.from_env({"ANIME_PIPELINE_HOME": "s3://anime-data", "ANIME_PIPELINE_GPU_LAUNCHER": "k8s",
+                             "ANIME_PIPELINE_GPU_IMAGE": "img:1", "ANIME_PIPELINE_K8S_NAMESPACE": "gpu",
+                             "ANIME_PIPELINE_K8S_SECRETS": "aws", "ANIME_PIPELINE_K8S_CONFIG_MAPS": "cfg",
+                             "ANIME_PIPELINE_K8S_SERVICE_ACCOUNT": "trainer"}).gpu
+    assert (k8s.image, k8s.k8s_namespace, k8s.k8s_secrets, k8s.k8s_config_maps, k8s.k8s_service_account) == (
+        "img:1", "gpu", ("aws",), ("cfg",), "trainer")
+    local = Settings.from_env({"ANIME_PIPELINE_HOME": str(tmp_path)})
+    assert (local.data_uri, local.store_uri, local.remote) == (None, str(tmp_path.resolve()), False)
