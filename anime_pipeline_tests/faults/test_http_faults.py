@@ -409,7 +409,7 @@ def test_anilist_endless_catalog_stops_at_the_listing_depth(fault, server, make_
                  "discovery stops at page 100 (page × perPage ≤ 5000, AniList's listing depth) with a message "
                  "saying so; page 101, which AniList answers with HTTP 400, is never requested")
     server.anilist_endless = True
-    client = make_client()
+    client = make_client(read_timeout=10.0)  # the server builds 50 entries per page: slow on a busy machine
     result = discover_titles(client, catalog="anilist", url=server.anilist_url, max_titles=10**6, page_size=50)
     pages = [r.json()["variables"]["page"] for r in server.requests]
     assert max(pages) == 100 and result.pages == 100 and client.network_requests == 100
