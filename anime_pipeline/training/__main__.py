@@ -1,6 +1,10 @@
-"""`python -m anime_pipeline.training --config train.json [--set key=value ...]`
+"""`python -m anime_pipeline.training --config train.json [--<field> value ...] [--set key=value ...]`
 
-Runs `train()`. Under Dagster Pipes (launched by a Pipes client), progress goes to `pipes.log.info`
+Runs `train()`. Every `TrainConfig` field is also a flag (`--lr 1e-4 --max_frames 24 --qlora true`, parsed
+by transformers' `HfArgumentParser` from the dataclass, so types and help come from it); precedence: the
+`--config` file, then the Pipes `train_config` extras, then `--set`, then the flags.
+
+Under Dagster Pipes (launched by a Pipes client), progress goes to `pipes.log.info`
 and the final metrics to `pipes.report_asset_materialization(metadata=...)`; a `train_config` dict in
 the Pipes extras is merged over the file's values (and an `asset_key` extra picks the asset to report
 when the step targets several). Otherwise every event is printed as one JSON line on
@@ -14,6 +18,7 @@ ranks read the same Pipes context (for the `train_config` extras) without writin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -64,13 +69,37 @@ def _pipes_extras() -> dict:
         return dict(data.get("extras") or {})
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m anime_pipeline.training", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def make_parser() -> argparse.ArgumentParser:
+    """`--config`, `--set` and one optional flag per `TrainConfig` field (HfArgumentParser); a flag that is
+    not given is absent from the parsed namespace (the file / extras keep their value)."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(TrainConfig, prog="python -m anime_pipeline.training", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    for action in parser._actions:
+        if action.dest in FIELDS:
+            action.required = False
+            action.default = argparse.SUPPRESS
     parser.add_argument("--config", help="TrainConfig as JSON (see TrainConfig's docstring for the fields)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one field (value parsed as JSON when possible); repeatable")
-    args, _unknown = parser.parse_known_args(argv)  # Pipes may add its own CLI arguments
+    return parser
+
+
+FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def parse_cli(argv: list[str] | None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """`config` (path or None) and `overrides` (`--set` items, then the field flags as key=JSON)."""
+    args, _unknown = (parser or make_parser()).parse_known_args(argv)  # Pipes may add its own CLI arguments
+    flags = {k: v for k, v in vars(args).items() if k in FIELDS}
+    return argparse.Namespace(config=args.config,
+                              overrides=list(args.overrides) + [f"{k}={json.dumps(v)}" for k, v in flags.items()])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parse_cli(argv, parser)
 
     if _is_pipes() and _rank() != 0:
         cfg = build_config(args.config, args.overrides, _pipes_extras())

@@ -154,6 +154,24 @@ def test_cli_runs_training_and_writes_a_peft_adapter(tiny_model_dir, colour_data
     assert model.peft_config["default"].r == 4
 
 
+def test_cli_flags_are_the_config_fields(tmp_path):
+    from anime_pipeline.training.__main__ import build_config, parse_cli
+
+    cfg = TrainConfig(base_model="m", train_samples="t.parquet", output_dir="o", lr=2e-4, max_frames=64)
+    path = tmp_path / "c.json"
+    cfg.to_json(path)
+    args = parse_cli(["--config", str(path), "--lr", "1e-3", "--max_frames", "8", "--qlora", "true",
+                      "--no_gradient_checkpointing", "--set", "lr=5e-4", "--lr_schedule", "linear"])
+    got = build_config(args.config, args.overrides, {"train_config": {"max_frames": 16, "seed": 3}})
+    # file < Pipes extras < --set < flags; fields not given keep the file's value
+    assert (got.lr, got.max_frames, got.qlora, got.gradient_checkpointing, got.lr_schedule, got.seed) == (
+        1e-3, 8, True, False, "linear", 3)
+    assert (got.base_model, got.output_dir, got.max_steps) == ("m", "o", None)
+    assert build_config(*vars(parse_cli(["--config", str(path)])).values()) == cfg
+    with pytest.raises(SystemExit):
+        parse_cli(["--max_frames", "many"])
+
+
 def test_cli_requires_config(capsys):
     from anime_pipeline.training.__main__ import main
 
