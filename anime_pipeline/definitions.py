@@ -27,6 +27,7 @@ ASSET_CHECKS = [
     catalog.titles_unique_mal_ids,
     catalog.synopses_clean,
     media.frame_shards_contract,
+    media.episode_manifest_rows,
     dataset.split_disjoint_by_title,
     dataset.samples_well_formed,
     evaluation.finetuned_not_worse_than_base,

@@ -26,7 +26,7 @@ from anime_pipeline.defs._meta import (
 )
 from anime_pipeline.defs.catalog import synopses
 from anime_pipeline.defs.partitions import mal_id_partitions
-from anime_pipeline.defs.resources import DataStoreResource, PipelineResource
+from anime_pipeline.defs.resources import CatalogApiResource, DataStoreResource, PipelineResource
 from anime_pipeline.media.errors import MediaError
 from anime_pipeline.paths import atomic_path
 
@@ -88,16 +88,22 @@ def _record(path, payload: dict) -> None:
     tags=asset_tags("media"),
 )
 def episodes(
-    context: dg.AssetExecutionContext, config: EpisodesConfig, pipeline: PipelineResource, data_store: DataStoreResource
+    context: dg.AssetExecutionContext,
+    config: EpisodesConfig,
+    pipeline: PipelineResource,
+    data_store: DataStoreResource,
+    catalog_api: CatalogApiResource,
 ) -> dg.MaterializeResult:
     """Episode 1 of the title (one video file per MAL id partition), probed with ffprobe.
 
     Sources: `demo` (generated with ffmpeg lavfi), `local` (a folder you already have) or `manifest`
     (URLs you are permitted to download, fetched with yt-dlp). Stored at `episodes/<mal_id>/ep01.<ext>`
-    with `probe.json` (codec, fps, resolution, duration, size, sha256). A file that fails the probe is
-    removed and the failure recorded in `episodes/<mal_id>/error.json`.
+    with `probe.json` (codec, fps, resolution, duration, size, sha256). A file that fails the probe, and
+    every acquisition failure (an invalid manifest row for this title, any download error), is recorded in
+    `episodes/<mal_id>/error.json` with URL secrets redacted; other titles' manifest rows do not matter here
+    (the `episode_manifest_rows` check lists them). Downloads send the configured User-Agent.
     """
-    from anime_pipeline.media.sources import acquire_episode
+    from anime_pipeline.media.sources import YtDlpOptions, acquire_episode
 
     s = pipeline.settings()
     mal_id = partition_mal_id(context.partition_key)
@@ -116,7 +122,8 @@ def episodes(
         reused = True
     else:
         try:
-            got = acquire_episode(source, mal_id, dest, video_dir=s.video_dir, manifest=s.manifest)
+            got = acquire_episode(source, mal_id, dest, video_dir=s.video_dir, manifest=s.manifest,
+                                  ytdlp=YtDlpOptions(user_agent=catalog_api.user_agent))
         except MediaError as e:
             _record(dest / "error.json", {"mal_id": mal_id, "stage": "episodes", "source": source, "error": str(e)})
             data_store.push(f"{rel}/error.json")
@@ -253,3 +260,41 @@ def frame_shards_contract(
     duration = json.loads((s.episodes_dir / str(mal_id) / "probe.json").read_text()).get("duration_s")
     ok, detail = check_frames(df, duration_s=duration)
     return dg.AssetCheckResult(passed=ok, metadata={"detail": detail, "frames": df.height})
+
+
+@dg.asset_check(
+    asset=episodes,
+    partitions_def=mal_id_partitions,
+    blocking=False,
+    description="Every row of the episode manifest is usable: lists each invalid row (row number and reason, "
+    "URL secrets redacted) and each row whose MAL id is not a catalog title. Valid rows proceed regardless.",
+)
+def episode_manifest_rows(
+    context: dg.AssetCheckExecutionContext, pipeline: PipelineResource, data_store: DataStoreResource
+) -> dg.AssetCheckResult:
+    from anime_pipeline.media.sources import read_manifest
+
+    s = pipeline.settings()
+    if s.resolved_episode_source != "manifest" or s.manifest is None:
+        return dg.AssetCheckResult(passed=True, metadata={"detail": f"source {s.resolved_episode_source!r}: no manifest"})
+    report = read_manifest(s.manifest)
+    data_store.pull("catalog/titles.parquet", missing_ok=True)
+    titles_file = s.catalog_dir / "titles.parquet"
+    title_ids = set(pl.read_parquet(titles_file, columns=["mal_id"])["mal_id"].to_list()) if titles_file.exists() else None
+    problems = report.problems(title_ids)
+    table = pl.DataFrame([p.as_dict() for p in problems], schema={"row": pl.Int64, "mal_id": pl.Int64, "reason": pl.String})
+    return dg.AssetCheckResult(
+        passed=not problems,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "manifest": str(s.manifest),
+            "valid_rows": len(report.rows),
+            "invalid_rows": len(problems),
+            "this_title": partition_mal_id(context.partition_key),
+            "problems": dg.MetadataValue.table(
+                records=[dg.TableRecord(r) for r in table.to_dicts()],
+                schema=dg.TableSchema(columns=[dg.TableColumn("row", "int"), dg.TableColumn("mal_id", "int"),
+                                               dg.TableColumn("reason", "string")]),
+            ),
+        },
+    )

@@ -198,6 +198,15 @@ class ManifestReport:
     def invalid_for(self, mal_id: int) -> list[InvalidRow]:
         return [r for r in self.invalid if r.mal_id == mal_id]
 
+    def problems(self, title_ids: set[int] | None = None) -> list[InvalidRow]:
+        """Every invalid row, plus (when `title_ids` is given) each usable row whose MAL id is not a title of
+        the catalog (nothing would ever ask for it), sorted by row."""
+        extra = []
+        if title_ids is not None:
+            extra = [InvalidRow(r.row, f"MAL id {r.mal_id} is not a title in the catalog (titles.parquet)", r.mal_id)
+                     for r in self.rows if r.mal_id not in title_ids]
+        return sorted([*self.invalid, *extra], key=lambda r: r.row)
+
     def describe_invalid(self, limit: int = 20) -> str:
         shown = "; ".join(f"row {r.row}: {r.reason}" for r in self.invalid[:limit])
         more = f"; ... and {len(self.invalid) - limit} more" if len(self.invalid) > limit else ""
