@@ -350,4 +350,9 @@ class Settings:
 
     @property
     def dagster_home(self) -> Path:
+        """The demo's Dagster instance dir: under the data dir, or (object-store home, whose local dir lasts
+        one process) a fixed dir per store URI under the system temp dir. Deployments set DAGSTER_HOME."""
+        if self.data_uri:
+            digest = hashlib.sha256(self.data_uri.encode()).hexdigest()[:12]
+            return Path(tempfile.gettempdir()) / "anime_pipeline-dagster" / digest
         return self.home / "dagster"

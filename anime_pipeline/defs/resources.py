@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from anime_pipeline.settings import Settings
 
@@ -81,7 +81,10 @@ class CatalogApiResource(dg.ConfigurableResource):
 class DataStoreResource(dg.ConfigurableResource):
     """Where every asset reads its inputs and writes its outputs (`anime_pipeline.storage.DataStore`)."""
 
+    _store: Any = PrivateAttr(default=None)
+
     def open(self):
+        """The pure `DataStore` (built once per resource instance)."""
         raise NotImplementedError
 
     def pull(self, *relative_paths: str, missing_ok: bool = False) -> list[Path]:
@@ -113,7 +116,9 @@ class LocalDataStoreResource(DataStoreResource):
     def open(self):
         from anime_pipeline.storage import LocalDataStore
 
-        return LocalDataStore(Path(self.root))
+        if self._store is None:
+            self._store = LocalDataStore(Path(self.root))
+        return self._store
 
     def worker_store(self) -> dict:
         return {"data_uri": None, "root": self.root}
@@ -133,7 +138,11 @@ class S3DataStoreResource(DataStoreResource):
     def open(self):
         from anime_pipeline.storage import open_data_store
 
-        return open_data_store(self.data_uri, Path(self.cache_dir), endpoint_url=self.endpoint_url, region=self.region)
+        if self._store is None:  # one S3 client per resource instance
+            self._store = open_data_store(
+                self.data_uri, Path(self.cache_dir), endpoint_url=self.endpoint_url, region=self.region
+            )
+        return self._store
 
     def worker_store(self) -> dict:
         return {"data_uri": self.data_uri, "endpoint_url": self.endpoint_url, "region": self.region}
