@@ -107,8 +107,12 @@ def rounded(x: float | None, digits: int = 4) -> float | None:
 
 
 def mb(n_bytes: float | None) -> float | None:
-    """Bytes as megabytes (10^6), two decimals: the unit goes in the key (`size_mb`)."""
-    return None if n_bytes is None else round(float(n_bytes) / 1e6, 2)
+    """Bytes as megabytes (10^6): two decimals, three significant digits below 1 MB (a 4 kB adapter is
+    0.00412, not 0.0). The unit goes in the key (`size_mb`)."""
+    if n_bytes is None:
+        return None
+    x = float(n_bytes) / 1e6
+    return round(x, 2) if x >= 1 else rounded(x, 3)
 
 
 def seconds(x: float) -> float:
@@ -315,7 +319,10 @@ def training_metadata(reported: Mapping[str, Any], hyperparameters: Mapping[str,
         if k in _TRAINING_TABLED or k.startswith("params_") or k in md:
             continue
         md[k] = rounded(v) if isinstance(v, float) else v
-    return md
+    # the tables a reader looks for first, then the scalars, then the full list of settings
+    first = {k: md.pop(k) for k in ("losses", "parameters") if k in md}
+    last = {"hyperparameters": md.pop("hyperparameters")}
+    return {**first, **md, **last}
 
 
 def hyperparameters_table(hyperparameters: Mapping[str, Any]) -> dg.MetadataValue:
@@ -323,6 +330,29 @@ def hyperparameters_table(hyperparameters: Mapping[str, Any]) -> dg.MetadataValu
     rows = [{"name": k, "value": v if isinstance(v, (str, int, float, bool)) or v is None else str(v)}
             for k, v in hyperparameters.items()]
     return records_table(rows, [("name", "string"), ("value", "string")], max_chars=200)
+
+
+def readable(md: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON values as tables a user can read inline: a dict becomes `name | value` rows, a list of dicts
+    a table of its rows, an empty list "none"; floats are rounded. Other values pass unchanged."""
+    out: dict[str, Any] = {}
+    for k, raw in md.items():
+        v = raw.value if isinstance(raw, (dg.JsonMetadataValue, dg.FloatMetadataValue)) else raw
+        if isinstance(v, dict):
+            out[k] = hyperparameters_table(v)
+        elif isinstance(v, list) and not v:
+            out[k] = "none"
+        elif isinstance(v, list) and all(isinstance(x, dict) for x in v):
+            cols = list(dict.fromkeys(c for x in v for c in x))
+            out[k] = records_table(
+                [{c: x.get(c) if isinstance(x.get(c), (str, int, float, bool)) else str(x.get(c)) for c in cols} for x in v],
+                [(c, "string") for c in cols],
+            )
+        elif isinstance(v, float):
+            out[k] = rounded(v)
+        else:
+            out[k] = raw
+    return out
 
 
 _METRIC_LABELS = {
@@ -370,7 +400,8 @@ def eval_metadata(metrics: Mapping[str, Any], captions: pl.DataFrame | None, *, 
         if "content_finetuned" in cols:
             columns.append(("colours_ok", "bool", "the fine-tuned caption names the right scene colours"))
         md["examples"] = records_table(examples, columns, max_chars=max_chars)
-    return md
+    tables = {k: md.pop(k) for k in ("metrics", "examples") if k in md}
+    return {**tables, **md}  # the tables first: what a reader opens the asset for
 
 
 def split_stats_table(stats: Mapping[str, Any]) -> dg.MetadataValue:

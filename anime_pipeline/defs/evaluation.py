@@ -17,6 +17,7 @@ from anime_pipeline.defs._meta import (
     image_md,
     path_meta,
     plain,
+    readable,
     seconds,
     table_metadata,
     title_label,
@@ -100,8 +101,9 @@ def caption_eval(
     compute_s = seconds(time.monotonic() - started)
     data_store.pull(f"{out_rel}/captions.parquet")  # published by the worker
     captions = pl.read_parquet(s.home / out_rel / "captions.parquet")
-    md.pop("contact_sheet", None)
-    md.update(eval_metadata(md, captions))  # one base-vs-fine-tuned table, an example row per validation title
+    reported = {k: v for k, v in md.items() if k not in ("contact_sheet", "examples")}  # replaced below
+    tables = eval_metadata(reported, captions)  # one base-vs-fine-tuned table, an example row per validation title
+    md = {**tables, **readable({k: v for k, v in reported.items() if k not in tables})}
     md.update(
         {
             "captions_path": path_meta(data_store.uri(f"{out_rel}/captions.parquet")),

@@ -31,6 +31,28 @@ def test_every_stage_succeeded(demo_run):
     assert summary["failed_titles"] == []
 
 
+def test_runs_belong_to_the_projects_jobs_and_re_execute(demo_run, monkeypatch):
+    """The demo launches catalog_job, media_job per title and training_job (no ephemeral asset job), so the
+    UI's Jobs page lists them and Re-execute works: a re-execution of the catalog run succeeds."""
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    from anime_pipeline.cli import REPO_ROOT
+
+    s, instance, summary, _ = demo_run
+    runs = instance.get_runs()
+    names = [r.job_name for r in runs]
+    assert sorted(set(names)) == ["catalog_job", "media_job", "training_job"]
+    assert names.count("media_job") == DEMO_TITLE_COUNT
+    (catalog_run,) = [r for r in runs if r.job_name == "catalog_job"]
+    monkeypatch.setenv("ANIME_PIPELINE_HOME", str(s.home))  # the code location the UI would load
+    job = ReconstructableRepository.for_module(
+        "anime_pipeline.definitions", "defs", working_directory=str(REPO_ROOT)
+    ).get_reconstructable_job("catalog_job")
+    result = dg.execute_job(job, instance=instance, reexecution_options=dg.ReexecutionOptions(catalog_run.run_id))
+    assert result.success
+    assert instance.get_run_by_id(result.run_id).parent_run_id == catalog_run.run_id
+
+
 def test_catalog_outputs(demo_run):
     s, *_ = demo_run
     titles = pl.read_parquet(s.catalog_dir / "titles.parquet")
@@ -84,11 +106,11 @@ def test_eval_metrics_present(demo_run):
 def test_lineage_metadata_of_adapter(demo_run):
     _, instance, *_ = demo_run
     md = instance.get_latest_materialization_event(dg.AssetKey("finetuned_adapter")).asset_materialization.metadata
-    for key in ("base_model", "data_version", "code_version", "git_commit", "hyperparameters", "adapter_bytes"):
+    for key in ("base_model", "data_version", "code_version", "git_commit", "hyperparameters", "adapter_mb"):
         assert key in md, key
-    assert md["adapter_bytes"].value > 0
+    assert md["adapter_mb"].value > 0
     assert md["base_model_revision"].value.startswith("local:")  # the demo's tiny model dir, content-hashed
-    hp = md["hyperparameters"].value
+    hp = {r.data["name"]: r.data["value"] for r in md["hyperparameters"].records}  # a name | value table
     assert hp["lora_r"] == 16
 
 

@@ -48,7 +48,7 @@ def test_numbers_rounded_with_units():
     assert _meta.rounded(7.695416618795956) == 7.695
     assert _meta.rounded(0.000123456) == 0.0001235
     assert _meta.rounded(float("nan")) is None
-    assert _meta.mb(772538368) == 772.54
+    assert _meta.mb(772538368) == 772.54 and _meta.mb(4123) == 0.00412 and _meta.mb(0) == 0.0
     assert _meta.seconds(3.14159) == 3.14 and _meta.seconds(123.456) == 123.5
 
 
@@ -118,3 +118,13 @@ def test_progress_line_is_readable_with_rounded_data_beside():
                          "train_seconds": 75.0, "peak_memory_bytes": 772538368})
     assert done.startswith("training done: 120 steps · final loss 0.4123 · val loss 0.5123 · in 1m15s · peak memory 772.5 MB")
     assert format_event({"event": "other", "x": 1.23456789}) == '{"event": "other", "x": 1.235}'
+
+
+def test_readable_turns_json_into_tables():
+    md = _meta.readable({"eval_as_trained": dg.MetadataValue.json({"max_frames": 8, "dtype": "auto"}),
+                         "eval_skipped": dg.MetadataValue.json([]), "loss": 1.23456789, "n": 3,
+                         "rows": [{"mal_id": 1, "error": "too long"}], "path": dg.MetadataValue.path("/x")})
+    assert {r.data["name"]: r.data["value"] for r in md["eval_as_trained"].records} == {"max_frames": 8, "dtype": "auto"}
+    assert md["eval_skipped"] == "none" and md["loss"] == 1.235 and md["n"] == 3
+    assert [c.name for c in md["rows"].schema.columns] == ["mal_id", "error"]
+    assert isinstance(md["path"], dg.PathMetadataValue)
