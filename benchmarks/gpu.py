@@ -21,7 +21,8 @@ Variants (`--variants`; names are `<attn>[_suffix]`, attn = flash | sdpa):
   qlora_<attn>      4-bit NF4 text model (needs CUDA + bitsandbytes)
 
 Reported: samples/s (best of `--steps` after `--warmup`), peak VRAM (max allocated, weights included),
-and the projected epoch time of `--epoch-titles` titles at `--epoch-frames` frames.
+GPU busy fraction (one extra step with the collation in it, profiled: kernel time / wall time), and the
+projected epoch time of `--epoch-titles` titles at `--epoch-frames` frames.
 
 On a GPU:   python benchmarks/gpu.py
 On CPU:     python benchmarks/gpu.py --tiny --device cpu      (tiny model; no VRAM, no flash-attn, no QLoRA)
@@ -122,6 +123,23 @@ def remove_tower_no_grad(model) -> None:
         m._anime_no_grad_wrapped = False
 
 
+def gpu_busy_fraction(step, device) -> float:  # pragma: no cover - GPU only
+    """Share of one step's wall time during which a CUDA kernel ran (torch.profiler's device time of the
+    step's kernels / wall time, capped at 1): what a data-bound loop leaves idle."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        step()
+        torch.cuda.synchronize(device)
+        wall = time.perf_counter() - t0
+    kernel_us = sum(e.self_device_time_total for e in prof.key_averages()
+                    if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA)
+    return min(1.0, kernel_us / 1e6 / wall) if wall > 0 else 0.0
+
+
 def measure(model_dir: Path, name: str, samples: dict, processor, args, device, workdir: Path) -> list[dict]:
     import torch
 
@@ -186,8 +204,20 @@ def measure(model_dir: Path, name: str, samples: dict, processor, args, device, 
             error = f"OOM: {str(e).splitlines()[0][:120]}"
         peak = torch.cuda.max_memory_allocated(device) / 1e9 if cuda else None
         sps = 1.0 / C.best(times) if times and not error else None
+        busy = None
+        if cuda and not error:  # one more step, profiled, with the collation (the loader's work) in it
+            def step():
+                batch = make_batch(processor, sample, feature_cache=cache) if not v["cachedmem"] else cpu_batch
+                opt.zero_grad(set_to_none=True)
+                b = to_device(batch, device, non_blocking=False)
+                feats = cached_features(cache, model, b) if cache is not None else mem_feats
+                loss_sum, n = answer_loss(model, b, image_features=feats)
+                (loss_sum / max(1, n)).backward()
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                opt.step()
+            busy = gpu_busy_fraction(step, device)
         rows.append({"variant": name, "frames": frames, "seq_len": int(cpu_batch["input_ids"].shape[1]),
-                     "samples_per_s": sps, "peak_vram_gb": peak, "error": error})
+                     "samples_per_s": sps, "peak_vram_gb": peak, "gpu_busy": busy, "error": error})
         print(f"done {name} frames={frames}" + (f" ({error})" if error else ""), file=sys.stderr, flush=True)
         opt.zero_grad(set_to_none=True)
         if cuda:
@@ -257,7 +287,8 @@ def main(argv=None) -> int:
     model_name = "tiny" if a.tiny else "smolvlm2-500m-random"
     print(f"\ntraining step, {model_name}, device {device} ({torch.cuda.get_device_name(device) if cuda else 'CPU'}), "
           f"batch 1, LoRA r16, grad checkpointing on the text model\n")
-    cols = ["variant", "frames", "seq_len", "samples_per_s", "vs_plain", "epoch_min"] + (["peak_vram_gb"] if cuda else [])
+    cols = ["variant", "frames", "seq_len", "samples_per_s", "vs_plain", "epoch_min"]
+    cols += ["peak_vram_gb", "gpu_busy"] if cuda else []
     cols += ["error"] if any(r["error"] for r in rows) else []
     print(C.table(rows, cols))
     print(f"\nepoch_min: {a.epoch_titles} titles × {ep_frames} frames at the measured rate; vs_plain: samples/s "
