@@ -206,7 +206,7 @@ def measure(model_dir: Path, name: str, samples: dict, processor, args, device, 
         sps = 1.0 / C.best(times) if times and not error else None
         busy = None
         if cuda and not error:  # one more step, profiled, with the collation (the loader's work) in it
-            def step():
+            def step(sample=sample, cpu_batch=cpu_batch, mem_feats=mem_feats, cache=cache, model=model, opt=opt):
                 batch = make_batch(processor, sample, feature_cache=cache) if not v["cachedmem"] else cpu_batch
                 opt.zero_grad(set_to_none=True)
                 b = to_device(batch, device, non_blocking=False)

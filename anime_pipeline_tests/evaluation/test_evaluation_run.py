@@ -23,7 +23,7 @@ def trained(tiny_model_dir, tmp_path_factory):  # noqa: F811
     train_t, val_t = colour_titles()
     long_answer = " ".join(["The red world turns blue and the white square drifts left."] * 30)
     ds = {"train": write_dataset(home, train_t[:4], split="train"),
-          "val": write_dataset(home, val_t[:2] + [{"mal_id": 9998, "colours": ["red"], "synopsis": long_answer}],
+          "val": write_dataset(home, [*val_t[:2], {"mal_id": 9998, "colours": ["red"], "synopsis": long_answer}],
                                split="val")}
     cfg = TrainConfig(base_model=str(tiny_model_dir), train_samples=str(ds["train"]), data_home=str(home),
                       output_dir=str(home / "models" / "run"), max_steps=1, save_steps=0, lora_r=4, lora_alpha=8,

@@ -63,7 +63,7 @@ def test_qlora_quantizes_only_the_text_model_of_the_real_architecture(monkeypatc
 def test_bare_names_would_have_quantized_the_tower(monkeypatch):
     """The former skip list: transformers matches an entry from the name's start or as its ending, so
     bare "vision_model"/"connector" skip nothing and only lm_head stays unquantized."""
-    quantized, linears = _quantized_module_names(monkeypatch, ["vision_model", "connector", "lm_head"])
+    quantized, _ = _quantized_module_names(monkeypatch, ["vision_model", "connector", "lm_head"])
     assert sum(n.startswith("model.vision_model.") for n in quantized) == 72
     assert "model.connector.modality_projection.proj" in quantized and "lm_head" not in quantized
 

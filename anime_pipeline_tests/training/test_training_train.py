@@ -253,9 +253,9 @@ def test_a_sample_too_long_for_max_length_is_recorded_and_skipped(tiny_model_dir
 
     train_t, val_t = colour_titles()
     long_answer = " ".join(["The red world turns blue and the white square drifts left."] * 30)
-    train_t = train_t[:4] + [{"mal_id": 9999, "colours": ["red", "blue"], "synopsis": long_answer}]
+    train_t = [*train_t[:4], {"mal_id": 9999, "colours": ["red", "blue"], "synopsis": long_answer}]
     ds = {"home": tmp_path, "train": write_dataset(tmp_path, train_t, split="train"),
-          "val": write_dataset(tmp_path, val_t[:2] + [{"mal_id": 9998, "colours": ["red"], "synopsis": long_answer}],
+          "val": write_dataset(tmp_path, [*val_t[:2], {"mal_id": 9998, "colours": ["red"], "synopsis": long_answer}],
                                split="val")}
     events: list[dict] = []
     res = train(_cfg(tiny_model_dir, ds, tmp_path / "out", max_steps=1, save_steps=0, grad_accum=1,
