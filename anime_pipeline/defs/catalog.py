@@ -60,6 +60,18 @@ def write_parquet(df: pl.DataFrame, path) -> int:
     return path.stat().st_size
 
 
+def pull_http_cache(data_store: DataStoreResource, api: CatalogApiResource) -> None:
+    """The HTTP cache (ETags, listing pages) travels through the data store, so a catalog run in a fresh
+    pod still revalidates unchanged synopses (304s) instead of fetching them again."""
+    if api.cache:
+        data_store.pull("http-cache", missing_ok=True)
+
+
+def push_http_cache(data_store: DataStoreResource, api: CatalogApiResource) -> None:
+    if api.cache and data_store.open().path("http-cache").is_dir():
+        data_store.push("http-cache")
+
+
 def make_http_client(api: CatalogApiResource, settings):
     from anime_pipeline.catalog.http import HttpClient, HttpConfig
 
@@ -111,6 +123,7 @@ def titles(
         from anime_pipeline.catalog.discovery import discover_titles
 
         url = catalog_api.shikimori_url if s.catalog == "shikimori" else catalog_api.anilist_url
+        pull_http_cache(data_store, catalog_api)
         with make_http_client(catalog_api, s) as client:
             result = discover_titles(
                 client,
@@ -122,6 +135,7 @@ def titles(
                 listing_max_age_s=config.listing_max_age_s,
             )
             requests = client.requests_sent
+        push_http_cache(data_store, catalog_api)
         df, rejected, stop_reason = result.titles, result.rejected, result.stop_reason
         source = s.catalog
     from anime_pipeline.catalog.retention import retain_titles
@@ -199,11 +213,13 @@ def synopses(
             jikan_url=catalog_api.jikan_url,
             anilist_url=catalog_api.anilist_url,
         )
+        pull_http_cache(data_store, catalog_api)
         with make_http_client(catalog_api, s) as client:
             result = fetch_synopses(
                 client, titles_df, sources=sources, min_chars=config.min_chars, outage_threshold=config.outage_threshold
             )
             requests = client.requests_sent
+        push_http_cache(data_store, catalog_api)
         df, rejected, by_source, errors = result.synopses, result.rejected, result.by_source, result.errors
         for e in errors:
             context.log.warning(e)
