@@ -18,7 +18,16 @@ For each processor and `--workers` value: samples/s over one epoch of `--samples
 counted) and samples/s per core = samples/s / max(1, workers). A worker-0 breakdown times
 `dataset[i]` (Parquet read + JPEG decode) and the collator separately.
 
-    python benchmarks/loader.py            # 64 frames, 16 samples, workers 0 1 2
+Then the one-core limit (`--limit`, on by default): the first epoch's samples of the real 512-px processor
+with uint8 pixels (what training ships on CUDA), loaded on one core (`num_workers=0`, no feature cache, a
+fresh dataset: every JPEG decoded) vs the limit of that work on one core, both in this process,
+interleaved, best of `--limit-repeats`. The limit is the same three operations on the same JPEG bytes in
+a bare loop and nothing else: PIL JPEG decode, the processor's resize (its `frame_uint8`: LANCZOS to
+512x512, the stage the HF image processor runs, bit-exact), and the copy into a preallocated uint8
+(F, 3, 512, 512) tensor. The ratio loader / limit is what the loader adds on top (Parquet read, frame
+selection, tokenizing the prompt and synopsis, label masks, padding): target <= 1.5.
+
+    python benchmarks/loader.py            # 64 frames, 16 samples, workers 0 1 2, then the limit
     python benchmarks/loader.py --quick    # smoke run
 """
 
@@ -35,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 TARGET_PER_CORE = 10.0
+TARGET_VS_LIMIT = 1.5
 PROCESSORS = ("tiny", "real500m", "real500m_presquashed")
 
 
@@ -87,6 +97,58 @@ def breakdown(ds, collator, k: int) -> dict:
     return {"getitem_s": get / k, "collate_s": col / k, "collate_share": col / (get + col), "seq_len": seq}
 
 
+def limit_loop(jpegs: list[list[bytes]], proc) -> float:
+    """Seconds for the bare work: decode every JPEG, resize like the processor, copy into uint8 tensors."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    s = proc.image_size
+    with C.Timer() as t:
+        for frames in jpegs:
+            pv = torch.empty((len(frames), 3, s, s), dtype=torch.uint8)
+            out = pv.numpy()
+            for j, data in enumerate(frames):
+                img = Image.open(io.BytesIO(data))
+                img.load()
+                out[j] = np.asarray(proc.frame_uint8(img)).transpose(2, 0, 1)
+    return t.s
+
+
+def loader_epoch(samples, root: Path, frames: int, proc, n: int) -> float:
+    """Seconds for the first epoch of n samples on one core (fresh dataset, no cache, uint8 pixels)."""
+    from anime_pipeline.training.collator import VideoSFTCollator
+    from anime_pipeline.training.data import EpochSampler, ShardVideoDataset, make_dataloader
+
+    ds = ShardVideoDataset(samples, root, frames)
+    collator = VideoSFTCollator(proc, padding_side="right", uint8_pixels=True)
+    loader = make_dataloader(ds, collator, batch_size=1, num_workers=0, sampler=EpochSampler(len(ds), shuffle=False),
+                             pin_memory=False)
+    got = 0
+    with C.Timer() as t:
+        for batch in loader:
+            got += int(batch["input_ids"].shape[0])
+            assert batch["pixel_values"].dtype.is_floating_point is False
+    assert got == n, (got, n)
+    return t.s
+
+
+def vs_limit(samples, root: Path, frames: int, proc, repeats: int) -> dict:
+    from anime_pipeline.training.data import ShardVideoDataset
+
+    ds = ShardVideoDataset(samples, root, frames)
+    jpegs = [ds.read_frames(row)["image"].to_list()[:frames] for row in ds.rows]
+    n = len(ds)
+    lim, load = [], []
+    for _ in range(repeats):  # interleaved: machine load hits both alike
+        lim.append(limit_loop(jpegs, proc))
+        load.append(loader_epoch(samples, root, frames, proc, n))
+    return {"samples": n, "frames": sum(len(j) for j in jpegs), "limit_s_per_sample": C.best(lim) / n,
+            "loader_s_per_sample": C.best(load) / n, "ratio": C.best(load) / C.best(lim)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=64)
@@ -97,6 +159,9 @@ def main(argv=None) -> int:
     ap.add_argument("--breakdown", type=int, default=4, help="samples timed in the worker-0 breakdown")
     ap.add_argument("--cache-dir", type=Path, default=None)
     ap.add_argument("--quick", action="store_true", help="smoke run: 8 frames, 4 samples, workers 0 1")
+    ap.add_argument("--no-limit", action="store_true", help="skip the one-core limit comparison")
+    ap.add_argument("--limit-only", action="store_true", help="only the one-core limit comparison")
+    ap.add_argument("--limit-repeats", type=int, default=3)
     ap.add_argument("--out")
     a = ap.parse_args(argv)
     if a.quick:
@@ -116,7 +181,11 @@ def main(argv=None) -> int:
         samples = C.make_dataset(root, clip=clip, titles=a.titles, frames=a.frames,
                                  samples_per_title=math.ceil(a.samples / a.titles))
         real = C.real_processor_dir(root / "real500m-processor", tiny)
-        for name in a.processors:
+        limit = None
+        if not a.no_limit:
+            limit = vs_limit(samples, root, a.frames, load_processor(str(real)), a.limit_repeats)
+            print(f"done limit: {limit}", file=sys.stderr, flush=True)
+        for name in ([] if a.limit_only else a.processors):
             proc = load_processor(str(tiny if name == "tiny" else real))
             ds = ShardVideoDataset(samples, root, a.frames)
             if name == "real500m_presquashed":
@@ -137,6 +206,15 @@ def main(argv=None) -> int:
                 print(f"done {name} workers={w}", file=sys.stderr, flush=True)
             rows[-1]["collate_share_w0"] = bd["collate_share"]
 
+    if limit:
+        print(f"\nfirst epoch on one core, real500m processor, uint8 pixels, {a.frames}-frame samples: "
+              f"{limit['samples']} samples, {limit['frames']} frames")
+        print(C.table([{"what": "limit: JPEG decode + resize + uint8 tensor, bare loop",
+                        "s_per_sample": limit["limit_s_per_sample"]},
+                       {"what": "loader: make_dataloader(num_workers=0) + VideoSFTCollator",
+                        "s_per_sample": limit["loader_s_per_sample"]}], ["what", "s_per_sample"]))
+        print(f"loader / limit = {limit['ratio']:.3f} (target <= {TARGET_VS_LIMIT}: "
+              f"{'met' if limit['ratio'] <= TARGET_VS_LIMIT else 'NOT met'})")
     print(f"\nloader: {a.frames}-frame samples, batch 1, {C.machine()['cpus']} CPUs\n")
     print(C.table(rows, ["processor", "image_px", "seq_len", "workers", "samples_per_s", "per_core", "target"]))
     print("\nworker-0 share of time in the collator (rest: Parquet read + JPEG decode): "
@@ -144,6 +222,8 @@ def main(argv=None) -> int:
     met = {p: {w: v >= TARGET_PER_CORE for w, v in d.items()} for p, d in per_core.items()}
     C.emit({"benchmark": "loader", "frames": a.frames, "samples_per_s": sps, "samples_per_s_per_core": per_core,
             "collate_share": shares, "target_per_core": TARGET_PER_CORE, "target_met": met,
+            "vs_limit": {k: (C.r3(v) if isinstance(v, float) else v) for k, v in (limit or {}).items()},
+            "target_vs_limit": TARGET_VS_LIMIT,
             "machine": C.machine()}, a.out)
     return 0
 
