@@ -209,17 +209,6 @@ def plan_timestamps(duration_s: float, cfg: SamplingConfig) -> list[float]:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def resize_max_side(img: Image.Image, max_side: int) -> Image.Image:
-    """RGB copy with the longest side at most `max_side`, aspect ratio kept (never upscaled)."""
-    img = img.convert("RGB") if img.mode != "RGB" else img
-    w, h = img.size
-    if max(w, h) <= max_side:
-        return img
-    scale = max_side / max(w, h)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
-
-
 def display_size(width: int, height: int, sar: float | None, max_side: int) -> tuple[int, int]:
     """Output size of a `width`x`height` frame with sample aspect ratio `sar`: its display size (width * sar by
     height, so anamorphic 720x480 SAR 32:27 shows at 853x480), then the longest side at most `max_side`.
