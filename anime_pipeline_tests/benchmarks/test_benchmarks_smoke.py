@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "benchmarks"
 
 CASES = {
-    "frame_extraction": (["--quick"], {"benchmark", "speedup", "flatness", "pool_speedup", "target_met_longest"}),
-    "loader": (["--quick"], {"benchmark", "samples_per_s", "samples_per_s_per_core", "target_met"}),
+    "frame_extraction": (["--quick"], {"benchmark", "speedup", "flatness", "overhead_s", "targets_met"}),
+    "loader": (["--quick"], {"benchmark", "samples_per_s", "samples_per_s_per_core", "target_met", "vs_limit"}),
     "train_step": (["--quick"], {"benchmark", "wait_fraction", "wait_fraction_incl_first", "target_met"}),
     "gpu": (["--quick", "--tiny", "--device", "cpu"], {"benchmark", "results", "epoch_minutes", "skipped"}),
     "incremental": (["--quick"], {"benchmark", "requests", "request_ratio", "wall_ratio", "change_detected"}),
