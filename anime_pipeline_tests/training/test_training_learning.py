@@ -51,7 +51,16 @@ def _train_and_check(tiny_model_dir, train_path, val_path, home, out, palette, *
         wrong = dict(s, answer=_swap_colours(s["answer"], palette))
         wins += compute_loss(tuned, proc, [s]) < compute_loss(tuned, proc, [wrong])
     assert wins >= min_wins, (wins, len(val))
-    assert compute_loss(tuned, proc, val) < 0.35 * compute_loss(base, proc, val)
+    tuned_loss = compute_loss(tuned, proc, val)
+    assert tuned_loss < 0.35 * compute_loss(base, proc, val)
+    # Control: the same captions with every sample's frames taken from the next validation sample. A model
+    # that reads the colours from the frames gets clearly worse; one that learnt only the text does not.
+    nxt = val[1:] + val[:1]
+    shuffled = [dict(s, images=n["images"], timestamps=n["timestamps"], frame_ids=n["frame_ids"])
+                for s, n in zip(val, nxt)]
+    assert all(_colours(a["answer"], palette) != _colours(b["answer"], palette) for a, b in zip(val, nxt))
+    shuffled_loss = compute_loss(tuned, proc, shuffled)
+    assert shuffled_loss > 1.25 * tuned_loss, (tuned_loss, shuffled_loss)
     caps = generate_captions(tuned, proc, val, max_new_tokens=64, batch_size=8)
     pairs = sum(_colours(c, palette)[:2] == _colours(s["answer"], palette)[:2] for s, c in zip(val, caps))
     assert pairs >= min_pairs, list(zip([s["answer"] for s in val], caps))
