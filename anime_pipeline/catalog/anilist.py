@@ -19,13 +19,13 @@ from anime_pipeline.catalog.listing import ListingSpec
 from anime_pipeline.catalog.models import (
     SourceText,
     TitleCandidate,
-    malformed_entry,
-    title_candidate,
     as_dict,
     as_float,
     as_int,
     as_list,
     as_str,
+    malformed_entry,
+    title_candidate,
 )
 
 MAX_PER_PAGE = 50

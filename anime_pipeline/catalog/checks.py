@@ -24,8 +24,11 @@ def check_unique_mal_ids(df: pl.DataFrame) -> tuple[bool, str]:
     if "mal_id" not in df.columns:
         return False, "no mal_id column"
     nulls = df["mal_id"].null_count()
-    dups = sorted(df.filter(pl.col("mal_id").is_duplicated() & pl.col("mal_id").is_not_null())["mal_id"]
-                  .unique().to_list())
+    dups = sorted(
+        df.filter(pl.col("mal_id").is_duplicated() & pl.col("mal_id").is_not_null())["mal_id"]
+        .unique()
+        .to_list()
+    )
     problems = []
     if nulls:
         problems.append(f"{nulls} row(s) without mal_id")
@@ -60,8 +63,12 @@ def check_synopses_clean(df: pl.DataFrame) -> tuple[bool, str]:
         if has_sha and row["content_sha256"] != hashlib.sha256(text.encode("utf-8")).hexdigest():
             sha_ids.append(ident)
     problems = []
-    for label, ids in (("empty", empty_ids), ("attribution/markup left", leftover_ids),
-                       ("untrimmed whitespace", untrimmed_ids), ("content_sha256 mismatch", sha_ids)):
+    for label, ids in (
+        ("empty", empty_ids),
+        ("attribution/markup left", leftover_ids),
+        ("untrimmed whitespace", untrimmed_ids),
+        ("content_sha256 mismatch", sha_ids),
+    ):
         if ids:
             problems.append(f"{len(ids)} {label} (mal_id {ids[:MAX_LISTED]})")
     if problems:

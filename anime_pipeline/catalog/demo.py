@@ -19,33 +19,37 @@ def demo_catalog(now: datetime | None = None) -> tuple[pl.DataFrame, pl.DataFram
     fetched_at = as_utc(now)
     titles, synopses = [], []
     for t in demo_titles():
-        titles.append({
-            "mal_id": t.mal_id,
-            "name": t.name,
-            "name_english": t.name_english,
-            "name_native": t.name_native,
-            "name_russian": None,
-            "kind": "tv",
-            "status": "released",
-            "rating": t.rating,
-            "score": t.score,
-            "popularity": t.popularity,
-            "episodes": 1,
-            "episode_duration_min": None,
-            "genres": list(t.genres),
-            "main_characters": list(t.main_characters),
-            "catalog": "demo",
-            "catalog_id": str(t.mal_id),
-            "description_ru": None,
-        })
+        titles.append(
+            {
+                "mal_id": t.mal_id,
+                "name": t.name,
+                "name_english": t.name_english,
+                "name_native": t.name_native,
+                "name_russian": None,
+                "kind": "tv",
+                "status": "released",
+                "rating": t.rating,
+                "score": t.score,
+                "popularity": t.popularity,
+                "episodes": 1,
+                "episode_duration_min": None,
+                "genres": list(t.genres),
+                "main_characters": list(t.main_characters),
+                "catalog": "demo",
+                "catalog_id": str(t.mal_id),
+                "description_ru": None,
+            }
+        )
         text = clean_synopsis(t.synopsis)
-        synopses.append({
-            "mal_id": t.mal_id,
-            "synopsis": text,
-            "synopsis_ru": None,
-            "source": "demo",
-            "url": f"demo://{t.mal_id}",
-            "fetched_at": fetched_at,
-            "content_sha256": content_sha256(text),
-        })
+        synopses.append(
+            {
+                "mal_id": t.mal_id,
+                "synopsis": text,
+                "synopsis_ru": None,
+                "source": "demo",
+                "url": f"demo://{t.mal_id}",
+                "fetched_at": fetched_at,
+                "content_sha256": content_sha256(text),
+            }
+        )
     return rows_to_frame(titles, TITLES), rows_to_frame(synopses, SYNOPSES)

@@ -83,14 +83,22 @@ def discover_titles(
     stop_reason = (
         f"{catalog} serves a listing only to a depth of {spec.max_depth} entries (page × page size): stopped "
         f"after page {cap} at {page_size} per page"
-        if depth_capped else f"page cap ({cap}) reached"
+        if depth_capped
+        else f"page cap ({cap}) reached"
     )
     if max_titles <= 0:
         return DiscoveryResult(empty(TITLES), empty(REJECTED), 0, "max_titles is 0")
 
     for page_no in range(1, cap + 1):
-        page = fetch_page(client, spec, url, page=page_no, page_size=page_size, min_score=min_score,
-                          max_age_s=listing_max_age_s)
+        page = fetch_page(
+            client,
+            spec,
+            url,
+            page=page_no,
+            page_size=page_size,
+            min_score=min_score,
+            max_age_s=listing_max_age_s,
+        )
         pages += 1
         new_ids = 0
         for index, item in enumerate(page.items):
@@ -104,13 +112,25 @@ def discover_titles(
             cand.row["popularity"] = rank
             mal_id = cand.row.get("mal_id")
             if cand.rejected:
-                rejected.append({"mal_id": mal_id, "name": cand.row.get("name"), "stage": "titles",
-                                 "reason": f"{catalog} {cand.catalog_id or '?'}: {cand.reason}"})
+                rejected.append(
+                    {
+                        "mal_id": mal_id,
+                        "name": cand.row.get("name"),
+                        "stage": "titles",
+                        "reason": f"{catalog} {cand.catalog_id or '?'}: {cand.reason}",
+                    }
+                )
                 continue
             if mal_id in seen_mal_ids:
-                rejected.append({"mal_id": mal_id, "name": cand.row.get("name"), "stage": "titles",
-                                 "reason": f"{catalog} {cand.catalog_id}: duplicate mal_id {mal_id} "
-                                           f"(kept {catalog} {seen_mal_ids[mal_id]})"})
+                rejected.append(
+                    {
+                        "mal_id": mal_id,
+                        "name": cand.row.get("name"),
+                        "stage": "titles",
+                        "reason": f"{catalog} {cand.catalog_id}: duplicate mal_id {mal_id} "
+                        f"(kept {catalog} {seen_mal_ids[mal_id]})",
+                    }
+                )
                 continue
             seen_mal_ids[mal_id] = cand.catalog_id
             rows.append(cand.row)

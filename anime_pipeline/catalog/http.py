@@ -43,10 +43,11 @@ import re
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import takewhile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -58,14 +59,14 @@ from urllib3.util.retry import Retry
 from anime_pipeline.catalog.errors import CatalogConfigError, CatalogError, CatalogHTTPError
 
 __all__ = [
+    "DEFAULT_RATE_LIMITS",
+    "SECRET_HEADERS",
+    "USER_AGENT_ENV",
     "CatalogError",
     "CatalogHTTPError",
-    "DEFAULT_RATE_LIMITS",
-    "USER_AGENT_ENV",
     "HttpClient",
     "HttpConfig",
     "RateLimiter",
-    "SECRET_HEADERS",
     "check_user_agent",
     "host_key",
 ]
@@ -121,7 +122,7 @@ class HttpConfig:
     cache_expire_after: float | None = 30 * 24 * 3600.0
 
     @classmethod
-    def from_settings(cls, settings: Any, **overrides: Any) -> "HttpConfig":
+    def from_settings(cls, settings: Any, **overrides: Any) -> HttpConfig:
         """Config from `anime_pipeline.settings.Settings` (user agent, cache under the data dir)."""
         kw: dict[str, Any] = {"user_agent": settings.user_agent, "cache_dir": Path(settings.http_cache_dir)}
         kw.update(overrides)
@@ -261,14 +262,20 @@ class _CatalogRetry(Retry):
     """urllib3 Retry with a capped Retry-After, backoff from the first retry on, an injected sleep and
     a hook: `on_retry()` runs after the pause and before each retry goes out (rate limiting + stats)."""
 
-    def __init__(self, *args: Any, retry_after_cap: float = 60.0, on_retry: Callable[[], None] | None = None,
-                 sleep_fn: Callable[[float], None] = time.sleep, **kw: Any):
+    def __init__(
+        self,
+        *args: Any,
+        retry_after_cap: float = 60.0,
+        on_retry: Callable[[], None] | None = None,
+        sleep_fn: Callable[[float], None] = time.sleep,
+        **kw: Any,
+    ):
         super().__init__(*args, **kw)
         self.retry_after_cap = retry_after_cap
         self.on_retry = on_retry
         self.sleep_fn = sleep_fn
 
-    def new(self, **kw: Any) -> "_CatalogRetry":
+    def new(self, **kw: Any) -> _CatalogRetry:
         new = super().new(**kw)
         new.retry_after_cap = self.retry_after_cap
         new.on_retry = self.on_retry
@@ -289,7 +296,11 @@ class _CatalogRetry(Retry):
 
     def sleep(self, response=None) -> None:
         """Retry-After (capped) when the server sent one, else the backoff; through `sleep_fn`."""
-        wait = self.get_retry_after(response) if self.respect_retry_after_header and response is not None else None
+        wait = (
+            self.get_retry_after(response)
+            if self.respect_retry_after_header and response is not None
+            else None
+        )
         if not wait:
             wait = self.get_backoff_time()
         if wait > 0:
@@ -348,8 +359,8 @@ def _age_s(response: requests.Response) -> float:
     if created is None:
         return float("inf")
     if created.tzinfo is None:
-        created = created.replace(tzinfo=_dt.timezone.utc)
-    return (_dt.datetime.now(_dt.timezone.utc) - created).total_seconds()
+        created = created.replace(tzinfo=_dt.UTC)
+    return (_dt.datetime.now(_dt.UTC) - created).total_seconds()
 
 
 def _cacheable(response: requests.Response) -> bool:
@@ -360,9 +371,7 @@ def _cacheable(response: requests.Response) -> bool:
         doc = _loads(response.content)
     except ValueError:
         return False
-    if isinstance(doc, dict) and (doc.get("errors") or ("data" in doc and doc["data"] is None)):
-        return False
-    return True
+    return not (isinstance(doc, dict) and (doc.get("errors") or ("data" in doc and doc["data"] is None)))
 
 
 def _broken_body(exc: requests.RequestException) -> bool:
@@ -417,8 +426,13 @@ def _describe_body(content: bytes) -> str:
 class HttpClient:
     """Shared HTTP client: retries, rate limits, disk cache, request stats. See the module doc."""
 
-    def __init__(self, config: HttpConfig, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        config: HttpConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.config = config
         self.user_agent = check_user_agent(config.user_agent)
         self.clock = clock
@@ -429,8 +443,11 @@ class HttpClient:
         self._lock = threading.Lock()
         self._local = threading.local()  # .sent: requests sent to the network by the current call
         self.limiter = RateLimiter(
-            self.config.rate_limits, self.config.default_rate_limit, max_wait=self.config.max_rate_wait,
-            clock=clock, sleep=sleep,
+            self.config.rate_limits,
+            self.config.default_rate_limit,
+            max_wait=self.config.max_rate_wait,
+            clock=clock,
+            sleep=sleep,
         )
         self.session = self._build_session()
 
@@ -492,7 +509,7 @@ class HttpClient:
     def close(self) -> None:
         self.session.close()
 
-    def __enter__(self) -> "HttpClient":
+    def __enter__(self) -> HttpClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -535,8 +552,14 @@ class HttpClient:
         return {"requests": dict(self.stats), "cache_hits": dict(self.cache_hits)}
 
     # Requests ----------------------------------------------------------------------------------
-    def get_json(self, url: str, params: Mapping[str, Any] | None = None,
-                 headers: Mapping[str, str] | None = None, *, max_age_s: float | None = None) -> Any:
+    def get_json(
+        self,
+        url: str,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        max_age_s: float | None = None,
+    ) -> Any:
         """GET `url` and return the parsed JSON body (raises `CatalogHTTPError`).
 
         `max_age_s`: a cached response older than this is fetched again (catalog listings, where a
@@ -544,8 +567,15 @@ class HttpClient:
         """
         return self._request_json("GET", url, params=params, headers=headers, max_age_s=max_age_s)
 
-    def post_graphql(self, url: str, query: str, variables: Mapping[str, Any] | None = None,
-                     headers: Mapping[str, str] | None = None, *, max_age_s: float | None = None) -> dict[str, Any]:
+    def post_graphql(
+        self,
+        url: str,
+        query: str,
+        variables: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        max_age_s: float | None = None,
+    ) -> dict[str, Any]:
         """POST a GraphQL query; return the whole parsed document (`{"data": ...}`).
 
         Raises `CatalogHTTPError` (kind "graphql") when the document carries `errors` (even with
@@ -556,15 +586,21 @@ class HttpClient:
         if not isinstance(doc, dict):
             raise CatalogHTTPError(
                 self.redact(f"POST {url}: GraphQL response is a JSON {type(doc).__name__}, not an object"),
-                url=url, kind="graphql", status=200,
+                url=url,
+                kind="graphql",
+                status=200,
             )
         if doc.get("errors"):
             raise CatalogHTTPError(
                 self.redact(f"POST {url}: GraphQL error: {_graphql_messages(doc['errors'])}"),
-                url=url, kind="graphql", status=200,
+                url=url,
+                kind="graphql",
+                status=200,
             )
         if doc.get("data") is None:
-            raise CatalogHTTPError(f"POST {url}: GraphQL response has no data", url=url, kind="graphql", status=200)
+            raise CatalogHTTPError(
+                f"POST {url}: GraphQL response has no data", url=url, kind="graphql", status=200
+            )
         return doc
 
     def _display_url(self, method: str, url: str, params: Mapping[str, Any] | None) -> str:
@@ -573,11 +609,21 @@ class HttpClient:
         except Exception:
             return url
 
-    def _request_json(self, method: str, url: str, *, params: Mapping[str, Any] | None = None,
-                      headers: Mapping[str, str] | None = None, json_body: Any = None, max_age_s: float | None = None) -> Any:
+    def _request_json(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        json_body: Any = None,
+        max_age_s: float | None = None,
+    ) -> Any:
         self._remember_secrets(headers)
         shown = self.redact(self._display_url(method, url, params))
-        resp = self._send(method, url, shown, params=params, headers=headers, json_body=json_body, max_age_s=max_age_s)
+        resp = self._send(
+            method, url, shown, params=params, headers=headers, json_body=json_body, max_age_s=max_age_s
+        )
         # Redirects are followed here, not by requests: a POST must stay a POST (requests turns a
         # 301/302 POST into a GET, which breaks GraphQL behind shikimori.one → shikimori.io), and
         # secret headers must not travel to another host.
@@ -589,17 +635,28 @@ class HttpClient:
                 headers = {k: v for k, v in (headers or {}).items() if k.lower() not in SECRET_HEADERS}
             if resp.status_code == 303:
                 method, json_body = "GET", None
-            log.warning("%s %s redirected (HTTP %s) to %s; consider configuring the new URL",
-                        method, shown, resp.status_code, self.redact(target))
+            log.warning(
+                "%s %s redirected (HTTP %s) to %s; consider configuring the new URL",
+                method,
+                shown,
+                resp.status_code,
+                self.redact(target),
+            )
             shown = self.redact(self._display_url(method, target, None))
-            resp = self._send(method, target, shown, params=None, headers=headers, json_body=json_body, max_age_s=max_age_s)
+            resp = self._send(
+                method, target, shown, params=None, headers=headers, json_body=json_body, max_age_s=max_age_s
+            )
 
         retries = len(getattr(getattr(resp.raw, "retries", None), "history", ()) or ())
         after = f" after {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""
         if not 200 <= resp.status_code < 300:
             raise CatalogHTTPError(
-                self.redact(f"{method} {shown}: HTTP {resp.status_code}{after}: {_describe_body(resp.content)}"),
-                url=shown, kind="status", status=resp.status_code,
+                self.redact(
+                    f"{method} {shown}: HTTP {resp.status_code}{after}: {_describe_body(resp.content)}"
+                ),
+                url=shown,
+                kind="status",
+                status=resp.status_code,
             )
         try:
             return _loads(resp.content)
@@ -609,12 +666,23 @@ class HttpClient:
                 self.redact(
                     f"{method} {shown}: malformed JSON (HTTP {resp.status_code}, {ctype}): {_snippet(resp.content)}"
                 ),
-                url=shown, kind="json", status=resp.status_code,
+                url=shown,
+                kind="json",
+                status=resp.status_code,
             ) from None
 
-    def _send(self, method: str, url: str, shown: str, *, params: Mapping[str, Any] | None,
-              headers: Mapping[str, str] | None, json_body: Any, max_age_s: float | None = None,
-              _refresh: bool = False) -> requests.Response:
+    def _send(
+        self,
+        method: str,
+        url: str,
+        shown: str,
+        *,
+        params: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None,
+        json_body: Any,
+        max_age_s: float | None = None,
+        _refresh: bool = False,
+    ) -> requests.Response:
         cfg = self.config
         extra = {"force_refresh": True} if _refresh else {}
         self._local.sent = 0
@@ -622,8 +690,14 @@ class HttpClient:
         while True:
             try:
                 resp = self.session.request(
-                    method, url, params=params, headers=dict(headers) if headers else None, json=json_body,
-                    timeout=(cfg.connect_timeout, cfg.read_timeout), allow_redirects=False, **extra,
+                    method,
+                    url,
+                    params=params,
+                    headers=dict(headers) if headers else None,
+                    json=json_body,
+                    timeout=(cfg.connect_timeout, cfg.read_timeout),
+                    allow_redirects=False,
+                    **extra,
                 )
                 break
             except requests.RequestException as exc:
@@ -633,23 +707,31 @@ class HttpClient:
                     resends += 1
                     wait = min(cfg.backoff_max, cfg.backoff_factor * (2 ** (resends - 1)))
                     wait += random.random() * cfg.backoff_jitter if cfg.backoff_jitter else 0.0
-                    log.info("%s %s: response body broke off (%s); sending again in %.2fs",
-                             method, shown, type(exc).__name__, wait)
+                    log.info(
+                        "%s %s: response body broke off (%s); sending again in %.2fs",
+                        method,
+                        shown,
+                        type(exc).__name__,
+                        wait,
+                    )
                     self.sleep(max(0.0, min(cfg.backoff_max, wait)))
                     continue
                 raise self._transport_error(method, shown, exc, sent=sent) from None
         from_cache = bool(getattr(resp, "from_cache", False))
         if from_cache and max_age_s is not None and _age_s(resp) > max_age_s:
             log.debug("%s %s: cached response older than %ss, fetching again", method, shown, max_age_s)
-            return self._send(method, url, shown, params=params, headers=headers, json_body=json_body, _refresh=True)
+            return self._send(
+                method, url, shown, params=params, headers=headers, json_body=json_body, _refresh=True
+            )
         if from_cache:
             with self._lock:
                 self.cache_hits[host_key(resp.url or url)] += 1
         log.debug("%s %s -> %s%s", method, shown, resp.status_code, " (cache)" if from_cache else "")
         return resp
 
-    def _transport_error(self, method: str, shown: str, exc: requests.RequestException,
-                         sent: int = 0) -> CatalogHTTPError:
+    def _transport_error(
+        self, method: str, shown: str, exc: requests.RequestException, sent: int = 0
+    ) -> CatalogHTTPError:
         reason: Any = exc.args[0] if exc.args else exc
         if isinstance(reason, MaxRetryError):
             reason = reason.reason
@@ -658,24 +740,36 @@ class HttpClient:
         if isinstance(exc, ChunkedEncodingError):
             return CatalogHTTPError(
                 f"{method} {shown}: connection broken mid-response after {attempts} attempt(s): "
-                f"{self.redact(str(reason))}", url=shown, kind="connection"
+                f"{self.redact(str(reason))}",
+                url=shown,
+                kind="connection",
             )
         if isinstance(reason, NewConnectionError) or (
-            isinstance(exc, requests.ConnectionError) and not isinstance(exc, requests.Timeout)
+            isinstance(exc, requests.ConnectionError)
+            and not isinstance(exc, requests.Timeout)
             and not isinstance(reason, (ReadTimeoutError, ConnectTimeoutError))
         ):
             detail = self.redact(str(reason))
             return CatalogHTTPError(
-                f"{method} {shown}: connection failed after {attempts} attempt(s): {detail}", url=shown, kind="connection"
+                f"{method} {shown}: connection failed after {attempts} attempt(s): {detail}",
+                url=shown,
+                kind="connection",
             )
         if isinstance(exc, requests.Timeout) or isinstance(reason, (ReadTimeoutError, ConnectTimeoutError)):
-            which = "connect" if isinstance(exc, requests.ConnectTimeout) or (
-                isinstance(reason, ConnectTimeoutError) and not isinstance(reason, ReadTimeoutError)
-            ) else "read"
+            which = (
+                "connect"
+                if isinstance(exc, requests.ConnectTimeout)
+                or (isinstance(reason, ConnectTimeoutError) and not isinstance(reason, ReadTimeoutError))
+                else "read"
+            )
             limit = cfg.connect_timeout if which == "connect" else cfg.read_timeout
             return CatalogHTTPError(
-                f"{method} {shown}: {which} timed out ({limit}s) after {attempts} attempt(s)", url=shown, kind="timeout"
+                f"{method} {shown}: {which} timed out ({limit}s) after {attempts} attempt(s)",
+                url=shown,
+                kind="timeout",
             )
         return CatalogHTTPError(
-            self.redact(f"{method} {shown}: request failed: {type(exc).__name__}: {exc}"), url=shown, kind="connection"
+            self.redact(f"{method} {shown}: request failed: {type(exc).__name__}: {exc}"),
+            url=shown,
+            kind="connection",
         )

@@ -8,8 +8,9 @@ recognised, the largest page and the deepest entry the API serves. `shikimori.LI
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from anime_pipeline.catalog.errors import CatalogDataError
 from anime_pipeline.catalog.http import HttpClient
@@ -37,14 +38,24 @@ class ListingSpec:
         return None if self.max_depth is None else self.max_depth // self.page_size(page_size)
 
 
-def fetch_page(client: HttpClient, spec: ListingSpec, url: str, *, page: int, page_size: int, min_score: float,
-               max_age_s: float | None = None) -> Page:
+def fetch_page(
+    client: HttpClient,
+    spec: ListingSpec,
+    url: str,
+    *,
+    page: int,
+    page_size: int,
+    min_score: float,
+    max_age_s: float | None = None,
+) -> Page:
     """Page `page` (1-based) of `spec`'s listing. Raises CatalogDataError when the entries are not a list,
     ValueError for a page beyond `spec.max_depth` (the API would refuse it)."""
     size = spec.page_size(page_size)
     if spec.max_depth is not None and page * size > spec.max_depth:
-        raise ValueError(f"{spec.name}: page {page} × {size} per page is past the {spec.max_depth}-entry depth "
-                         f"the API serves")
+        raise ValueError(
+            f"{spec.name}: page {page} × {size} per page is past the {spec.max_depth}-entry depth "
+            f"the API serves"
+        )
     variables: dict[str, Any] = {"page": page, spec.size_var: size}
     score = spec.score_arg(min_score)
     if score is not None:

@@ -110,7 +110,9 @@ def score_reasons(score: float | None, min_score: float) -> list[str]:
 
 def malformed_entry() -> TitleCandidate:
     """The candidate for a listing entry that is not a JSON object."""
-    return TitleCandidate(catalog_id="", row={"name": None}, reject_reasons=["malformed entry (not an object)"])
+    return TitleCandidate(
+        catalog_id="", row={"name": None}, reject_reasons=["malformed entry (not an object)"]
+    )
 
 
 def title_candidate(
@@ -124,10 +126,18 @@ def title_candidate(
     """A TITLES row of `catalog` (`popularity` left for discovery) and its reject reasons: the identity
     checks, then the catalog's own `reasons` (first-season blockers, kind/status/rating filters), then the
     score filter."""
-    row = {"name_russian": None, "description_ru": None, **fields,
-           "popularity": None, "catalog": catalog, "catalog_id": catalog_id}
+    row = {
+        "name_russian": None,
+        "description_ru": None,
+        **fields,
+        "popularity": None,
+        "catalog": catalog,
+        "catalog_id": catalog_id,
+    }
     return TitleCandidate(
         catalog_id=catalog_id,
         row=row,
-        reject_reasons=identity_reasons(catalog_id, row.get("mal_id")) + reasons + score_reasons(row.get("score"), min_score),
+        reject_reasons=identity_reasons(catalog_id, row.get("mal_id"))
+        + reasons
+        + score_reasons(row.get("score"), min_score),
     )

@@ -67,8 +67,10 @@ def retain_titles(
     kept_unlisted = sorted(i for i in _ids(previous) if i not in listed_ids and i not in reasons)
     previous_ids = set(_ids(previous))
 
-    rows = [listed.filter(pl.col("mal_id").is_in(list(previous_ids))),
-            previous.filter(pl.col("mal_id").is_in(kept_unlisted))]
+    rows = [
+        listed.filter(pl.col("mal_id").is_in(list(previous_ids))),
+        previous.filter(pl.col("mal_id").is_in(kept_unlisted)),
+    ]
     held = sum(df.height for df in rows)
     new = listed.filter(~pl.col("mal_id").is_in(list(previous_ids)))
     room = max(0, max_titles - held)
@@ -85,9 +87,14 @@ def retain_titles(
         )
     if other_catalog.height:
         moved = other_catalog.select(
-            "mal_id", "name", pl.lit("titles").alias("stage"),
-            (pl.lit(f"{RETIRED}: catalog changed from ") + pl.col("catalog").fill_null("?")
-             + pl.lit(f" to {catalog}")).alias("reason"),
+            "mal_id",
+            "name",
+            pl.lit("titles").alias("stage"),
+            (
+                pl.lit(f"{RETIRED}: catalog changed from ")
+                + pl.col("catalog").fill_null("?")
+                + pl.lit(f" to {catalog}")
+            ).alias("reason"),
         )
         rejected = pl.concat([rejected, conform(moved, REJECTED)], how="vertical")
         retired = sorted(set(retired) | set(_ids(other_catalog)))
@@ -118,12 +125,18 @@ def retain_synopses(
     rejected = conform(fresh_rejected, REJECTED)
     previous = conform(previous, SYNOPSES) if previous is not None else empty(SYNOPSES)
     have = set(_ids(fresh))
-    keep = previous.filter(pl.col("mal_id").is_in([i for i in wanted if i not in have])) if previous.height else previous
+    keep = (
+        previous.filter(pl.col("mal_id").is_in([i for i in wanted if i not in have]))
+        if previous.height
+        else previous
+    )
     kept_ids = _ids(keep)
     why = {int(r["mal_id"]): r["reason"] for r in rejected.iter_rows(named=True) if r["mal_id"] is not None}
     kept = {i: why.get(i, "not fetched this run") for i in kept_ids}
     if kept_ids and rejected.height:
         rejected = rejected.filter(~pl.col("mal_id").is_in(kept_ids).fill_null(False))
     parts = [df for df in (fresh, keep) if df.height]
-    synopses = conform(pl.concat(parts, how="vertical"), SYNOPSES).sort("mal_id") if parts else empty(SYNOPSES)
+    synopses = (
+        conform(pl.concat(parts, how="vertical"), SYNOPSES).sort("mal_id") if parts else empty(SYNOPSES)
+    )
     return RetainedSynopses(synopses=synopses, rejected=rejected, kept_previous=kept)

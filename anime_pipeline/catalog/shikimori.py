@@ -15,12 +15,12 @@ from anime_pipeline.catalog.listing import ListingSpec
 from anime_pipeline.catalog.models import (
     ALLOWED_RATINGS,
     TitleCandidate,
-    malformed_entry,
-    title_candidate,
     as_float,
     as_int,
     as_list,
     as_str,
+    malformed_entry,
+    title_candidate,
 )
 
 MAX_LIMIT = 50
@@ -70,7 +70,9 @@ def _first_season_blockers(related: Any) -> list[str]:
         kind = str(rel.get("relationKind") or "").lower()
         anime = rel.get("anime")
         if kind in FIRST_SEASON_BLOCKERS and isinstance(anime, dict):
-            reasons.append(f"not a first season: has {kind} {anime.get('name')!r} (shikimori id {anime.get('id')})")
+            reasons.append(
+                f"not a first season: has {kind} {anime.get('name')!r} (shikimori id {anime.get('id')})"
+            )
     return reasons
 
 

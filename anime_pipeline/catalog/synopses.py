@@ -10,9 +10,10 @@ skipped without a client id, and disabled for the rest of the run after HTTP 401
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import polars as pl
 
@@ -40,9 +41,13 @@ class SynopsisSources:
     anilist_url: str | None = "https://graphql.anilist.co"
 
     @classmethod
-    def from_settings(cls, settings: Any, mal_client_id: str | None = None) -> "SynopsisSources":
-        return cls(mal_url=settings.mal_url, mal_client_id=mal_client_id or None,
-                   jikan_url=settings.jikan_url, anilist_url=settings.anilist_url)
+    def from_settings(cls, settings: Any, mal_client_id: str | None = None) -> SynopsisSources:
+        return cls(
+            mal_url=settings.mal_url,
+            mal_client_id=mal_client_id or None,
+            jikan_url=settings.jikan_url,
+            anilist_url=settings.anilist_url,
+        )
 
     def enabled(self) -> list[str]:
         out = []
@@ -69,8 +74,8 @@ def content_sha256(text: str) -> str:
 
 def as_utc(now: datetime | None) -> datetime:
     if now is None:
-        return datetime.now(timezone.utc)
-    return now.replace(tzinfo=timezone.utc) if now.tzinfo is None else now.astimezone(timezone.utc)
+        return datetime.now(UTC)
+    return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
 
 
 def _disables_mal(exc: CatalogError) -> bool:
@@ -157,27 +162,39 @@ def fetch_synopses(
                 failures.append(f"{source}: no synopsis")
                 continue
             if is_placeholder(text, min_chars=min_chars):
-                detail = f"too short ({len(text)} < {min_chars} chars)" if len(text) < min_chars else "placeholder text"
+                detail = (
+                    f"too short ({len(text)} < {min_chars} chars)"
+                    if len(text) < min_chars
+                    else "placeholder text"
+                )
                 failures.append(f"{source}: {detail}")
                 continue
             description_ru = clean_synopsis(rec.get("description_ru"))
-            rows.append({
-                "mal_id": mal_id,
-                "synopsis": text,
-                # the placeholder rules hold for the Russian text too ("Нет описания" is no description)
-                "synopsis_ru": None if is_placeholder(description_ru, min_chars=0) else description_ru,
-                "source": source,
-                "url": scrub(got.url),
-                "fetched_at": as_utc(now),
-                "content_sha256": content_sha256(text),
-            })
+            rows.append(
+                {
+                    "mal_id": mal_id,
+                    "synopsis": text,
+                    # the placeholder rules hold for the Russian text too ("Нет описания" is no description)
+                    "synopsis_ru": None if is_placeholder(description_ru, min_chars=0) else description_ru,
+                    "source": source,
+                    "url": scrub(got.url),
+                    "fetched_at": as_utc(now),
+                    "content_sha256": content_sha256(text),
+                }
+            )
             by_source[source] += 1
             accepted = True
             break
         if not accepted:
             reason = "; ".join(failures) if failures else "no synopsis source configured"
-            rejected.append({"mal_id": mal_id, "name": name, "stage": "synopses",
-                             "reason": scrub(f"no usable synopsis: {reason}")})
+            rejected.append(
+                {
+                    "mal_id": mal_id,
+                    "name": name,
+                    "stage": "synopses",
+                    "reason": scrub(f"no usable synopsis: {reason}"),
+                }
+            )
 
     return SynopsisResult(
         synopses=rows_to_frame(rows, SYNOPSES),

@@ -35,7 +35,11 @@ def _path_problem(path: str | None) -> str | None:
         return "empty"
     if "\x00" in path:
         return "NUL byte"
-    if PurePosixPath(path).is_absolute() or PureWindowsPath(path).is_absolute() or PureWindowsPath(path).drive:
+    if (
+        PurePosixPath(path).is_absolute()
+        or PureWindowsPath(path).is_absolute()
+        or PureWindowsPath(path).drive
+    ):
         return "absolute"
     if ".." in path.replace("\\", "/").split("/"):
         return "contains '..'"

@@ -50,7 +50,9 @@ from anime_pipeline.paths import atomic_path, file_sha256, within
 
 FORMAT_VERSION = 1  # bump when ARROW_SCHEMA / HF_FEATURES / writer options change: forces a rewrite
 DEFAULT_SHARD_TARGET_BYTES = 500_000_000
-ROW_OVERHEAD_BYTES = 1024  # per-row allowance for the text fields in the cut weight (text itself is not counted)
+ROW_OVERHEAD_BYTES = (
+    1024  # per-row allowance for the text fields in the cut weight (text itself is not counted)
+)
 ROW_GROUP_ROWS = 32
 MANIFEST_NAME = "export_manifest.json"
 DATA_DIR = "data"
@@ -108,7 +110,15 @@ SCHEMA_WITH_FEATURES = ARROW_SCHEMA.with_metadata(
     {"huggingface": json.dumps({"info": {"features": HF_FEATURES}})}
 )
 
-_TITLE_FIELDS = ("name_english", "name_native", "name_russian", "rating", "genres", "main_characters", "catalog")
+_TITLE_FIELDS = (
+    "name_english",
+    "name_native",
+    "name_russian",
+    "rating",
+    "genres",
+    "main_characters",
+    "catalog",
+)
 _SHARD_RE = re.compile(r"^(?P<split>[a-z]+)-(?P<idx>\d{5})-of-(?P<n>\d{5})\.parquet$")
 _TMP_PREFIX = ".export-"  # rename holds; shard temps are atomic_path's `.<shard name>.<random>.parquet`
 _SHARD_TEMP_GLOB = ".*-of-*.parquet.*.parquet"
@@ -277,14 +287,21 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
 
 
 def _size_category(n: int) -> str:
-    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+    for limit, label in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+    ):
         if n < limit:
             return label
     return "1M<n<10M"
 
 
 def _counts_table(counter: Counter, label: str) -> str:
-    return _md_table([label, "titles"], [[k or "unknown", v] for k, v in sorted(counter.items(), key=lambda x: (str(x[0])))])
+    return _md_table(
+        [label, "titles"], [[k or "unknown", v] for k, v in sorted(counter.items(), key=lambda x: str(x[0]))]
+    )
 
 
 def render_dataset_card(
@@ -315,7 +332,10 @@ def render_dataset_card(
     )
     counts = _md_table(
         ["split", "titles (rows)", "frames"],
-        [[hf, len(rows), sum(len(r.text["frame_timestamps_s"]) for r in rows)] for hf, rows in planned.items()]
+        [
+            [hf, len(rows), sum(len(r.text["frame_timestamps_s"]) for r in rows)]
+            for hf, rows in planned.items()
+        ]
         + [["total", n_total, sum(len(r.text["frame_timestamps_s"]) for r in all_rows)]],
     )
     frame_counts = [len(r.text["frame_timestamps_s"]) for r in all_rows]
@@ -332,14 +352,25 @@ def render_dataset_card(
         ["field", "source"],
         [
             ["mal_id", "MyAnimeList id, the join key of every table"],
-            ["name, name_english, name_native, name_russian, rating, genres, main_characters",
-             "the catalog record (`catalog`: Shikimori or AniList; `demo` for synthetic titles)"],
-            ["prompt", "generated from genres and main characters (no information that only the video holds)"],
-            ["synopsis", "human-written synopsis (`synopsis_source`: MyAnimeList page, Jikan, AniList, or demo), "
-                         "attribution lines stripped and whitespace normalised; `synopsis_url` points to it"],
+            [
+                "name, name_english, name_native, name_russian, rating, genres, main_characters",
+                "the catalog record (`catalog`: Shikimori or AniList; `demo` for synthetic titles)",
+            ],
+            [
+                "prompt",
+                "generated from genres and main characters (no information that only the video holds)",
+            ],
+            [
+                "synopsis",
+                "human-written synopsis (`synopsis_source`: MyAnimeList page, Jikan, AniList, or demo), "
+                "attribution lines stripped and whitespace normalised; `synopsis_url` points to it",
+            ],
             ["synopsis_ru", "Shikimori's Russian description, where available"],
             ["duration_s", "duration of the first episode's video"],
-            ["frames, frame_timestamps_s", "JPEG frames sampled from the first episode's video, with their times"],
+            [
+                "frames, frame_timestamps_s",
+                "JPEG frames sampled from the first episode's video, with their times",
+            ],
         ],
     )
     versions_table = (
@@ -362,9 +393,9 @@ def render_dataset_card(
         "## Purpose\n\nVideo captioning research: each row pairs frames from the first episode of an anime with "
         "the human-written synopsis of the series, plus catalog metadata and a ready-made prompt. It was "
         "built to fine-tune and evaluate small video-language models on describing an episode from its frames.",
-        "## Loading\n\n```python\nfrom datasets import load_dataset\n\nds = load_dataset(\"parquet\", "
-        "data_dir=\"path/to/this/folder\")  # or load_dataset(\"path/to/this/folder\")\n"
-        "ds[\"train\"][0][\"frames\"][0]  # PIL.Image\n```",
+        '## Loading\n\n```python\nfrom datasets import load_dataset\n\nds = load_dataset("parquet", '
+        'data_dir="path/to/this/folder")  # or load_dataset("path/to/this/folder")\n'
+        'ds["train"][0]["frames"][0]  # PIL.Image\n```',
         f"## Splits\n\n{counts}\n\n{split_rule}",
         f"## Collection\n\n{fields}\n\n**Sampling.** {sampling} {frames_line}\n\n**Filters.** {filters}",
         "## Licence and provenance\n\n"
@@ -380,8 +411,10 @@ def render_dataset_card(
             else ""
         )
         + "\nUse it for research only, and remove any row on request of a rights holder.\n\n"
-        "Synopsis sources:\n\n" + _counts_table(synopsis_sources, "synopsis_source")
-        + "\n\nCatalog sources:\n\n" + _counts_table(catalogs, "catalog"),
+        "Synopsis sources:\n\n"
+        + _counts_table(synopsis_sources, "synopsis_source")
+        + "\n\nCatalog sources:\n\n"
+        + _counts_table(catalogs, "catalog"),
         f"## Versions\n\n{versions_table}",
     ]
     card = DatasetCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")

@@ -54,7 +54,7 @@ def _unit_interval(mal_id: int, salt: str) -> float:
 
 
 def assign_split(mal_id: int, val_fraction: float = DEFAULT_VAL_FRACTION, salt: str = DEFAULT_SALT) -> str:
-    """"val" when sha256(salt:mal_id) mapped to [0, 1) is below `val_fraction`, else "train"."""
+    """ "val" when sha256(salt:mal_id) mapped to [0, 1) is below `val_fraction`, else "train"."""
     if not 0.0 <= val_fraction <= 1.0:
         raise ValueError(f"val_fraction must be within [0, 1], got {val_fraction}")
     return VAL if _unit_interval(mal_id, salt) < val_fraction else TRAIN
@@ -62,7 +62,10 @@ def assign_split(mal_id: int, val_fraction: float = DEFAULT_VAL_FRACTION, salt: 
 
 def media_failure_paths(home: Path, mal_id: int) -> list[Path]:
     """Where the media assets record a failed title: `episodes/<id>/error.json` and next to the shard."""
-    return [Path(home) / "episodes" / str(int(mal_id)) / ERROR_FILE, shard_path(home, mal_id).parent / ERROR_FILE]
+    return [
+        Path(home) / "episodes" / str(int(mal_id)) / ERROR_FILE,
+        shard_path(home, mal_id).parent / ERROR_FILE,
+    ]
 
 
 def read_media_failures(home: Path, mal_ids: Iterable[int]) -> pl.DataFrame:
@@ -121,30 +124,36 @@ def build_samples(
         pl.coalesce(*[pl.col(c) for c in ("name", "name_english", "name_native") if c in titles.columns])
         .cast(pl.String)
         .alias("name"),
-        (pl.col("genres") if "genres" in titles.columns else pl.lit(None)).cast(pl.List(pl.String)).alias("genres"),
+        (pl.col("genres") if "genres" in titles.columns else pl.lit(None))
+        .cast(pl.List(pl.String))
+        .alias("genres"),
         (pl.col("main_characters") if "main_characters" in titles.columns else pl.lit(None))
         .cast(pl.List(pl.String))
         .alias("main_characters"),
     )
-    s = (
-        synopses.select(pl.col("mal_id").cast(pl.Int64), pl.col("synopsis").cast(pl.String).str.strip_chars())
-        .filter(pl.col("mal_id").is_not_null() & (pl.col("synopsis").str.len_chars() > 0))
-    )
-    f = (
-        conform(shards, SHARDS)
-        .filter(pl.col("mal_id").is_not_null() & pl.col("frames_path").is_not_null() & (pl.col("num_frames") > 0))
+    s = synopses.select(
+        pl.col("mal_id").cast(pl.Int64), pl.col("synopsis").cast(pl.String).str.strip_chars()
+    ).filter(pl.col("mal_id").is_not_null() & (pl.col("synopsis").str.len_chars() > 0))
+    f = conform(shards, SHARDS).filter(
+        pl.col("mal_id").is_not_null() & pl.col("frames_path").is_not_null() & (pl.col("num_frames") > 0)
     )
 
     failed = (
         conform(failures, FAILURES)
         .filter(pl.col("mal_id").is_not_null())
         .group_by("mal_id", maintain_order=True)
-        .agg(pl.concat_str(pl.col("stage"), pl.lit(" failed: "), pl.col("error")).str.join("; ").alias("failure"))
+        .agg(
+            pl.concat_str(pl.col("stage"), pl.lit(" failed: "), pl.col("error"))
+            .str.join("; ")
+            .alias("failure")
+        )
         if failures is not None and failures.height
         else pl.DataFrame(schema={"mal_id": pl.Int64, "failure": pl.String})
     )
     joined = (
-        t.join(s, on="mal_id", how="left").join(f, on="mal_id", how="left").join(failed, on="mal_id", how="left")
+        t.join(s, on="mal_id", how="left")
+        .join(f, on="mal_id", how="left")
+        .join(failed, on="mal_id", how="left")
         .sort("mal_id")
     )
     has_synopsis = pl.col("synopsis").is_not_null()
@@ -155,22 +164,21 @@ def build_samples(
         .otherwise(pl.lit(REASON_NO_FRAMES))
     )
 
-    excluded = (
-        joined.filter(~has_synopsis | ~has_frames)
-        .select(
-            "mal_id",
-            "name",
-            pl.concat_str(
-                pl.when(~has_synopsis).then(pl.lit(REASON_NO_SYNOPSIS)),
-                pl.when(~has_frames).then(no_frames),
-                separator="; ",
-                ignore_nulls=True,
-            ).alias("reason"),
-        )
+    excluded = joined.filter(~has_synopsis | ~has_frames).select(
+        "mal_id",
+        "name",
+        pl.concat_str(
+            pl.when(~has_synopsis).then(pl.lit(REASON_NO_SYNOPSIS)),
+            pl.when(~has_frames).then(no_frames),
+            separator="; ",
+            ignore_nulls=True,
+        ).alias("reason"),
     )
     kept = joined.filter(has_synopsis & has_frames)
     ids = kept["mal_id"].to_list()
-    prompts = [build_prompt(g, c) for g, c in zip(kept["genres"].to_list(), kept["main_characters"].to_list())]
+    prompts = [
+        build_prompt(g, c) for g, c in zip(kept["genres"].to_list(), kept["main_characters"].to_list())
+    ]
     sides = [assign_split(i, val_fraction, salt) for i in ids]
     samples = conform(
         kept.with_columns(
@@ -211,9 +219,7 @@ def _side_stats(df: pl.DataFrame, tokenize: Callable[[str], int] | None) -> dict
     return out
 
 
-def split_stats(
-    train: pl.DataFrame, val: pl.DataFrame, tokenize: Callable[[str], int] | None = None
-) -> dict:
+def split_stats(train: pl.DataFrame, val: pl.DataFrame, tokenize: Callable[[str], int] | None = None) -> dict:
     """Counts per side and synopsis length summaries (min/mean/p50/p95/max; None for an empty side).
 
     `tokenize` maps a text to its token count (e.g. `lambda s: len(tok(s).input_ids)`); when given, each side
@@ -240,8 +246,6 @@ def write_split(result: SplitResult, dest_dir: Path) -> dict[str, Path]:
             frame.write_parquet(tmp)
         paths[side] = final
     return paths
-
-
 
 
 def content_hash(paths: Iterable[Path]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -33,18 +33,24 @@ def test_html_to_text_breaks_and_entities():
     assert html_to_text("") == "" and html_to_text(None) == ""
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("Two brothers.\n\n[Written by MAL Rewrite]", "Two brothers."),
-    ("Two brothers.\n<br><br>\n(Source: MAL Rewrite)", "Two brothers."),
-    ("Story text. (Source: Crunchyroll)", "Story text."),
-    ("Story.\n\n[Written by MAL Rewrite]\n\nIncluded one-shot: Extra", "Story.\n\nIncluded one-shot: Extra"),
-    ("Story text.\r\n\r\nSource: Funimation", "Story text."),
-    ("  Many   spaces\tand\u00a0nbsp.  \n\n\n\nNext para.  ", "Many spaces and nbsp.\n\nNext para."),
-    ("<i>Lupin</i> &mdash; thief<br>\n<br>\n(Source: ANN)", "Lupin — thief"),
-    ("He said a < b and kept going.", "He said a < b and kept going."),
-    ("Cafe\u0301 東京 🌸 «Ёлка»", "Café 東京 🌸 «Ёлка»"),
-    (None, ""),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("Two brothers.\n\n[Written by MAL Rewrite]", "Two brothers."),
+        ("Two brothers.\n<br><br>\n(Source: MAL Rewrite)", "Two brothers."),
+        ("Story text. (Source: Crunchyroll)", "Story text."),
+        (
+            "Story.\n\n[Written by MAL Rewrite]\n\nIncluded one-shot: Extra",
+            "Story.\n\nIncluded one-shot: Extra",
+        ),
+        ("Story text.\r\n\r\nSource: Funimation", "Story text."),
+        ("  Many   spaces\tand\u00a0nbsp.  \n\n\n\nNext para.  ", "Many spaces and nbsp.\n\nNext para."),
+        ("<i>Lupin</i> &mdash; thief<br>\n<br>\n(Source: ANN)", "Lupin — thief"),
+        ("He said a < b and kept going.", "He said a < b and kept going."),
+        ("Cafe\u0301 東京 🌸 «Ёлка»", "Café 東京 🌸 «Ёлка»"),
+        (None, ""),
+    ],
+)
 def test_clean_synopsis(raw, expected):
     assert clean_synopsis(raw) == expected
 
@@ -56,17 +62,24 @@ def test_clean_reference_fixture_texts():
     assert clean_synopsis(ani["description"]).endswith("(Placeholder text written for this fixture.)")
     shiki = json.loads((DATA / "shikimori-animes-response.json").read_text("utf-8"))["data"]["animes"][0]
     cleaned = clean_synopsis(shiki["description"], bbcode=True)
-    assert cleaned.startswith("Новая экранизация манги, которая ближе к оригиналу, чем сериал «Стальной алхимик».\n\n")
+    assert cleaned.startswith(
+        "Новая экранизация манги, которая ближе к оригиналу, чем сериал «Стальной алхимик».\n\n"
+    )
     assert "[" not in cleaned
 
 
 def test_bbcode_to_text():
-    assert bbcode_to_text("[anime=121]FMA[/anime] и [character=11]Эдвард[/character] [i]x[/i]") == "FMA и Эдвард x"
+    assert (
+        bbcode_to_text("[anime=121]FMA[/anime] и [character=11]Эдвард[/character] [i]x[/i]")
+        == "FMA и Эдвард x"
+    )
 
 
 def test_is_placeholder():
-    assert is_placeholder("No synopsis information has been added to this title. Help improve our database by "
-                          "adding a synopsis here.")
+    assert is_placeholder(
+        "No synopsis information has been added to this title. Help improve our database by "
+        "adding a synopsis here."
+    )
     assert is_placeholder(None) and is_placeholder("   ")
     assert is_placeholder("Short text.")
     assert not is_placeholder("Short text.", min_chars=5)
@@ -85,7 +98,7 @@ def test_normalise_rating():
 
 
 def test_demo_catalog_matches_schemas_and_demo_titles():
-    now = datetime(2025, 1, 2, tzinfo=timezone.utc)
+    now = datetime(2025, 1, 2, tzinfo=UTC)
     titles, synopses = demo_catalog(now=now)
     assert titles.schema == pl.Schema(TITLES) and synopses.schema == pl.Schema(SYNOPSES)
     demo = demo_titles()
@@ -107,17 +120,29 @@ def test_check_unique_mal_ids():
 
 
 def _syn(texts: list[str | None]) -> pl.DataFrame:
-    return pl.DataFrame({
-        "mal_id": list(range(1, len(texts) + 1)),
-        "synopsis": texts,
-        "content_sha256": [hashlib.sha256(t.encode()).hexdigest() if t else None for t in texts],
-    })
+    return pl.DataFrame(
+        {
+            "mal_id": list(range(1, len(texts) + 1)),
+            "synopsis": texts,
+            "content_sha256": [hashlib.sha256(t.encode()).hexdigest() if t else None for t in texts],
+        }
+    )
 
 
 def test_check_synopses_clean():
     assert check_synopses_clean(_syn(["A fine synopsis."]))[0]
-    ok, detail = check_synopses_clean(_syn(["Fine.", "Left over.\n\n[Written by MAL Rewrite]", "x (Source: ANN)",
-                                            "", "tag<br>left", "Body\nSource: Funimation"]))
+    ok, detail = check_synopses_clean(
+        _syn(
+            [
+                "Fine.",
+                "Left over.\n\n[Written by MAL Rewrite]",
+                "x (Source: ANN)",
+                "",
+                "tag<br>left",
+                "Body\nSource: Funimation",
+            ]
+        )
+    )
     assert not ok
     assert "1 empty (mal_id [4])" in detail
     assert "4 attribution/markup left (mal_id [2, 3, 5, 6])" in detail

@@ -44,7 +44,7 @@ def test_shikimori_reference_page(catalog_server, make_client):
     assert set(res.rejected["stage"].to_list()) == {"titles"}
     # the request carried the documented filters
     body = catalog_server.requests[0].json()
-    assert 'order: popularity' in body["query"] and 'kind: "tv"' in body["query"]
+    assert "order: popularity" in body["query"] and 'kind: "tv"' in body["query"]
     assert 'status: "released"' in body["query"] and 'rating: "g,pg,pg_13"' in body["query"]
     assert body["variables"] == {"page": 1, "limit": 50, "score": 7}
 
@@ -62,8 +62,14 @@ def test_shikimori_pagination_filters_sequels_and_dedup(catalog_server, make_cli
         shikimori_anime(9, kind="movie"),
     ]
     client = make_client()
-    res = discover_titles(client, catalog="shikimori", url=catalog_server.shikimori_url,
-                          max_titles=10, min_score=7.5, page_size=2)
+    res = discover_titles(
+        client,
+        catalog="shikimori",
+        url=catalog_server.shikimori_url,
+        max_titles=10,
+        min_score=7.5,
+        page_size=2,
+    )
     assert res.titles["mal_id"].to_list() == [1, 2, 8]
     assert res.titles["popularity"].to_list() == [1, 2, 8]
     assert res.pages == 5 and res.stop_reason == "last page"
@@ -81,7 +87,9 @@ def test_shikimori_pagination_filters_sequels_and_dedup(catalog_server, make_cli
 def test_shikimori_stops_at_max_titles(catalog_server, make_client):
     catalog_server.shikimori_titles = [shikimori_anime(i) for i in range(1, 30)]
     client = make_client()
-    res = discover_titles(client, catalog="shikimori", url=catalog_server.shikimori_url, max_titles=5, page_size=3)
+    res = discover_titles(
+        client, catalog="shikimori", url=catalog_server.shikimori_url, max_titles=5, page_size=3
+    )
     assert res.titles.height == 5 and res.pages == 2 and res.stop_reason == "max_titles reached"
 
 
@@ -89,7 +97,9 @@ def test_repeating_page_terminates(catalog_server, make_client):
     catalog_server.shikimori_titles = [shikimori_anime(i) for i in range(1, 4)]
     catalog_server.shikimori_repeat = True  # every page answers with the same 3 entries
     client = make_client()
-    res = discover_titles(client, catalog="shikimori", url=catalog_server.shikimori_url, max_titles=100, page_size=3)
+    res = discover_titles(
+        client, catalog="shikimori", url=catalog_server.shikimori_url, max_titles=100, page_size=3
+    )
     assert res.titles["mal_id"].to_list() == [1, 2, 3]
     assert res.pages == 2 and "no new ids" in res.stop_reason
 
@@ -97,8 +107,9 @@ def test_repeating_page_terminates(catalog_server, make_client):
 def test_hard_page_cap(catalog_server, make_client):
     catalog_server.shikimori_titles = [shikimori_anime(i, score=5.0) for i in range(1, 100)]
     client = make_client()
-    res = discover_titles(client, catalog="shikimori", url=catalog_server.shikimori_url, max_titles=5,
-                          page_size=2, max_pages=4)
+    res = discover_titles(
+        client, catalog="shikimori", url=catalog_server.shikimori_url, max_titles=5, page_size=2, max_pages=4
+    )
     assert res.titles.height == 0 and res.pages == 4 and "page cap" in res.stop_reason
     assert res.rejected.height == 8
 
@@ -130,7 +141,9 @@ def test_unicode_escaped_json_is_decoded_exactly(catalog_server, make_client):
 
 
 def test_discovery_http_error_propagates(catalog_server, make_client):
-    catalog_server.script(SHIKI, Canned.example("shikimori-error-examples.json", "graphql_validation_error_200"))
+    catalog_server.script(
+        SHIKI, Canned.example("shikimori-error-examples.json", "graphql_validation_error_200")
+    )
     client = make_client()
     with pytest.raises(CatalogHTTPError, match="Field 'foo' doesn't exist"):
         discover_titles(client, catalog="shikimori", url=catalog_server.shikimori_url, max_titles=5)
@@ -139,12 +152,16 @@ def test_discovery_http_error_propagates(catalog_server, make_client):
 def test_discovery_cache_hit_on_second_run(catalog_server, make_client):
     catalog_server.shikimori_titles = [shikimori_anime(i) for i in range(1, 8)]
     first = make_client(cache=True)
-    a = discover_titles(first, catalog="shikimori", url=catalog_server.shikimori_url, max_titles=50, page_size=3)
+    a = discover_titles(
+        first, catalog="shikimori", url=catalog_server.shikimori_url, max_titles=50, page_size=3
+    )
     sent = catalog_server.count()
     assert sent == 3 and first.network_requests == 3
     first.close()
     second = make_client(cache=True)
-    b = discover_titles(second, catalog="shikimori", url=catalog_server.shikimori_url, max_titles=50, page_size=3)
+    b = discover_titles(
+        second, catalog="shikimori", url=catalog_server.shikimori_url, max_titles=50, page_size=3
+    )
     assert catalog_server.count() == sent
     assert second.network_requests == 0
     assert a.titles.equals(b.titles) and b.pages == 3
@@ -178,7 +195,9 @@ def test_anilist_pagination_and_first_season(catalog_server, make_client):
         anilist_media(15, relations=(("ADAPTATION", 99, "MANGA"),)),
     ]
     client = make_client()
-    res = discover_titles(client, catalog="anilist", url=catalog_server.anilist_url, max_titles=10, page_size=2)
+    res = discover_titles(
+        client, catalog="anilist", url=catalog_server.anilist_url, max_titles=10, page_size=2
+    )
     assert res.titles["mal_id"].to_list() == [10, 15]
     assert res.pages == 3
     reasons = {r["name"]: r["reason"] for r in res.rejected.iter_rows(named=True)}
@@ -206,12 +225,19 @@ NOTHING_HERE_HTML = "<p class='b-nothing_here'>Нет описания</p>"
 
 @pytest.mark.parametrize(
     "description, description_html",
-    [(None, NOTHING_HERE_HTML), ("", NOTHING_HERE_HTML), ("Нет описания", None), ("  нет описания. ", None),
-     (None, "<div class='b-text_with_paragraphs'>Нет описания</div>"), (None, None)],
+    [
+        (None, NOTHING_HERE_HTML),
+        ("", NOTHING_HERE_HTML),
+        ("Нет описания", None),
+        ("  нет описания. ", None),
+        (None, "<div class='b-text_with_paragraphs'>Нет описания</div>"),
+        (None, None),
+    ],
     ids=["nothing-here-html", "empty-text-nothing-here-html", "text", "text-lower-dot", "html-text", "none"],
 )
-def test_shikimori_no_description_placeholder_is_not_a_description(catalog_server, make_client, description,
-                                                                   description_html):
+def test_shikimori_no_description_placeholder_is_not_a_description(
+    catalog_server, make_client, description, description_html
+):
     """Shikimori renders a missing description as `<p class='b-nothing_here'>Нет описания</p>`."""
     entry = shikimori_anime(1, description=description)
     entry["descriptionHtml"] = description_html
@@ -230,8 +256,10 @@ def test_shikimori_short_real_description_is_kept(catalog_server, make_client):
 
 def _many_anilist(n: int) -> list[dict]:
     base = anilist_media(1)
-    return [dict(base, id=i, idMal=i, title={"romaji": f"Title {i}", "english": None, "native": None})
-            for i in range(1, n + 1)]
+    return [
+        dict(base, id=i, idMal=i, title={"romaji": f"Title {i}", "english": None, "native": None})
+        for i in range(1, n + 1)
+    ]
 
 
 def test_anilist_discovery_stops_at_the_listing_depth_limit(catalog_server, make_client):
@@ -242,13 +270,22 @@ def test_anilist_discovery_stops_at_the_listing_depth_limit(catalog_server, make
     assert anilist.LISTING.max_pages(30) == 166 and anilist.LISTING.max_pages(50) == 100
     page_size, pages = 50, 100
     catalog_server.anilist_media = _many_anilist(5100)
-    res = discover_titles(make_client(), catalog="anilist", url=catalog_server.anilist_url, max_titles=6000,
-                          page_size=page_size, max_pages=200)
+    res = discover_titles(
+        make_client(),
+        catalog="anilist",
+        url=catalog_server.anilist_url,
+        max_titles=6000,
+        page_size=page_size,
+        max_pages=200,
+    )
     sent = [r.json()["variables"] for r in catalog_server.requests]
     assert max(v["page"] * v["perPage"] for v in sent) <= 5000
     assert res.pages == pages == len(sent)
     assert res.titles.height == pages * page_size
-    assert "depth of 5000 entries" in res.stop_reason and f"{pages * page_size} of 6000 titles" in res.stop_reason
+    assert (
+        "depth of 5000 entries" in res.stop_reason
+        and f"{pages * page_size} of 6000 titles" in res.stop_reason
+    )
 
 
 def test_fetch_page_refuses_a_page_past_the_depth_limit(make_client):
@@ -266,12 +303,29 @@ def test_listing_queries_use_only_documented_arguments_and_fields():
 
     shiki = shikimori.SHIKIMORI_QUERY
     assert "$page: PositiveInt, $limit: PositiveInt, $score: Int" in shiki
-    for part in ("order: popularity", 'kind: "tv"', 'status: "released"', 'rating: "g,pg,pg_13"',
-                 "relationKind", "rolesEn", "descriptionHtml", "malId"):
+    for part in (
+        "order: popularity",
+        'kind: "tv"',
+        'status: "released"',
+        'rating: "g,pg,pg_13"',
+        "relationKind",
+        "rolesEn",
+        "descriptionHtml",
+        "malId",
+    ):
         assert part in shiki
     assert "relation " not in shiki and "relationRu" not in shiki  # REST-only / deprecated names
     ani = anilist.ANILIST_PAGE_QUERY
-    for part in ("type: ANIME", "format: TV", "status: FINISHED", "sort: POPULARITY_DESC", "isAdult: false",
-                 "averageScore_greater: $minScore", "hasNextPage", "idMal", "characters(role: MAIN)"):
+    for part in (
+        "type: ANIME",
+        "format: TV",
+        "status: FINISHED",
+        "sort: POPULARITY_DESC",
+        "isAdult: false",
+        "averageScore_greater: $minScore",
+        "hasNextPage",
+        "idMal",
+        "characters(role: MAIN)",
+    ):
         assert part in ani
     assert shikimori.LISTING.max_page_size == anilist.LISTING.max_page_size == 50

@@ -25,7 +25,9 @@ def test_get_json_returns_parsed_body_and_sends_user_agent(catalog_server, make_
     assert catalog_server.requests[-1].headers["User-Agent"] == TEST_USER_AGENT
     assert client.stats[host_key(catalog_server.base_url)] == 1
     assert client.requests_sent == 1 and client.summary() == {
-        "requests": {host_key(catalog_server.base_url): 1}, "cache_hits": {}}
+        "requests": {host_key(catalog_server.base_url): 1},
+        "cache_hits": {},
+    }
 
 
 def test_429_with_retry_after_then_success(catalog_server, make_client):
@@ -50,8 +52,11 @@ def test_429_without_retry_after_shikimori_style_backs_off_then_succeeds(catalog
 
 def test_500_then_success(catalog_server, make_client):
     client = make_client()
-    catalog_server.script(JIKAN_5114, Canned.example("jikan-error-examples.json", "upstream_failure_500"),
-                          Canned(502, "<html>Bad gateway</html>"))
+    catalog_server.script(
+        JIKAN_5114,
+        Canned.example("jikan-error-examples.json", "upstream_failure_500"),
+        Canned(502, "<html>Bad gateway</html>"),
+    )
     doc = client.get_json(catalog_server.jikan_url + "/anime/5114")
     assert doc["data"]["mal_id"] == 5114
     assert catalog_server.count(JIKAN_5114) == 3
@@ -65,7 +70,9 @@ def test_429_storm_ends_in_clear_error_not_a_hang(catalog_server, make_client):
     with pytest.raises(CatalogHTTPError) as info:
         client.post_graphql(catalog_server.shikimori_url, QUERY, {"page": 1})
     # three backoffs, each within backoff_max: the storm ends instead of hanging
-    assert len(client.clock.sleeps) == 3 and all(0 < w <= client.config.backoff_max for w in client.clock.sleeps)
+    assert len(client.clock.sleeps) == 3 and all(
+        0 < w <= client.config.backoff_max for w in client.clock.sleeps
+    )
     err = info.value
     assert err.status == 429 and err.kind == "status"
     msg = str(err)
@@ -94,8 +101,10 @@ def test_read_timeout_then_success(catalog_server, make_client):
 
 def test_malformed_json_names_url_and_snippet(catalog_server, make_client):
     client = make_client()
-    catalog_server.script(JIKAN_5114, Canned(200, '{"data": {"mal_id": 5114, "synopsis": "trunc',
-                                             {"Content-Type": "application/json"}))
+    catalog_server.script(
+        JIKAN_5114,
+        Canned(200, '{"data": {"mal_id": 5114, "synopsis": "trunc', {"Content-Type": "application/json"}),
+    )
     with pytest.raises(CatalogHTTPError) as info:
         client.get_json(catalog_server.jikan_url + "/anime/5114")
     msg = str(info.value)
@@ -106,7 +115,9 @@ def test_malformed_json_names_url_and_snippet(catalog_server, make_client):
 
 def test_graphql_errors_raise_with_message(catalog_server, make_client):
     client = make_client()
-    catalog_server.script(SHIKI, Canned.example("shikimori-error-examples.json", "graphql_depth_exceeded_200"))
+    catalog_server.script(
+        SHIKI, Canned.example("shikimori-error-examples.json", "graphql_depth_exceeded_200")
+    )
     with pytest.raises(CatalogHTTPError) as info:
         client.post_graphql(catalog_server.shikimori_url, QUERY, {"page": 1})
     assert info.value.kind == "graphql"
@@ -117,8 +128,9 @@ def test_graphql_errors_raise_with_message(catalog_server, make_client):
 def test_graphql_error_with_http_status(catalog_server, make_client):
     client = make_client()
     with pytest.raises(CatalogHTTPError) as info:
-        client.post_graphql(catalog_server.anilist_url, "query ($idMal: Int) { Media(idMal: $idMal) { id } }",
-                            {"idMal": 1})
+        client.post_graphql(
+            catalog_server.anilist_url, "query ($idMal: Int) { Media(idMal: $idMal) { id } }", {"idMal": 1}
+        )
     assert info.value.status == 404
     assert "HTTP 404" in str(info.value) and "Not Found." in str(info.value)
 
@@ -192,7 +204,9 @@ def test_cache_key_includes_post_body(catalog_server, make_client):
 
 def test_errors_and_malformed_bodies_are_not_cached(catalog_server, make_client):
     client = make_client(cache=True)
-    catalog_server.script(SHIKI, Canned.example("shikimori-error-examples.json", "graphql_validation_error_200"))
+    catalog_server.script(
+        SHIKI, Canned.example("shikimori-error-examples.json", "graphql_validation_error_200")
+    )
     with pytest.raises(CatalogHTTPError):
         client.post_graphql(catalog_server.shikimori_url, QUERY, {"page": 1})
     catalog_server.script(JIKAN_5114, Canned(200, "not json"))
@@ -207,16 +221,25 @@ def test_errors_and_malformed_bodies_are_not_cached(catalog_server, make_client)
 def test_secret_header_never_in_messages_or_cache(catalog_server, make_client, tmp_path):
     client = make_client(cache=True, total_retries=1)
     secret = DEFAULT_MAL_CLIENT_ID
-    ok = client.get_json(catalog_server.mal_url + "/anime/5114", params={"fields": "synopsis"},
-                         headers={"X-MAL-CLIENT-ID": secret})
+    ok = client.get_json(
+        catalog_server.mal_url + "/anime/5114",
+        params={"fields": "synopsis"},
+        headers={"X-MAL-CLIENT-ID": secret},
+    )
     assert ok["id"] == 5114
     assert catalog_server.requests[-1].headers["X-MAL-CLIENT-ID"] == secret
     # an error whose body echoes the secret is scrubbed
-    catalog_server.script("/mal/v2/anime/1", Canned(500, {"error": "boom", "message": f"bad id {secret}"}),
-                          Canned(500, {"error": "boom", "message": f"bad id {secret}"}))
+    catalog_server.script(
+        "/mal/v2/anime/1",
+        Canned(500, {"error": "boom", "message": f"bad id {secret}"}),
+        Canned(500, {"error": "boom", "message": f"bad id {secret}"}),
+    )
     with pytest.raises(CatalogHTTPError) as info:
-        client.get_json(catalog_server.mal_url + "/anime/1", params={"fields": "synopsis"},
-                        headers={"X-MAL-CLIENT-ID": secret})
+        client.get_json(
+            catalog_server.mal_url + "/anime/1",
+            params={"fields": "synopsis"},
+            headers={"X-MAL-CLIENT-ID": secret},
+        )
     assert secret not in str(info.value) and "***" in str(info.value)
     client.close()
     blobs = b"".join(p.read_bytes() for p in (tmp_path / "http-cache").rglob("*") if p.is_file())
@@ -300,9 +323,12 @@ def test_post_redirect_stays_a_post(catalog_server, make_client):
 def test_redirect_to_other_host_drops_secret_headers(catalog_server, make_client):
     client = make_client()
     with CatalogServer() as other:  # another origin (other port)
-        catalog_server.script("/mal/v2/anime/77", Canned(302, "", {"Location": other.jikan_url + "/anime/5114"}))
-        doc = client.get_json(catalog_server.mal_url + "/anime/77",
-                              headers={"X-MAL-CLIENT-ID": DEFAULT_MAL_CLIENT_ID})
+        catalog_server.script(
+            "/mal/v2/anime/77", Canned(302, "", {"Location": other.jikan_url + "/anime/5114"})
+        )
+        doc = client.get_json(
+            catalog_server.mal_url + "/anime/77", headers={"X-MAL-CLIENT-ID": DEFAULT_MAL_CLIENT_ID}
+        )
         assert doc["data"]["mal_id"] == 5114
         assert other.count() == 1
         assert "X-MAL-CLIENT-ID" not in other.requests[-1].headers

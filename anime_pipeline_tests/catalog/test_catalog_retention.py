@@ -18,7 +18,9 @@ from anime_pipeline_tests.fixtures.http import TEST_USER_AGENT
 
 
 def _titles(*ids: int, catalog: str = "shikimori", name: str = "v1") -> pl.DataFrame:
-    return conform(pl.DataFrame([{"mal_id": i, "name": f"{name} {i}", "catalog": catalog} for i in ids]), TITLES)
+    return conform(
+        pl.DataFrame([{"mal_id": i, "name": f"{name} {i}", "catalog": catalog} for i in ids]), TITLES
+    )
 
 
 def _rejected(reasons: dict[int, str]) -> pl.DataFrame:
@@ -32,14 +34,24 @@ def test_unlisted_titles_stay_and_the_cap_limits_only_additions():
     got = retain_titles(previous, listed, empty(REJECTED), catalog="shikimori", max_titles=4)
     assert got.titles["mal_id"].to_list() == [1, 2, 3, 5]
     names = dict(zip(got.titles["mal_id"], got.titles["name"]))
-    assert names == {1: "v2 1", 2: "v1 2", 3: "v2 3", 5: "v2 5"}  # listed rows refreshed, unlisted kept as they were
+    assert names == {
+        1: "v2 1",
+        2: "v1 2",
+        3: "v2 3",
+        5: "v2 5",
+    }  # listed rows refreshed, unlisted kept as they were
     assert got.kept_unlisted == [2] and got.added == [5] and got.not_added == 1 and got.retired == []
 
 
 def test_a_title_is_retired_only_with_the_listings_reason():
     previous = _titles(1, 2)
-    got = retain_titles(previous, _titles(1), _rejected({2: "shikimori 2: score 6.8 < 7.0"}),
-                        catalog="shikimori", max_titles=10)
+    got = retain_titles(
+        previous,
+        _titles(1),
+        _rejected({2: "shikimori 2: score 6.8 < 7.0"}),
+        catalog="shikimori",
+        max_titles=10,
+    )
     assert got.titles["mal_id"].to_list() == [1]
     assert got.retired == [2]
     reason = dict(zip(got.rejected["mal_id"], got.rejected["reason"]))[2]
@@ -47,12 +59,15 @@ def test_a_title_is_retired_only_with_the_listings_reason():
 
 
 def test_switching_catalog_retires_with_a_reason():
-    got = retain_titles(_titles(1, 2, catalog="demo"), _titles(7), empty(REJECTED), catalog="shikimori",
-                        max_titles=10)
+    got = retain_titles(
+        _titles(1, 2, catalog="demo"), _titles(7), empty(REJECTED), catalog="shikimori", max_titles=10
+    )
     assert got.titles["mal_id"].to_list() == [7]
     reasons = dict(zip(got.rejected["mal_id"], got.rejected["reason"]))
-    assert reasons == {1: f"{RETIRED}: catalog changed from demo to shikimori",
-                       2: f"{RETIRED}: catalog changed from demo to shikimori"}
+    assert reasons == {
+        1: f"{RETIRED}: catalog changed from demo to shikimori",
+        2: f"{RETIRED}: catalog changed from demo to shikimori",
+    }
 
 
 def test_first_run_without_previous_titles():
@@ -61,11 +76,15 @@ def test_first_run_without_previous_titles():
 
 
 def test_previous_synopsis_kept_when_this_run_found_none():
-    prev = conform(pl.DataFrame({"mal_id": [1, 2, 9], "synopsis": ["old 1", "old 2", "old 9"], "source": "jikan"}),
-                   SYNOPSES)
+    prev = conform(
+        pl.DataFrame({"mal_id": [1, 2, 9], "synopsis": ["old 1", "old 2", "old 9"], "source": "jikan"}),
+        SYNOPSES,
+    )
     fresh = conform(pl.DataFrame({"mal_id": [1], "synopsis": ["new 1"], "source": "mal"}), SYNOPSES)
-    rejected = conform(pl.DataFrame([{"mal_id": 2, "name": "T2", "stage": "synopses", "reason": "jikan: HTTP 503"}]),
-                       REJECTED)
+    rejected = conform(
+        pl.DataFrame([{"mal_id": 2, "name": "T2", "stage": "synopses", "reason": "jikan: HTTP 503"}]),
+        REJECTED,
+    )
     got = retain_synopses(prev, fresh, rejected, _titles(1, 2))  # 9 is no longer a title: not kept
     assert dict(zip(got.synopses["mal_id"], got.synopses["synopsis"])) == {1: "new 1", 2: "old 2"}
     assert got.kept_previous == {2: "jikan: HTTP 503"}
@@ -81,8 +100,14 @@ def _materialize_catalog(env: dict, instance) -> dg.ExecuteInProcessResult:
 
     assets = list(defs.assets or []) + list(defs.asset_checks or [])
     run_config = {"ops": {"titles": {"config": {"max_titles": 3, "page_size": 2, "listing_max_age_s": 0}}}}
-    return dg.materialize(assets, selection=["titles", "synopses"], instance=instance,
-                          resources=build_resources(env=env), run_config=run_config, raise_on_error=False)
+    return dg.materialize(
+        assets,
+        selection=["titles", "synopses"],
+        instance=instance,
+        resources=build_resources(env=env),
+        run_config=run_config,
+        raise_on_error=False,
+    )
 
 
 @pytest.mark.slow
@@ -96,22 +121,33 @@ def test_titles_that_leave_the_listing_stay_in_titles_synopses_and_partitions(tm
         server.jikan_synopses = {i: f"{LONG}({i})" for i in range(1, 6)}
         server.mal_synopses, server.anilist_descriptions = {}, {}
         env = {
-            "ANIME_PIPELINE_HOME": str(home), "ANIME_PIPELINE_PROFILE": "live",
+            "ANIME_PIPELINE_HOME": str(home),
+            "ANIME_PIPELINE_PROFILE": "live",
             "ANIME_PIPELINE_USER_AGENT": TEST_USER_AGENT,
-            "ANIME_PIPELINE_SHIKIMORI_URL": server.shikimori_url, "ANIME_PIPELINE_JIKAN_URL": server.jikan_url,
-            "ANIME_PIPELINE_MAL_URL": server.mal_url, "ANIME_PIPELINE_ANILIST_URL": server.anilist_url,
+            "ANIME_PIPELINE_SHIKIMORI_URL": server.shikimori_url,
+            "ANIME_PIPELINE_JIKAN_URL": server.jikan_url,
+            "ANIME_PIPELINE_MAL_URL": server.mal_url,
+            "ANIME_PIPELINE_ANILIST_URL": server.anilist_url,
         }
         assert _materialize_catalog(env, instance).success
         assert pl.read_parquet(home / "catalog" / "titles.parquet")["mal_id"].to_list() == [1, 2, 3]
 
-        server.shikimori_titles = [shikimori_anime(4), shikimori_anime(5), shikimori_anime(1, score=6.1),
-                                   shikimori_anime(3)]
+        server.shikimori_titles = [
+            shikimori_anime(4),
+            shikimori_anime(5),
+            shikimori_anime(1, score=6.1),
+            shikimori_anime(3),
+        ]
         server.jikan_synopses.pop(3)  # 3's synopsis is gone this time: the one collected before stays
         result = _materialize_catalog(env, instance)
         assert result.success
 
         titles = pl.read_parquet(home / "catalog" / "titles.parquet")
-        assert titles["mal_id"].to_list() == [2, 3, 4]  # 2 kept though unlisted; 4 fills 1's place; 5: no room
+        assert titles["mal_id"].to_list() == [
+            2,
+            3,
+            4,
+        ]  # 2 kept though unlisted; 4 fills 1's place; 5: no room
         synopses = pl.read_parquet(home / "catalog" / "synopses.parquet")
         assert synopses["mal_id"].to_list() == [2, 3, 4]
         assert synopses.filter(pl.col("mal_id") == 3)["synopsis"].item().endswith("(3)")
@@ -122,8 +158,10 @@ def test_titles_that_leave_the_listing_stay_in_titles_synopses_and_partitions(tm
         keys = set(instance.get_dynamic_partitions(MAL_ID_PARTITIONS_NAME))
         assert {"2", "3", "4"} <= keys
 
-        meta = {e.asset_key.to_user_string(): e.step_materialization_data.materialization.metadata
-                for e in result.get_asset_materialization_events()}
+        meta = {
+            e.asset_key.to_user_string(): e.step_materialization_data.materialization.metadata
+            for e in result.get_asset_materialization_events()
+        }
         assert meta["titles"]["num_retired"].value == 1 and meta["titles"]["num_kept_unlisted"].value == 1
         assert meta["titles"]["num_added"].value == 1 and meta["titles"]["not_added_cap"].value == 1
         assert meta["synopses"]["num_kept_previous"].value == 1
@@ -132,8 +170,11 @@ def test_titles_that_leave_the_listing_stay_in_titles_synopses_and_partitions(tm
 @pytest.mark.slow
 def test_live_catalog_refuses_to_run_without_a_user_agent(tmp_path):
     with CatalogServer() as server, dg.instance_for_test() as instance:
-        env = {"ANIME_PIPELINE_HOME": str(tmp_path), "ANIME_PIPELINE_PROFILE": "live",
-               "ANIME_PIPELINE_SHIKIMORI_URL": server.shikimori_url}
+        env = {
+            "ANIME_PIPELINE_HOME": str(tmp_path),
+            "ANIME_PIPELINE_PROFILE": "live",
+            "ANIME_PIPELINE_SHIKIMORI_URL": server.shikimori_url,
+        }
         result = _materialize_catalog(env, instance)
         assert not result.success
         failure = result.get_step_failure_events()[0].step_failure_data.error

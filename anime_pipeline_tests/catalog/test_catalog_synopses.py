@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import polars as pl
 import pytest
@@ -13,7 +13,7 @@ from anime_pipeline.catalog.synopses import SynopsisSources, fetch_synopses
 from anime_pipeline.schemas import REJECTED, SYNOPSES, TITLES, conform, empty
 from anime_pipeline_tests.fixtures.catalog_server import DEFAULT_MAL_CLIENT_ID, Canned
 
-NOW = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 LONG = "A quiet courier crosses a flooded city to deliver letters nobody expects, and learns why they were never sent. "
 
 
@@ -23,8 +23,12 @@ def _titles(*ids: int, ru: dict[int, str] | None = None) -> pl.DataFrame:
 
 
 def _sources(server, *, client_id: str | None = DEFAULT_MAL_CLIENT_ID, **kw) -> SynopsisSources:
-    args = dict(mal_url=server.mal_url, mal_client_id=client_id, jikan_url=server.jikan_url,
-                anilist_url=server.anilist_url)
+    args = dict(
+        mal_url=server.mal_url,
+        mal_client_id=client_id,
+        jikan_url=server.jikan_url,
+        anilist_url=server.anilist_url,
+    )
     args.update(kw)
     return SynopsisSources(**args)
 
@@ -36,8 +40,9 @@ def _all_text(res) -> str:
 
 def test_mal_first_with_reference_payload(catalog_server, make_client):
     client = make_client()
-    res = fetch_synopses(client, _titles(5114, ru={5114: "Братья ищут камень."}),
-                         sources=_sources(catalog_server), now=NOW)
+    res = fetch_synopses(
+        client, _titles(5114, ru={5114: "Братья ищут камень."}), sources=_sources(catalog_server), now=NOW
+    )
     assert res.synopses.schema == pl.Schema(SYNOPSES)
     row = res.synopses.row(0, named=True)
     assert row["source"] == "mal"
@@ -60,9 +65,11 @@ def test_fallback_chain_and_per_title_failures(catalog_server, make_client):
     # 2: MAL 404 → Jikan ok
     s.jikan_synopses = {2: LONG + "\n\n[Written by MAL Rewrite]", 3: None, 4: LONG, 5: LONG}
     # 3: MAL 404, Jikan null synopsis → AniList (HTML + AniList attribution)
-    s.anilist_descriptions = {3: LONG + "<br><br>\n(Source: MAL Rewrite)",
-                              6: "No synopsis information has been added to this title. Help improve our "
-                                 "database by adding a synopsis here."}
+    s.anilist_descriptions = {
+        3: LONG + "<br><br>\n(Source: MAL Rewrite)",
+        6: "No synopsis information has been added to this title. Help improve our "
+        "database by adding a synopsis here.",
+    }
     # 4: MAL answers malformed JSON → Jikan ok
     s.mal_synopses[4] = LONG
     s.script("/mal/v2/anime/4", Canned(200, "{not json", {"Content-Type": "application/json"}))
@@ -74,7 +81,13 @@ def test_fallback_chain_and_per_title_failures(catalog_server, make_client):
     client = make_client()
     res = fetch_synopses(client, _titles(1, 2, 3, 4, 5, 6, 7), sources=_sources(s), now=NOW)
     by_id = {r["mal_id"]: r for r in res.synopses.iter_rows(named=True)}
-    assert {k: v["source"] for k, v in by_id.items()} == {1: "mal", 2: "jikan", 3: "anilist", 4: "jikan", 5: "jikan"}
+    assert {k: v["source"] for k, v in by_id.items()} == {
+        1: "mal",
+        2: "jikan",
+        3: "anilist",
+        4: "jikan",
+        5: "jikan",
+    }
     assert all(v["synopsis"] == LONG.strip() for v in by_id.values())
     assert by_id[3]["url"] == s.anilist_url + "#idMal=3"
     assert by_id[2]["url"] == s.jikan_url + "/anime/2"
@@ -103,8 +116,10 @@ def test_mal_skipped_without_client_id(catalog_server, make_client):
 def test_placeholder_and_short_texts_fall_through(catalog_server, make_client):
     s = catalog_server
     s.mal_synopses = {9: "Too short."}
-    s.jikan_synopses = {9: "No synopsis information has been added to this title. Help improve our database "
-                           "by adding a synopsis here."}
+    s.jikan_synopses = {
+        9: "No synopsis information has been added to this title. Help improve our database "
+        "by adding a synopsis here."
+    }
     s.anilist_descriptions = {9: LONG}
     client = make_client()
     res = fetch_synopses(client, _titles(9), sources=_sources(s), now=NOW)
@@ -151,7 +166,9 @@ def test_timeout_for_one_title_does_not_fail_others(catalog_server, make_client)
     slow = Canned(200, {"data": {"synopsis": LONG}}, delay=0.5)
     s.script("/jikan/v4/anime/1", slow, slow)
     client = make_client(read_timeout=0.15, total_retries=1)
-    res = fetch_synopses(client, _titles(1, 2), sources=_sources(s, client_id=None, anilist_url=None), now=NOW)
+    res = fetch_synopses(
+        client, _titles(1, 2), sources=_sources(s, client_id=None, anilist_url=None), now=NOW
+    )
     assert res.synopses["mal_id"].to_list() == [2]
     assert "timed out" in res.rejected["reason"][0]
 
@@ -163,7 +180,9 @@ def test_titles_without_mal_id_and_duplicates(catalog_server, make_client):
     client = make_client()
     res = fetch_synopses(client, titles, sources=_sources(s, client_id=None), now=NOW)
     assert res.synopses["mal_id"].to_list() == [1]
-    assert res.rejected.to_dicts() == [{"mal_id": None, "name": "Orphan", "stage": "synopses", "reason": "no MAL id"}]
+    assert res.rejected.to_dicts() == [
+        {"mal_id": None, "name": "Orphan", "stage": "synopses", "reason": "no MAL id"}
+    ]
 
 
 def test_unicode_synopsis_is_nfc_and_otherwise_exact(catalog_server, make_client):
@@ -179,7 +198,9 @@ def test_unicode_synopsis_is_nfc_and_otherwise_exact(catalog_server, make_client
 
 def test_empty_titles(make_client):
     client = make_client()
-    res = fetch_synopses(client, _titles(), sources=SynopsisSources(mal_url=None, jikan_url=None, anilist_url=None))
+    res = fetch_synopses(
+        client, _titles(), sources=SynopsisSources(mal_url=None, jikan_url=None, anilist_url=None)
+    )
     assert res.synopses.height == 0 and res.rejected.height == 0 and res.by_source == {}
     assert res.synopses.schema == pl.Schema(SYNOPSES)
 
@@ -204,17 +225,24 @@ def test_cache_makes_second_run_free(catalog_server, make_client, source):
 
 def test_breaker_is_reset_by_a_per_title_answer(catalog_server, make_client):
     """404s are about one title, not an outage: they never open the breaker."""
+    import polars as pl
+
     from anime_pipeline.catalog.synopses import SynopsisSources, fetch_synopses
     from anime_pipeline_tests.fixtures.catalog_server import Canned
-    import polars as pl
 
     ids = list(range(1, 9))
     text = "A synopsis long enough to be accepted by the cleaning rules of the pipeline, for title {i}."
     catalog_server.jikan_synopses = {i: text.format(i=i) for i in ids if i % 2 == 0}  # odd ids: Jikan 404
     catalog_server.anilist_descriptions = {i: text.format(i=i) for i in ids}
-    titles = pl.DataFrame({"mal_id": ids, "name": [f"T{i}" for i in ids], "description_ru": [None] * len(ids)})
-    sources = SynopsisSources(mal_url=catalog_server.mal_url, mal_client_id=None, jikan_url=catalog_server.jikan_url,
-                              anilist_url=catalog_server.anilist_url)
+    titles = pl.DataFrame(
+        {"mal_id": ids, "name": [f"T{i}" for i in ids], "description_ru": [None] * len(ids)}
+    )
+    sources = SynopsisSources(
+        mal_url=catalog_server.mal_url,
+        mal_client_id=None,
+        jikan_url=catalog_server.jikan_url,
+        anilist_url=catalog_server.anilist_url,
+    )
     res = fetch_synopses(make_client(), titles, sources=sources, outage_threshold=2)
     assert res.synopses.height == len(ids)
     assert catalog_server.count("/jikan/") == len(ids)  # never skipped
@@ -230,6 +258,8 @@ def test_breaker_is_reset_by_a_per_title_answer(catalog_server, make_client):
 
 @pytest.mark.parametrize("ru", ["Нет описания", "нет описания.", "  "])
 def test_russian_placeholder_never_becomes_synopsis_ru(catalog_server, make_client, ru):
-    res = fetch_synopses(make_client(), _titles(5114, ru={5114: ru}), sources=_sources(catalog_server), now=NOW)
+    res = fetch_synopses(
+        make_client(), _titles(5114, ru={5114: ru}), sources=_sources(catalog_server), now=NOW
+    )
     assert res.synopses["mal_id"].to_list() == [5114]
     assert res.synopses["synopsis_ru"].to_list() == [None]

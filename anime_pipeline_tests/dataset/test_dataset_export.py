@@ -2,7 +2,7 @@
 
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +75,7 @@ def tables(ids, synopsis=lambda i: f"Synopsis of title {i}. Things happen."):
                 "synopsis_ru": [f"Описание {i}" for i in ids],
                 "source": ["mal" if i % 3 else "jikan" for i in ids],
                 "url": [f"https://myanimelist.net/anime/{i}" for i in ids],
-                "fetched_at": [datetime(2025, 1, 1, tzinfo=timezone.utc)] * len(ids),
+                "fetched_at": [datetime(2025, 1, 1, tzinfo=UTC)] * len(ids),
             }
         ),
         SYNOPSES,
@@ -87,8 +87,12 @@ def shard_table(home, ids):
     return pl.DataFrame(
         {
             "mal_id": ids,
-            "frames_path": [write_frames(home, i) if not (home / f"frames/mal_id={i}/part-0.parquet").exists()
-                            else f"frames/mal_id={i}/part-0.parquet" for i in ids],
+            "frames_path": [
+                write_frames(home, i)
+                if not (home / f"frames/mal_id={i}/part-0.parquet").exists()
+                else f"frames/mal_id={i}/part-0.parquet"
+                for i in ids
+            ],
             "num_frames": [FRAMES_PER_TITLE] * len(ids),
             "duration_s": [1420.0] * len(ids),
         }
@@ -103,24 +107,40 @@ def world(tmp_path, monkeypatch):
     home = tmp_path / "data"
     shards = shard_table(home, IDS)
     title_bytes = FRAMES_PER_TITLE * len(jpeg(0)) + 1024
-    return {"home": home, "dest": tmp_path / "release", "shards": shards, "target": int(title_bytes * 3.5),
-            "cache": tmp_path / "hf-cache"}
+    return {
+        "home": home,
+        "dest": tmp_path / "release",
+        "shards": shards,
+        "target": int(title_bytes * 3.5),
+        "cache": tmp_path / "hf-cache",
+    }
 
 
 def run_export(world, ids=IDS, synopsis=None, shards=None):
     titles, synopses = tables(ids, **({"synopsis": synopsis} if synopsis else {}))
-    res = build_samples(titles, synopses, shards if shards is not None else world["shards"],
-                        val_fraction=0.3, salt=SALT)
+    res = build_samples(
+        titles, synopses, shards if shards is not None else world["shards"], val_fraction=0.3, salt=SALT
+    )
     assert res.train.height and res.val.height
-    out = export_dataset(res.train, res.val, titles, synopses, world["home"], world["dest"],
-                         shard_target_bytes=world["target"],
-                         versions={"data_version": "abc123", "code_version": "0.1.0", "git_commit": "31172a8"})
+    out = export_dataset(
+        res.train,
+        res.val,
+        titles,
+        synopses,
+        world["home"],
+        world["dest"],
+        shard_target_bytes=world["target"],
+        versions={"data_version": "abc123", "code_version": "0.1.0", "git_commit": "31172a8"},
+    )
     return res, out
 
 
 def snapshot(dest: Path) -> dict[str, tuple[int, bytes]]:
-    return {str(p.relative_to(dest)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(dest.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(dest)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(dest.rglob("*"))
+        if p.is_file()
+    }
 
 
 def card_header(dest: Path) -> dict:
@@ -172,7 +192,11 @@ def test_export_loads_with_datasets(world):
     from huggingface_hub import DatasetCard
 
     card = DatasetCard.load(dest / "README.md")  # the Hub's own parser reads the card and its metadata
-    assert card.data.pretty_name and card.data.license == "other" and card.data.to_dict()["configs"] == meta["configs"]
+    assert (
+        card.data.pretty_name
+        and card.data.license == "other"
+        and card.data.to_dict()["configs"] == meta["configs"]
+    )
     body = (dest / "README.md").read_text(encoding="utf-8")
     assert f"| train | {res.train.height} | {res.train.height * FRAMES_PER_TITLE} |" in body
     assert "| jikan |" in body and "| mal |" in body and "abc123" in body and "31172a8" in body
@@ -192,18 +216,28 @@ def test_reexport_unchanged_touches_nothing(world):
     _, third = run_export(world)
     assert third.shards_written == [] and third.content_hash == first.content_hash
     assert {k: v for k, v in snapshot(world["dest"]).items() if k != MANIFEST_NAME} == {
-        k: v for k, v in before.items() if k != MANIFEST_NAME}
+        k: v for k, v in before.items() if k != MANIFEST_NAME
+    }
 
 
 def test_changed_title_rewrites_only_its_shard(world):
     res, first = run_export(world)
     before = snapshot(world["dest"])
     victim = res.train["mal_id"][res.train.height // 2]
-    _, second = run_export(world, synopsis=lambda i: "A brand new synopsis, much longer than before. " * 3
-                           if i == victim else f"Synopsis of title {i}. Things happen.")
+    _, second = run_export(
+        world,
+        synopsis=lambda i: (
+            "A brand new synopsis, much longer than before. " * 3
+            if i == victim
+            else f"Synopsis of title {i}. Things happen."
+        ),
+    )
     manifest = json.loads((world["dest"] / MANIFEST_NAME).read_text())["shards"]
-    holder = [rel for rel, info in manifest.items()
-              if info["split"] == "train" and info["first_mal_id"] <= victim <= info["last_mal_id"]]
+    holder = [
+        rel
+        for rel, info in manifest.items()
+        if info["split"] == "train" and info["first_mal_id"] <= victim <= info["last_mal_id"]
+    ]
     assert second.shards_written == holder
     assert second.content_hash != first.content_hash
     after = snapshot(world["dest"])
@@ -213,9 +247,9 @@ def test_changed_title_rewrites_only_its_shard(world):
 
 
 def test_added_title_moves_no_bytes_of_other_shards(world):
-    res, first = run_export(world)
+    run_export(world)
     before = snapshot(world["dest"])
-    new_ids = IDS + [900, 901, 902, 903]  # higher ids land at the end of the sort order
+    new_ids = [*IDS, 900, 901, 902, 903]  # higher ids land at the end of the sort order
     shards = shard_table(world["home"], new_ids)
     res2, second = run_export(world, ids=new_ids, shards=shards)
     assert second.rows_per_split == {"train": res2.train.height, "validation": res2.val.height}
@@ -228,15 +262,19 @@ def test_added_title_moves_no_bytes_of_other_shards(world):
         assert before_by_bytes.get(content) == mtime, rel
     assert not list((world["dest"] / "data").glob(".export-*"))
     assert sorted(p.name for p in (world["dest"] / "data").iterdir()) == sorted(
-        Path(r).name for r in json.loads((world["dest"] / MANIFEST_NAME).read_text())["shards"])
+        Path(r).name for r in json.loads((world["dest"] / MANIFEST_NAME).read_text())["shards"]
+    )
 
 
 def test_missing_frames_fail_loudly(world):
     from anime_pipeline.dataset.export import ExportError
 
     shards = world["shards"].with_columns(
-        pl.when(pl.col("mal_id") == IDS[0]).then(pl.lit("frames/nope.parquet")).otherwise(pl.col("frames_path"))
-        .alias("frames_path"))
+        pl.when(pl.col("mal_id") == IDS[0])
+        .then(pl.lit("frames/nope.parquet"))
+        .otherwise(pl.col("frames_path"))
+        .alias("frames_path")
+    )
     with pytest.raises(ExportError, match="does not exist"):
         run_export(world, shards=shards)
     escaping = world["shards"].with_columns(pl.lit("../outside.parquet").alias("frames_path"))
@@ -253,4 +291,5 @@ def test_leftovers_of_an_interrupted_export_are_removed(world):
     run_export(world)
     assert not any(p.exists() for p in planted)
     assert sorted(p.name for p in data.iterdir()) == sorted(
-        Path(r).name for r in json.loads((world["dest"] / MANIFEST_NAME).read_text())["shards"])
+        Path(r).name for r in json.loads((world["dest"] / MANIFEST_NAME).read_text())["shards"]
+    )

@@ -1,4 +1,4 @@
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import polars as pl
 import pytest
@@ -40,7 +40,7 @@ def make_synopses(ids, text=lambda i: f"Synopsis number {i} with some words."):
                 "mal_id": ids,
                 "synopsis": [text(i) for i in ids],
                 "source": ["mal"] * len(ids),
-                "fetched_at": [datetime(2025, 1, 1, tzinfo=timezone.utc)] * len(ids),
+                "fetched_at": [datetime(2025, 1, 1, tzinfo=UTC)] * len(ids),
             }
         ),
         SYNOPSES,
@@ -126,7 +126,10 @@ def test_build_samples_sorted_and_rejects_duplicates():
 def test_split_stats_words_and_tokens():
     ids = list(range(1, 41))
     res = build_samples(
-        make_titles(ids), make_synopses(ids, text=lambda i: " ".join(["w"] * i)), make_shards(ids), val_fraction=0.25
+        make_titles(ids),
+        make_synopses(ids, text=lambda i: " ".join(["w"] * i)),
+        make_shards(ids),
+        val_fraction=0.25,
     )
     stats = split_stats(res.train, res.val, tokenize=lambda s: 2 * len(s.split()))
     assert stats["train"]["samples"] == res.train.height
@@ -169,26 +172,39 @@ def _write_error(path, record):
 def test_media_failures_recorded_in_error_json_explain_the_exclusion(tmp_path):
     """The media assets write `error.json` for a failed episode / shard; the split reads it, so the excluded
     table says which titles were left out and why."""
-    _write_error(tmp_path / "episodes" / "2" / "error.json",
-                 {"mal_id": 2, "stage": "episodes", "source": "local", "error": "no video file for MAL id 2 in /v"})
-    _write_error(tmp_path / "frames" / "mal_id=3" / "error.json",
-                 {"mal_id": 3, "stage": "frame_shards", "error": "decoder timed out\nafter 60 s"})
+    _write_error(
+        tmp_path / "episodes" / "2" / "error.json",
+        {"mal_id": 2, "stage": "episodes", "source": "local", "error": "no video file for MAL id 2 in /v"},
+    )
+    _write_error(
+        tmp_path / "frames" / "mal_id=3" / "error.json",
+        {"mal_id": 3, "stage": "frame_shards", "error": "decoder timed out\nafter 60 s"},
+    )
     _write_error(tmp_path / "episodes" / "4" / "error.json", "{not json")
     failures = read_media_failures(tmp_path, [1, 2, 3, 4, 5])
     assert failures["mal_id"].to_list() == [2, 3, 4]
 
     ids = [1, 2, 3, 4, 5]
-    res = build_samples(make_titles(ids), make_synopses(ids), make_shards([1, 5]), val_fraction=0.0,
-                        failures=failures)
+    res = build_samples(
+        make_titles(ids), make_synopses(ids), make_shards([1, 5]), val_fraction=0.0, failures=failures
+    )
     reasons = dict(zip(res.excluded["mal_id"], res.excluded["reason"]))
     assert reasons[2] == f"{REASON_NO_FRAMES} (episodes failed: no video file for MAL id 2 in /v)"
     assert reasons[3] == f"{REASON_NO_FRAMES} (frame_shards failed: decoder timed out after 60 s)"
-    assert reasons[4].startswith(f"{REASON_NO_FRAMES} (episodes failed: unreadable ") and "error.json" in reasons[4]
+    assert (
+        reasons[4].startswith(f"{REASON_NO_FRAMES} (episodes failed: unreadable ")
+        and "error.json" in reasons[4]
+    )
     assert res.train["mal_id"].to_list() == [1, 5]
 
 
 def test_a_failure_record_never_hides_a_complete_shard(tmp_path):
     _write_error(tmp_path / "episodes" / "1" / "error.json", {"stage": "episodes", "error": "old failure"})
-    res = build_samples(make_titles([1]), make_synopses([1]), make_shards([1]), val_fraction=0.0,
-                        failures=read_media_failures(tmp_path, [1]))
+    res = build_samples(
+        make_titles([1]),
+        make_synopses([1]),
+        make_shards([1]),
+        val_fraction=0.0,
+        failures=read_media_failures(tmp_path, [1]),
+    )
     assert res.train["mal_id"].to_list() == [1] and res.excluded.height == 0
