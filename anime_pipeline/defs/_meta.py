@@ -27,6 +27,8 @@ import polars as pl
 INLINE_MARKDOWN_CHARS = 1000
 # A contact sheet must fit the metadata dialog (80vw) on a 1280 px wide window, and the asset page's panel.
 MAX_IMAGE_WIDTH_PX = 720
+# Longest unbroken run of characters in a table cell (longer ones are cut so cells can wrap).
+MAX_WORD_CHARS = 24
 # Owners shown on every asset (the team that answers for the pipeline).
 OWNERS = ["team:anime-dataset"]
 
@@ -166,7 +168,7 @@ def table_metadata(
     return md
 
 
-def _cell(v: Any, max_chars: int, round_floats: bool = True) -> str | int | float | bool | None:
+def _cell(v: Any, max_chars: int, round_floats: bool = True, max_word: int | None = None) -> str | int | float | bool | None:
     if v is None or isinstance(v, bool):
         return v
     if isinstance(v, int):
@@ -179,19 +181,27 @@ def _cell(v: Any, max_chars: int, round_floats: bool = True) -> str | int | floa
         return f"<{len(bytes(v))} bytes>"
     if isinstance(v, (list, tuple)):
         v = ", ".join(map(str, v))
-    s = " ".join(str(v).split())
+    max_word = max_word or MAX_WORD_CHARS
+    words = [w if len(w) <= max_word else w[: max_word - 1] + "…" for w in str(v).split()]
+    s = " ".join(words)  # a long unbroken "word" (a degenerate caption) would widen the column past the panel
     return s if len(s) <= max_chars else s[: max_chars - 1] + "…"
 
 
 def records_table(
-    rows: Iterable[Mapping[str, Any]], columns: Sequence[tuple[str, str] | tuple[str, str, str]], *, max_chars: int = 120
+    rows: Iterable[Mapping[str, Any]],
+    columns: Sequence[tuple[str, str] | tuple[str, str, str]],
+    *,
+    max_chars: int = 120,
+    max_word: int | None = None,
 ) -> dg.MetadataValue:
-    """A table from dict rows; `columns` are `(name, type[, description])` in display order."""
+    """A table from dict rows; `columns` are `(name, type[, description])` in display order. The metadata
+    panel is narrow (about 430 px of a 1440 px window): keep tables to a few columns, with text in one."""
     schema = dg.TableSchema(
         columns=[dg.TableColumn(name=c[0], type=c[1], description=(c[2] if len(c) > 2 else None)) for c in columns]
     )
     # floats are shown as given (callers round them, so a value reads the same here and in its scalar key)
-    records = [dg.TableRecord({c[0]: _cell(r.get(c[0]), max_chars, round_floats=False) for c in columns}) for r in rows]
+    records = [dg.TableRecord({c[0]: _cell(r.get(c[0]), max_chars, round_floats=False, max_word=max_word) for c in columns})
+               for r in rows]
     return dg.MetadataValue.table(records=records, schema=schema)
 
 
@@ -297,12 +307,11 @@ def training_metadata(reported: Mapping[str, Any], hyperparameters: Mapping[str,
 
     md["losses"] = records_table(
         [
-            {"loss": "train (answer tokens)", "before": loss(r.get("loss_start")), "after": loss(r.get("loss_end")),
-             "note": "first vs last optimizer step"},
-            {"loss": "validation (answer tokens)", "before": loss(r.get("val_loss_before")),
-             "after": loss(r.get("val_loss_after")), "note": "base model vs fine-tuned, whole val split"},
+            {"loss": "train", "before": loss(r.get("loss_start")), "after": loss(r.get("loss_end"))},
+            {"loss": "val", "before": loss(r.get("val_loss_before")), "after": loss(r.get("val_loss_after"))},
         ],
-        [("loss", "string"), ("before", "float"), ("after", "float"), ("note", "string")],
+        [("loss", "string", "mean loss on the answer tokens; train: first and last optimizer step, val: the whole "
+          "validation split before (the base model) and after training"), ("before", "float"), ("after", "float")],
     )
     components = sorted({k[len("params_"):-len("_trainable")] for k in r if k.startswith("params_") and k.endswith("_trainable")})
     rows = []
@@ -326,10 +335,14 @@ def training_metadata(reported: Mapping[str, Any], hyperparameters: Mapping[str,
 
 
 def hyperparameters_table(hyperparameters: Mapping[str, Any]) -> dg.MetadataValue:
-    """Every training setting as a `name | value` row (values keep their JSON type; `plain` reads it back)."""
+    """Every training setting as a `name | value` row, values whole and of their JSON type (`plain` reads the
+    dict back). Paths and the model (data and output locations, shown as their own keys) are left out."""
     rows = [{"name": k, "value": v if isinstance(v, (str, int, float, bool)) or v is None else str(v)}
-            for k, v in hyperparameters.items()]
-    return records_table(rows, [("name", "string"), ("value", "string")], max_chars=200)
+            for k, v in hyperparameters.items() if k not in _NOT_HYPERPARAMETERS]
+    return records_table(rows, [("name", "string"), ("value", "string")], max_chars=10_000, max_word=10_000)
+
+
+_NOT_HYPERPARAMETERS = {"base_model", "train_samples", "val_samples", "data_home", "output_dir", "feature_cache_dir"}
 
 
 def readable(md: Mapping[str, Any]) -> dict[str, Any]:
@@ -356,21 +369,21 @@ def readable(md: Mapping[str, Any]) -> dict[str, Any]:
 
 
 _METRIC_LABELS = {
-    "val_loss": ("validation loss (answer tokens)", "lower"),
-    "bleu": ("BLEU", "higher"),
-    "rouge_l": ("ROUGE-L F1", "higher"),
-    "cider": ("CIDEr", "higher"),
-    "content_score": ("content score (names the scene colours)", "higher"),
+    "val_loss": "val loss ↓",
+    "bleu": "BLEU ↑",
+    "rouge_l": "ROUGE-L ↑",
+    "cider": "CIDEr ↑",
+    "content_score": "content ↑",
 }
 
 
-def eval_metadata(metrics: Mapping[str, Any], captions: pl.DataFrame | None, *, max_chars: int = 160) -> dict[str, Any]:
+def eval_metadata(metrics: Mapping[str, Any], captions: pl.DataFrame | None, *, max_chars: int = 110) -> dict[str, Any]:
     """Base vs fine-tuned as one table, the flat metrics rounded (for the plots and the checks), and one
     example row per validation title."""
     m = {k: float(v) for k, v in plain(metrics).items() if isinstance(getattr(v, "value", v), (int, float))}
     md: dict[str, Any] = {}
     rows = []
-    for name, (label, better) in _METRIC_LABELS.items():
+    for name, label in _METRIC_LABELS.items():
         base, tuned = m.get(f"{name}_base"), m.get(f"{name}_finetuned")
         if base is None and tuned is None:
             continue
@@ -380,24 +393,25 @@ def eval_metadata(metrics: Mapping[str, Any], captions: pl.DataFrame | None, *, 
             md[f"{name}_finetuned"] = round(tuned, 4)
         change = round(tuned - base, 4) if base is not None and tuned is not None else None
         rows.append({"metric": label, "base": md.get(f"{name}_base"), "fine_tuned": md.get(f"{name}_finetuned"),
-                     "change": change, "better": better})
+                     "change": change})
     md["metrics"] = records_table(
-        rows, [("metric", "string"), ("base", "float"), ("fine_tuned", "float"), ("change", "float"),
-               ("better", "string", "which direction is an improvement")]
+        rows,
+        [("metric", "string", "↓ lower is better, ↑ higher is better. val loss: mean loss on the answer tokens; "
+          "ROUGE-L: F1; content (demo): share of captions naming the right scene colours"),
+         ("base", "float"), ("fine_tuned", "float"), ("change", "float", "fine_tuned - base")],
     )
     if captions is not None and captions.height:
-        cols = captions.columns
+        has_content = "content_finetuned" in captions.columns
         examples = []
         for row in captions.sort("mal_id").iter_rows(named=True):
-            examples.append({
-                "title": title_label(row["mal_id"], row.get("name")),
-                "reference": row.get("reference"),
-                "base": row.get("caption_base"),
-                "fine_tuned": row.get("caption_finetuned"),
-                **({"colours_ok": row.get("content_finetuned")} if "content_finetuned" in cols else {}),
-            })
-        columns = [("title", "string"), ("reference", "string"), ("base", "string"), ("fine_tuned", "string")]
-        if "content_finetuned" in cols:
+            ok = row.get("content_finetuned") if has_content else None
+            title = title_label(row["mal_id"], row.get("name"))
+            for by, key in (("reference", "reference"), ("base", "caption_base"), ("fine-tuned", "caption_finetuned")):
+                examples.append({"title": title if by == "reference" else "", "by": by, "text": row.get(key),
+                                 **({"colours_ok": ok if by == "fine-tuned" else None} if has_content else {})})
+        columns = [("title", "string"), ("by", "string", "reference (the synopsis), base or fine-tuned model"),
+                   ("text", "string")]
+        if has_content:
             columns.append(("colours_ok", "bool", "the fine-tuned caption names the right scene colours"))
         md["examples"] = records_table(examples, columns, max_chars=max_chars)
     tables = {k: md.pop(k) for k in ("metrics", "examples") if k in md}
@@ -405,23 +419,16 @@ def eval_metadata(metrics: Mapping[str, Any], captions: pl.DataFrame | None, *, 
 
 
 def split_stats_table(stats: Mapping[str, Any]) -> dg.MetadataValue:
-    """`split_stats(...)` (per side: samples, frames, synopsis length summaries) as one row per split."""
-    rows = []
-    for side in ("train", "val"):
-        d = stats.get(side) or {}
-        row: dict[str, Any] = {"split": side, "samples": d.get("samples"), "frames": d.get("frames")}
-        for what in ("synopsis_words", "synopsis_tokens"):
-            summ = d.get(what) or {}
-            for k in ("min", "mean", "p50", "p95", "max"):
-                if k in summ:
-                    row[f"{what.split('_')[1]}_{k}"] = rounded(summ[k], 3)
-        rows.append(row)
-    keys = [k for k in rows[0] if k not in ("split", "samples", "frames")] if rows else []
-    return records_table(
-        rows,
-        [("split", "string"), ("samples", "int"), ("frames", "int")]
-        + [(k, "float", f"synopsis length in {k.split('_')[0]}: {k.split('_')[1]}") for k in keys],
-    )
+    """`split_stats(...)` as `stat | train | val` rows (samples, frames, synopsis length summaries)."""
+    sides = {side: stats.get(side) or {} for side in ("train", "val")}
+    rows = [{"stat": k, **{side: d.get(k) for side, d in sides.items()}} for k in ("samples", "frames")]
+    for what in ("synopsis_words", "synopsis_tokens"):
+        for k in ("min", "mean", "p50", "p95", "max"):
+            vals = {side: (d.get(what) or {}).get(k) for side, d in sides.items()}
+            if any(v is not None for v in vals.values()):
+                rows.append({"stat": f"{what.split('_')[1]} {k}", **{s: rounded(v, 3) for s, v in vals.items()}})
+    return records_table(rows, [("stat", "string", "synopsis length in words (tokens where measured)"),
+                                ("train", "float"), ("val", "float")])
 
 
 def title_name(titles_path: Path, mal_id: int) -> str | None:

@@ -163,8 +163,8 @@ def titles(
             "size_mb": mb(size),
             "compute_s": seconds(time.monotonic() - started),
             "path": path_meta(data_store.uri("catalog/titles.parquet")),
-            "preview": preview_table(df.select("mal_id", "name", "score", "rating", "genres", "main_characters")),
-            "rejected_preview": preview_table(rejected),
+            "preview": preview_table(df.select("mal_id", "name", "score", "genres")),  # few columns: the panel is narrow
+            "rejected_preview": preview_table(rejected.select("mal_id", "name", "reason")),
             **table_metadata(schemas.TITLES, df.height),
         }
     )
@@ -257,7 +257,7 @@ def synopses(
             "compute_s": seconds(time.monotonic() - started),
             "path": path_meta(data_store.uri("catalog/synopses.parquet")),
             "preview": preview_table(df.select("mal_id", "source", "synopsis"), max_chars=160),
-            "rejected": preview_table(all_rejected),
+            "rejected": preview_table(all_rejected.select("mal_id", "stage", "reason")),
             **table_metadata(schemas.SYNOPSES, df.height),
         }
     )

@@ -23,6 +23,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from anime_pipeline import schemas
 from anime_pipeline_tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -45,14 +46,30 @@ EXPECTED = {
     "episodes": {"labels": ["title", "video_duration_s", "size_mb", "compute_s"], "headers": []},
     "frame_shards": {"labels": ["title", "num_frames", "video_duration_s", "contact_sheet"], "headers": []},
     "train_val_split": {"labels": ["num_train", "num_val", "stats", "preview"],
-                        "headers": ["split", "samples", "words_mean", "prompt"]},
+                        "headers": ["stat", "train", "val", "prompt", "synopsis"]},
     "dataset_export": {"labels": ["rows_per_split", "size_mb"], "headers": ["split", "rows"]},
     "finetuned_adapter": {"labels": ["losses", "parameters", "hyperparameters", "peak_memory_mb", "adapter_mb"],
                           "headers": ["loss", "before", "after", "component", "trainable", "frozen"]},
     "caption_eval": {"labels": ["metrics", "examples", "contact_sheet", "val_loss_base"],
-                     "headers": ["metric", "base", "fine_tuned", "change", "title", "reference"]},
+                     "headers": ["metric", "base", "fine_tuned", "change", "title", "by", "text"]},
 }
-TABLE_ASSETS = {"titles": 17, "synopses": 7, "frame_shards": 8, "train_val_split": 8, "caption_eval": 11}
+# Table assets: the columns their "Columns" section lists (dagster/column_schema).
+TABLE_COLUMNS = {
+    "titles": list(schemas.TITLES),
+    "synopses": list(schemas.SYNOPSES),
+    "frame_shards": list(schemas.FRAMES),
+    "train_val_split": list(schemas.SAMPLES),
+    "caption_eval": ["mal_id", "name", "reference", "caption_base", "caption_finetuned"],
+    "dataset_export": ["mal_id", "synopsis", "frames"],
+}
+# Metadata tables (tables inside the metadata table) whose right edge lies beyond a clipping ancestor.
+CLIPPED_TABLES = """() => [...document.querySelectorAll('table table')].filter((t) => {
+  const right = t.getBoundingClientRect().right;
+  for (let p = t.parentElement; p && p !== document.body; p = p.parentElement) {
+    if (getComputedStyle(p).overflowX !== 'visible' && right > p.getBoundingClientRect().right + 1) return true;
+  }
+  return false;
+}).map((t) => [...t.querySelectorAll('th')].map((th) => th.innerText).join(' | '))"""
 ERROR_BOUNDARY = re.compile(r"Something went wrong|Unexpected error|An error occurred|TypeError|is not a function")
 
 
@@ -74,9 +91,33 @@ def _subset_ids() -> list[int]:
 EXISTING_UI = os.environ.get("ANIME_PIPELINE_UI_URL", "").rstrip("/")
 
 
+def _start_dagster_dev(dagster_home: Path, data_home: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """`dagster dev` on loopback; the schedule and sensor stay off so no run starts behind the test's back."""
+    port = free_port()
+    env = dict(os.environ, DAGSTER_HOME=str(dagster_home), ANIME_PIPELINE_HOME=str(data_home),
+               ANIME_PIPELINE_CATALOG_SCHEDULE="off", ANIME_PIPELINE_MEDIA_SENSOR="off")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
+             "-p", str(port)],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @pytest.fixture(scope="module")
 def demo_instance(tmp_path_factory):
-    """A demo run (catalog_job, media_job per title, training_job) on an instance on disk."""
+    """`dagster dev` (started first: it loads while the demo runs) on a demo instance on disk, after a demo
+    run (catalog_job, media_job per title, training_job). Yields (settings, base URL)."""
     import polars as pl
 
     import anime_pipeline.defs.catalog as catalog_defs
@@ -84,49 +125,32 @@ def demo_instance(tmp_path_factory):
     from anime_pipeline.settings import Settings
 
     if EXISTING_UI:
-        settings = Settings.from_env()
-        return settings, settings.dagster_home
+        yield Settings.from_env(), EXISTING_UI
+        return
     home = tmp_path_factory.mktemp("ui") / "data"
     settings = Settings.from_env({"ANIME_PIPELINE_HOME": str(home)})
-    keep = _subset_ids()
-    full = catalog_defs.demo_catalog
-
-    def subset(*args, **kwargs):
-        titles, synopses = full(*args, **kwargs)
-        return titles.filter(pl.col("mal_id").is_in(keep)), synopses.filter(pl.col("mal_id").is_in(keep))
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(catalog_defs, "demo_catalog", subset)
     dagster_home = ensure_dagster_home(settings)
-    try:
-        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
-            summary = run_all(settings, instance=instance, out=sys.stderr,
-                              run_config={"finetuned_adapter": {"config": {"epochs": 10}},
-                                          "caption_eval": {"config": {"max_new_tokens": 48}}})
-    finally:
-        mp.undo()
-    assert summary["failed_titles"] == [] and summary["titles"] == len(keep), summary
-    return settings, dagster_home
-
-
-@pytest.fixture(scope="module")
-def ui(demo_instance, tmp_path_factory):
-    """`dagster dev` on the demo instance, on loopback; yields its base URL."""
-    if EXISTING_UI:
-        yield EXISTING_UI
-        return
-    settings, dagster_home = demo_instance
-    port = free_port()
-    env = dict(os.environ, DAGSTER_HOME=str(dagster_home), ANIME_PIPELINE_HOME=str(settings.home))
     log = tmp_path_factory.mktemp("ui-log") / "dagster-dev.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
-             "-p", str(port)],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
+    proc, base = _start_dagster_dev(dagster_home, settings.home, log)
     try:
+        keep = _subset_ids()
+        full = catalog_defs.demo_catalog
+
+        def subset(*args, **kwargs):
+            titles, synopses = full(*args, **kwargs)
+            return titles.filter(pl.col("mal_id").is_in(keep)), synopses.filter(pl.col("mal_id").is_in(keep))
+
+        mp = pytest.MonkeyPatch()
+        mp.setattr(catalog_defs, "demo_catalog", subset)
+        try:
+            with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+                summary = run_all(settings, instance=instance, out=sys.stderr,
+                                  run_config={"finetuned_adapter": {"config": {"epochs": 10}},
+                                              "caption_eval": {"config": {"max_new_tokens": 48}}})
+        finally:
+            mp.undo()
+        assert summary["failed_titles"] == [] and summary["titles"] == len(keep), summary
+
         deadline = time.monotonic() + 180
         while True:
             assert proc.poll() is None, f"dagster dev exited early; see {log}"
@@ -137,14 +161,9 @@ def ui(demo_instance, tmp_path_factory):
             except (OSError, ValueError, KeyError, TypeError):
                 pass
             time.sleep(1)
-        yield base
+        yield settings, base
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _stop(proc)
 
 
 def _graphql(base: str, query: str) -> dict:
@@ -154,22 +173,6 @@ def _graphql(base: str, query: str) -> dict:
 
 
 # Browser ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (./scripts/test does it with apt-get)")
-    from playwright.sync_api import sync_playwright
-
-    shutil.rmtree(SHOTS, ignore_errors=True)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
 class Page:
     """A page plus the console errors and failed project requests seen while it was open."""
 
@@ -206,11 +209,29 @@ def _dagster_noise(error: str) -> bool:
     return False
 
 
+@pytest.fixture(scope="module")
+def shared_page(demo_instance):
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (./scripts/test does it with apt-get)")
+    from playwright.sync_api import sync_playwright
+
+    _, base = demo_instance
+    shutil.rmtree(SHOTS, ignore_errors=True)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield Page(browser, base)
+        finally:
+            browser.close()
+
+
 @pytest.fixture
-def page(browser, ui):
-    p = Page(browser, ui)
-    yield p
-    p.context.close()
+def page(shared_page):
+    """The module's browser page, with this test's console errors only."""
+    shared_page.errors.clear()
+    shared_page.page.keyboard.press("Escape")  # a dialog left open by an earlier test
+    return shared_page
 
 
 def _headers(page) -> list[str]:
@@ -249,13 +270,21 @@ def test_asset_page_shows_tables_numbers_and_no_errors(page, key):
     for h in EXPECTED[key]["headers"]:
         assert h in headers, f"{key}: no table column {h!r} among {headers}"
     assert "[Show JSON]" not in body, f"{key}: a JSON blob where a table would read better"
+    clipped = pg.evaluate(CLIPPED_TABLES)
+    assert not clipped, f"{key}: tables wider than the metadata panel (cut off): {clipped}"
     assert not re.search(r"\d\.\d{7,}", body), f"{key}: an unrounded number on the page"
     assert "_bytes" not in body, f"{key}: a byte count without a unit"
-    if key in TABLE_ASSETS:
+    if key in TABLE_COLUMNS:
         # the column schema ("Columns") with every column, and the row count
         assert "Columns" in body, f"{key}: no Columns section"
-        assert re.search(r"Row count|Rows", body), f"{key}: no row count"
+        for column in TABLE_COLUMNS[key]:
+            assert re.search(rf"(^|\s){re.escape(column)}(\s|$)", body), f"{key}: column {column!r} not listed"
+        assert re.search(r"Row count\s+\d+", body), f"{key}: no row count"
     page.shot(f"10-asset-{key}")
+    # the metadata panel, scrolled into view (what docs/img/asset-page.png shows)
+    pg.get_by_text("Metadata", exact=True).first.scroll_into_view_if_needed()
+    pg.get_by_text("Metadata", exact=True).first.evaluate("(e) => e.scrollIntoView({block: 'start'})")
+    page.shot(f"11-asset-{key}-metadata", full_page=False)
     page.assert_healthy(f"asset page {key}")
 
 
@@ -315,8 +344,8 @@ def _runs(base: str) -> list[dict]:
     return data["runsOrError"]["results"]
 
 
-def test_latest_run_log_and_readable_training_progress(page, ui):
-    runs = _runs(ui)
+def test_latest_run_log_and_readable_training_progress(page):
+    runs = _runs(page.base)
     latest = runs[0]
     pg = page.open(f"/runs/{latest['runId']}", wait_for="RUN_SUCCESS")
     page.shot("30-latest-run")

@@ -34,13 +34,15 @@ def test_table_metadata_has_schema_and_row_counts():
 
 def test_preview_table_shortens_rounds_and_joins():
     df = pl.DataFrame({"mal_id": [1, 2], "score": [7.695416618795956, 8.0], "genres": [["a", "b"], []],
-                       "synopsis": ["x" * 500, None], "image": [b"\xff" * 10, b""]})
+                       "synopsis": ["word " * 100, None], "image": [b"\xff" * 10, b""]})
     v = _meta.preview_table(df, max_chars=40)
     assert isinstance(v, dg.TableMetadataValue)
     rows = [r.data for r in v.records]
     assert rows[0]["score"] == 7.695 and rows[0]["genres"] == "a, b"
     assert len(rows[0]["synopsis"]) == 40 and rows[0]["synopsis"].endswith("…")
     assert rows[1]["synopsis"] is None and rows[0]["image"] == "<10 bytes>"
+    long_word = _meta.preview_table(pl.DataFrame({"caption": ["At" * 200]})).records[0].data["caption"]
+    assert len(long_word) == _meta.MAX_WORD_CHARS  # cut, so the cell can wrap inside the panel
     assert [c.name for c in v.schema.columns] == df.columns
 
 
@@ -81,7 +83,7 @@ def test_training_metadata_tables_and_units():
     assert md["samples_per_s"] == 41.23 and md["device"] == "cpu (float32)"
     assert not any(k.startswith("params_") or k.endswith("_bytes") for k in md)
     losses = {r.data["loss"]: r.data for r in md["losses"].records}
-    assert losses["validation (answer tokens)"]["after"] == 0.5123
+    assert losses["val"]["after"] == 0.5123
     comps = [r.data["component"] for r in md["parameters"].records]
     assert comps[-1] == "total" and set(comps) == {"vision", "text", "total"}
     assert md["worker_data_dir"] == "/tmp/x"
@@ -99,11 +101,14 @@ def test_eval_metadata_one_table_and_every_title():
                              "content_finetuned": [True, False, True]})
     md = _meta.eval_metadata(metrics, captions)
     rows = {r.data["metric"]: r.data for r in md["metrics"].records}
-    assert rows["validation loss (answer tokens)"]["change"] == pytest.approx(-5.6235)
+    assert rows["val loss ↓"]["change"] == pytest.approx(-5.6235)
     assert md["val_loss_base"] == 6.1235 and md["bleu_finetuned"] == 12.3456
-    titles = [r.data["title"] for r in md["examples"].records]
-    assert titles == ["A (MAL 1)", "MAL 2", "C (MAL 3)"]
-    assert all(len(r.data["base"]) <= 160 for r in md["examples"].records)
+    titles = [r.data["title"] for r in md["examples"].records if r.data["title"]]
+    assert titles == ["A (MAL 1)", "MAL 2", "C (MAL 3)"]  # every validation title, in MAL id order
+    assert [r.data["by"] for r in md["examples"].records[:3]] == ["reference", "base", "fine-tuned"]
+    texts = [r.data["text"] for r in md["examples"].records]
+    assert all(len(t) <= 110 for t in texts) and max(len(w) for t in texts for w in t.split()) <= _meta.MAX_WORD_CHARS
+    assert [c.name for c in md["metrics"].schema.columns] == ["metric", "base", "fine_tuned", "change"]
 
 
 def test_progress_line_is_readable_with_rounded_data_beside():
@@ -128,3 +133,17 @@ def test_readable_turns_json_into_tables():
     assert md["eval_skipped"] == "none" and md["loss"] == 1.235 and md["n"] == 3
     assert [c.name for c in md["rows"].schema.columns] == ["mal_id", "error"]
     assert isinstance(md["path"], dg.PathMetadataValue)
+
+
+def test_split_stats_table_is_narrow_and_hyperparameters_keep_whole_values():
+    stats = {"train": {"samples": 5, "frames": 40, "synopsis_words": {"min": 30, "mean": 30.123456, "p50": 30,
+                                                                       "p95": 31, "max": 32}},
+             "val": {"samples": 3, "frames": 24, "synopsis_words": None}}
+    t = _meta.split_stats_table(stats)
+    assert [c.name for c in t.schema.columns] == ["stat", "train", "val"]
+    rows = {r.data["stat"]: r.data for r in t.records}
+    assert rows["samples"] == {"stat": "samples", "train": 5, "val": 3} and rows["words mean"]["train"] == 30.1
+    hp = {"output_dir": "/very/long/" + "x" * 80, "lora_target": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj",
+          "lr": 1e-4}
+    back = _meta.plain({"h": _meta.hyperparameters_table(hp)})["h"]
+    assert back == {"lora_target": hp["lora_target"], "lr": 1e-4}  # paths left out, values not shortened
