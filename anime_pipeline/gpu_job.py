@@ -15,7 +15,6 @@ The job builders (`train_job`, `eval_job`) are pure and used by the assets; noth
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -88,10 +87,9 @@ def eval_job(*, store: dict, eval_args: dict, home: Path, inputs: list[str], out
 # The stable calls into training and evaluation ----------------------------------------------------
 def run_training(config: dict, log: Callable[[str], None]) -> dict:
     """Train with `config` (a TrainConfig dict); the result's flat metadata."""
+    from anime_pipeline.progress import format_event
     from anime_pipeline.training.config import TrainConfig
     from anime_pipeline.training.train import train
-
-    from anime_pipeline.progress import format_event
 
     result = train(TrainConfig.from_dict(config), reporter=lambda event: log(format_event(event)))
     return dict(result.metadata())
