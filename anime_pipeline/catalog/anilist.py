@@ -25,6 +25,7 @@ from anime_pipeline.catalog.models import (
     as_list,
     as_str,
     malformed_entry,
+    object_or_empty,
     title_candidate,
 )
 
@@ -68,9 +69,9 @@ def _first_season_blockers(relations: Any) -> list[str]:
         if not isinstance(edge, dict):
             continue
         kind = str(edge.get("relationType") or "").upper()
-        node = edge.get("node") if isinstance(edge.get("node"), dict) else {}
+        node = object_or_empty(edge.get("node"))
         if kind in FIRST_SEASON_BLOCKERS and str(node.get("type") or "ANIME").upper() == "ANIME":
-            title = (node.get("title") or {}).get("romaji") if isinstance(node.get("title"), dict) else None
+            title = object_or_empty(node.get("title")).get("romaji")
             label = f" {title!r}" if title else ""
             reasons.append(f"not a first season: has {kind.lower()}{label} (anilist id {node.get('id')})")
     return reasons
@@ -81,10 +82,10 @@ def parse_anilist_media(item: Any, *, min_score: float) -> TitleCandidate:
     if not isinstance(item, dict):
         return malformed_entry()
     catalog_id = as_str(item.get("id")) or ""
-    title = item.get("title") if isinstance(item.get("title"), dict) else {}
+    title = object_or_empty(item.get("title"))
     average = as_float(item.get("averageScore"))
     score = average / 10.0 if average is not None else None
-    characters = item.get("characters") if isinstance(item.get("characters"), dict) else {}
+    characters = object_or_empty(item.get("characters"))
     main_characters = []
     for node in as_list(characters.get("nodes")):
         name = node.get("name") if isinstance(node, dict) else None

@@ -121,6 +121,7 @@ def discover_titles(
                     }
                 )
                 continue
+            assert mal_id is not None  # identity_reasons rejected a row without a MAL id above
             if mal_id in seen_mal_ids:
                 rejected.append(
                     {

@@ -316,7 +316,7 @@ class _CountingAdapter(HTTPAdapter):
         self._before_send = before_send
         super().__init__(**kw)
 
-    def send(self, request, **kw):  # type: ignore[override]
+    def send(self, request, **kw):
         self._before_send(host_key(request.url or ""))
         return super().send(request, **kw)
 
@@ -462,7 +462,7 @@ class HttpClient:
             try:
                 from requests_cache.policy.settings import DEFAULT_IGNORED_PARAMS
             except ImportError:  # pragma: no cover - layout of other requests-cache versions
-                DEFAULT_IGNORED_PARAMS = ("Authorization",)
+                DEFAULT_IGNORED_PARAMS = ("Authorization",)  # type: ignore[assignment]
             cache_dir = Path(cfg.cache_dir)
             cache_dir.mkdir(parents=True, exist_ok=True)
             ignored = tuple(DEFAULT_IGNORED_PARAMS) + tuple(
@@ -684,7 +684,7 @@ class HttpClient:
         _refresh: bool = False,
     ) -> requests.Response:
         cfg = self.config
-        extra = {"force_refresh": True} if _refresh else {}
+        extra: dict[str, Any] = {"force_refresh": True} if _refresh else {}
         self._local.sent = 0
         resends = 0
         while True:

@@ -87,6 +87,11 @@ def as_dict(value: Any, what: str) -> dict:
     return value
 
 
+def object_or_empty(value: Any) -> dict:
+    """A JSON object as it is; anything else (absent, null, a list) as an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
 def as_list(value: Any) -> list:
     return value if isinstance(value, list) else []
 
