@@ -70,6 +70,17 @@ def extract(clip: Path, probe, frames: int, method: str, workdir: Path) -> tuple
     return t.s, info.num_frames
 
 
+def keyframes_in_window(clip: Path, duration_s: float, skip_s: float = 1.0) -> int:
+    """Keyframes inside the sampled window (from the MP4 index): with fewer keyframes than samples, at least
+    the difference must be decoded as exact frames in keyframe mode (each keyframe is taken once)."""
+    import av
+
+    with av.open(str(clip)) as c:
+        s = c.streams.video[0]
+        tb = float(s.time_base)
+        return sum(1 for e in s.index_entries if e.is_keyframe and skip_s <= e.timestamp * tb <= duration_s - skip_s)
+
+
 def overhead(clip: Path, probe, frames: int, workdir: Path) -> dict:
     """Seconds a title pays besides sampling: probe, hash, worker start, Parquet write, preview."""
     from anime_pipeline.media.preview import contact_sheet
@@ -130,7 +141,7 @@ def main(argv=None) -> int:
     from anime_pipeline.media.sampling import SamplingConfig, sample_frames
 
     clips = {m: C.ensure_clip(cache, round(m * 60)) for m in a.minutes}
-    rows, times, over = [], {}, {}
+    rows, times, over, keys = [], {}, {}, {}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-frames-") as td:
         work = Path(td)
@@ -156,6 +167,7 @@ def main(argv=None) -> int:
                 rows.append({"minutes": m, "method": meth, "frames": counts[meth], "seconds": C.best(ss),
                              "speedup": tr / C.best(ss)})
             over[m] = overhead(clip, probe, a.frames, work)
+            keys[m] = keyframes_in_window(clip, probe.duration_s)
             print(f"done {m:g} min ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
 
     longest, shortest = max(a.minutes), min(a.minutes)
@@ -173,6 +185,9 @@ def main(argv=None) -> int:
     print("\nside by side (speedup vs the reference, same clip, same run):")
     print(C.table([{"minutes": m, **speedup[f"{m:g}min"]} for m in a.minutes], ["minutes", *a.methods]))
     print(f"\nflatness t({longest:g} min)/t({shortest:g} min): " + ", ".join(f"{k} {v}" for k, v in flat.items()))
+    print("keyframes in the sampled window: " + ", ".join(
+        f"{m:g} min {keys[m]} (samples that must be exact frames in keyframe mode: {max(0, a.frames - keys[m])})"
+        for m in a.minutes))
     print("\nper-title overhead (seconds, not in the rows above):")
     print(C.table([{"minutes": m, **{k: C.r3(v) for k, v in o.items()}} for m, o in over.items()],
                   ["minutes", "ffprobe_s", "sha256_s", "worker_start_s", "parquet_write_s", "preview_s"]))
@@ -182,6 +197,7 @@ def main(argv=None) -> int:
     C.emit({"benchmark": "frame_extraction", "frames": a.frames, "speedup": speedup, "flatness": flat,
             "seconds": {f"{m:g}min_{k}": C.r3(v) for (m, k), v in times.items()},
             "overhead_s": {f"{m:g}min": {k: C.r3(v) for k, v in o.items()} for m, o in over.items()},
+            "keyframes_in_window": {f"{m:g}min": k for m, k in keys.items()},
             "targets_met": met, "machine": C.machine()}, a.out)
     return 0
 

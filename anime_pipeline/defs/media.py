@@ -45,12 +45,17 @@ class FramesConfig(dg.Config):
     strategy: str = Field(default="uniform", description="`uniform` (num_frames spread) or `fps` (a fixed rate).")
     fps: float = Field(default=0.5, description="Frames per second for the `fps` strategy.")
     skip_s: float = Field(default=1.0, description="Seconds skipped at both ends (openings often start black).")
-    max_side: int = Field(default=512, description="Longest side of stored frames in pixels (aspect kept).")
+    max_side: int = Field(
+        default=512,
+        description="Longest side of stored frames in pixels (display aspect kept: a non-square sample aspect "
+        "ratio is applied, so anamorphic 720x480 SAR 32:27 is stored at 512x288).",
+    )
     mode: Optional[str] = Field(
         default=None,
-        description="`exact` decodes the exact frame; `keyframe` takes the keyframe nearest each target (17-27x "
-        "faster than a full decode on a 24-min episode, drift ≤ half a GOP; docs/BENCHMARKS.md). Unset: "
-        "keyframe live, exact in the demo (short clips).",
+        description="`exact` decodes the exact frame; `keyframe` takes the keyframe nearest each target inside "
+        "[skip_s, duration - skip_s] (about 85x faster than a full decode on a 24-min episode, drift ≤ half a "
+        "GOP; docs/BENCHMARKS.md), the exact frame where no unused keyframe fits. Unset: keyframe live, exact "
+        "in the demo (short clips).",
     )
     jpeg_quality: int = Field(default=90, description="JPEG quality of stored frames.")
     timeout_s: float = Field(default=600.0, description="Time limit for sampling one episode.")

@@ -671,7 +671,7 @@ def download_url(url: str, mal_id: int, dest_dir: Path, opts: YtDlpOptions | Non
         except yt_dlp.utils.DownloadError as e:
             msg = re.sub(r"^ERROR:\s*", "", redact_text(e)).strip()
             raise MediaError(f"{shown}: download failed ({msg[:500]})") from None
-        except Exception as e:  # noqa: BLE001  every other failure under yt-dlp, named and redacted
+        except Exception as e:  # every other failure under yt-dlp, named and redacted
             msg = redact_text(e).strip()
             raise MediaError(f"{shown}: download failed ({type(e).__name__}: {msg[:500]})") from None
         files = sorted(p for p in stage.iterdir() if p.is_file() and p.stem == EPISODE_STEM

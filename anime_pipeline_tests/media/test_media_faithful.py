@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from anime_pipeline.media.probe import probe_video
-from anime_pipeline.media.sampling import SamplingConfig, display_size, plan_timestamps, plan_window, sample_frames
+from anime_pipeline.media.sampling import (
+    SamplingConfig,
+    display_size,
+    plan_timestamps,
+    plan_window,
+    sample_frames,
+)
 from anime_pipeline.media.shards import decode_frames, extract_frame_shard, read_frame_shard
 from anime_pipeline_tests.fixtures import media as fx
 
