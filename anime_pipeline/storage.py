@@ -24,7 +24,6 @@ Pure: no Dagster import, and nothing touches the network until a method that nee
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass, field

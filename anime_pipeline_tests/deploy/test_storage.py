@@ -74,7 +74,7 @@ def test_an_s3_home_is_the_store_and_the_local_dir_only_a_cache(tmp_path):
     ],
 )
 def test_bad_configuration_names_the_variable(env):
-    with pytest.raises(SettingsError, match="ANIME_PIPELINE_(HOME|S3_ENDPOINT_URL)"):
+    with pytest.raises(SettingsError, match=r"ANIME_PIPELINE_(HOME|S3_ENDPOINT_URL)"):
         Settings.from_env(env)
 
 
@@ -241,7 +241,7 @@ def test_data_store_pull_and_push_between_two_empty_local_dirs(s3_env, tmp_path)
     b.pull("catalog/titles.parquet")
     assert (b.root / "catalog" / "titles.parquet").read_bytes() == b"titles-v2"
     # missing inputs: an error that names the object, unless optional
-    with pytest.raises(FileNotFoundError, match="splits/train.parquet"):
+    with pytest.raises(FileNotFoundError, match=r"splits/train\.parquet"):
         b.pull("splits/train.parquet")
     assert b.pull("splits/train.parquet", missing_ok=True) == []
     with pytest.raises(FileNotFoundError):
