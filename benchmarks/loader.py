@@ -97,8 +97,24 @@ def breakdown(ds, collator, k: int) -> dict:
     return {"getitem_s": get / k, "collate_s": col / k, "collate_share": col / (get + col), "seq_len": seq}
 
 
-def limit_loop(jpegs: list[list[bytes]], proc) -> float:
-    """Seconds for the bare work: decode every JPEG, resize like the processor, copy into uint8 tensors."""
+class CpuTimer:
+    """Wall and CPU seconds of this process (CPU time is far less disturbed by other jobs on the machine)."""
+
+    def __enter__(self):
+        import time
+
+        self._w, self._c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        import time
+
+        self.s, self.cpu = time.perf_counter() - self._w, time.process_time() - self._c
+
+
+def limit_loop(jpegs: list[list[bytes]], proc) -> tuple[float, float]:
+    """(wall, CPU) seconds for the bare work: decode every JPEG, resize like the processor, copy into uint8
+    tensors."""
     import io
 
     import numpy as np
@@ -106,7 +122,7 @@ def limit_loop(jpegs: list[list[bytes]], proc) -> float:
     from PIL import Image
 
     s = proc.image_size
-    with C.Timer() as t:
+    with CpuTimer() as t:
         for frames in jpegs:
             pv = torch.empty((len(frames), 3, s, s), dtype=torch.uint8)
             out = pv.numpy()
@@ -114,11 +130,12 @@ def limit_loop(jpegs: list[list[bytes]], proc) -> float:
                 img = Image.open(io.BytesIO(data))
                 img.load()
                 out[j] = np.asarray(proc.frame_uint8(img)).transpose(2, 0, 1)
-    return t.s
+    return t.s, t.cpu
 
 
-def loader_epoch(samples, root: Path, frames: int, proc, n: int) -> float:
-    """Seconds for the first epoch of n samples on one core (fresh dataset, no cache, uint8 pixels)."""
+def loader_epoch(samples, root: Path, frames: int, proc, n: int) -> tuple[float, float]:
+    """(wall, CPU) seconds for the first epoch of n samples on one core (fresh dataset, no cache, uint8
+    pixels)."""
     from anime_pipeline.training.collator import VideoSFTCollator
     from anime_pipeline.training.data import EpochSampler, ShardVideoDataset, make_dataloader
 
@@ -127,12 +144,12 @@ def loader_epoch(samples, root: Path, frames: int, proc, n: int) -> float:
     loader = make_dataloader(ds, collator, batch_size=1, num_workers=0, sampler=EpochSampler(len(ds), shuffle=False),
                              pin_memory=False)
     got = 0
-    with C.Timer() as t:
+    with CpuTimer() as t:
         for batch in loader:
             got += int(batch["input_ids"].shape[0])
             assert batch["pixel_values"].dtype.is_floating_point is False
     assert got == n, (got, n)
-    return t.s
+    return t.s, t.cpu
 
 
 def vs_limit(samples, root: Path, frames: int, proc, repeats: int) -> dict:
@@ -145,8 +162,11 @@ def vs_limit(samples, root: Path, frames: int, proc, repeats: int) -> dict:
     for _ in range(repeats):  # interleaved: machine load hits both alike
         lim.append(limit_loop(jpegs, proc))
         load.append(loader_epoch(samples, root, frames, proc, n))
-    return {"samples": n, "frames": sum(len(j) for j in jpegs), "limit_s_per_sample": C.best(lim) / n,
-            "loader_s_per_sample": C.best(load) / n, "ratio": C.best(load) / C.best(lim)}
+    lw, lc = C.best([w for w, _ in lim]), C.best([c for _, c in lim])
+    dw, dc = C.best([w for w, _ in load]), C.best([c for _, c in load])
+    return {"samples": n, "frames": sum(len(j) for j in jpegs), "limit_s_per_sample": lw / n,
+            "loader_s_per_sample": dw / n, "ratio": dw / lw, "limit_cpu_s_per_sample": lc / n,
+            "loader_cpu_s_per_sample": dc / n, "ratio_cpu": dc / lc}
 
 
 def main(argv=None) -> int:
@@ -210,11 +230,14 @@ def main(argv=None) -> int:
         print(f"\nfirst epoch on one core, real500m processor, uint8 pixels, {a.frames}-frame samples: "
               f"{limit['samples']} samples, {limit['frames']} frames")
         print(C.table([{"what": "limit: JPEG decode + resize + uint8 tensor, bare loop",
-                        "s_per_sample": limit["limit_s_per_sample"]},
+                        "wall_s_per_sample": limit["limit_s_per_sample"],
+                        "cpu_s_per_sample": limit["limit_cpu_s_per_sample"]},
                        {"what": "loader: make_dataloader(num_workers=0) + VideoSFTCollator",
-                        "s_per_sample": limit["loader_s_per_sample"]}], ["what", "s_per_sample"]))
-        print(f"loader / limit = {limit['ratio']:.3f} (target <= {TARGET_VS_LIMIT}: "
-              f"{'met' if limit['ratio'] <= TARGET_VS_LIMIT else 'NOT met'})")
+                        "wall_s_per_sample": limit["loader_s_per_sample"],
+                        "cpu_s_per_sample": limit["loader_cpu_s_per_sample"]}],
+                      ["what", "wall_s_per_sample", "cpu_s_per_sample"]))
+        print(f"loader / limit = {limit['ratio']:.3f} wall, {limit['ratio_cpu']:.3f} CPU (target <= "
+              f"{TARGET_VS_LIMIT}: {'met' if max(limit['ratio'], limit['ratio_cpu']) <= TARGET_VS_LIMIT else 'NOT met'})")
     print(f"\nloader: {a.frames}-frame samples, batch 1, {C.machine()['cpus']} CPUs\n")
     print(C.table(rows, ["processor", "image_px", "seq_len", "workers", "samples_per_s", "per_core", "target"]))
     print("\nworker-0 share of time in the collator (rest: Parquet read + JPEG decode): "
