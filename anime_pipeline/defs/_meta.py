@@ -401,19 +401,24 @@ def eval_metadata(metrics: Mapping[str, Any], captions: pl.DataFrame | None, *, 
          ("base", "float"), ("fine_tuned", "float"), ("change", "float", "fine_tuned - base")],
     )
     if captions is not None and captions.height:
+        # three narrow columns: the panel is about 450 px wide at 1440 px and a text column takes half of it
         has_content = "content_finetuned" in captions.columns
         examples = []
         for row in captions.sort("mal_id").iter_rows(named=True):
-            ok = row.get("content_finetuned") if has_content else None
+            tuned = "fine-tuned"
+            if has_content and row.get("content_finetuned") is not None:
+                tuned += " ✓" if row["content_finetuned"] else " ✗"
             title = title_label(row["mal_id"], row.get("name"))
-            for by, key in (("reference", "reference"), ("base", "caption_base"), ("fine-tuned", "caption_finetuned")):
-                examples.append({"title": title if by == "reference" else "", "by": by, "text": row.get(key),
-                                 **({"colours_ok": ok if by == "fine-tuned" else None} if has_content else {})})
-        columns = [("title", "string"), ("by", "string", "reference (the synopsis), base or fine-tuned model"),
-                   ("text", "string")]
-        if has_content:
-            columns.append(("colours_ok", "bool", "the fine-tuned caption names the right scene colours"))
-        md["examples"] = records_table(examples, columns, max_chars=max_chars)
+            for by, key in (("reference", "reference"), ("base", "caption_base"), (tuned, "caption_finetuned")):
+                examples.append({"title": title if by == "reference" else "", "by": by, "text": row.get(key)})
+        md["examples"] = records_table(
+            examples,
+            [("title", "string"),
+             ("by", "string", "reference (the synopsis), base or fine-tuned model; ✓/✗ (demo): the fine-tuned "
+              "caption names the right scene colours or not"),
+             ("text", "string")],
+            max_chars=max_chars,
+        )
     tables = {k: md.pop(k) for k in ("metrics", "examples") if k in md}
     return {**tables, **md}  # the tables first: what a reader opens the asset for
 

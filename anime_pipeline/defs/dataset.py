@@ -132,7 +132,7 @@ def train_val_split(
             "train_path": path_meta(data_store.uri(SPLIT_FILES[0])),
             "val_path": path_meta(data_store.uri(SPLIT_FILES[1])),
             "compute_s": seconds(time.monotonic() - started),
-            "preview": preview_table(result.train.select("mal_id", "prompt", "synopsis"), max_chars=100),
+            "preview": preview_table(result.train.select("mal_id", "synopsis", "num_frames"), max_chars=100),
             "excluded": preview_table(result.excluded),
             **table_metadata(schemas.SAMPLES, result.train.height + result.val.height),
         },

@@ -46,7 +46,7 @@ EXPECTED = {
     "episodes": {"labels": ["title", "video_duration_s", "size_mb", "compute_s"], "headers": []},
     "frame_shards": {"labels": ["title", "num_frames", "video_duration_s", "contact_sheet"], "headers": []},
     "train_val_split": {"labels": ["num_train", "num_val", "stats", "preview"],
-                        "headers": ["stat", "train", "val", "prompt", "synopsis"]},
+                        "headers": ["stat", "train", "val", "synopsis", "num_frames"]},
     "dataset_export": {"labels": ["rows_per_split", "size_mb"], "headers": ["split", "rows"]},
     "finetuned_adapter": {"labels": ["losses", "parameters", "hyperparameters", "peak_memory_mb", "adapter_mb"],
                           "headers": ["loss", "before", "after", "component", "trainable", "frozen"]},
@@ -116,8 +116,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def demo_instance(tmp_path_factory):
-    """`dagster dev` (started first: it loads while the demo runs) on a demo instance on disk, after a demo
-    run (catalog_job, media_job per title, training_job). Yields (settings, base URL)."""
+    """A demo run (catalog_job, media_job per title, training_job) on an instance on disk, then `dagster dev`
+    on it. Yields (settings, base URL)."""
     import polars as pl
 
     import anime_pipeline.defs.catalog as catalog_defs
@@ -131,25 +131,25 @@ def demo_instance(tmp_path_factory):
     settings = Settings.from_env({"ANIME_PIPELINE_HOME": str(home)})
     dagster_home = ensure_dagster_home(settings)
     log = tmp_path_factory.mktemp("ui-log") / "dagster-dev.log"
-    proc, base = _start_dagster_dev(dagster_home, settings.home, log)
+    keep = _subset_ids()
+    full = catalog_defs.demo_catalog
+
+    def subset(*args, **kwargs):
+        titles, synopses = full(*args, **kwargs)
+        return titles.filter(pl.col("mal_id").is_in(keep)), synopses.filter(pl.col("mal_id").is_in(keep))
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(catalog_defs, "demo_catalog", subset)
+    proc = None
     try:
-        keep = _subset_ids()
-        full = catalog_defs.demo_catalog
-
-        def subset(*args, **kwargs):
-            titles, synopses = full(*args, **kwargs)
-            return titles.filter(pl.col("mal_id").is_in(keep)), synopses.filter(pl.col("mal_id").is_in(keep))
-
-        mp = pytest.MonkeyPatch()
-        mp.setattr(catalog_defs, "demo_catalog", subset)
-        try:
-            with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
-                summary = run_all(settings, instance=instance, out=sys.stderr,
-                                  run_config={"finetuned_adapter": {"config": {"epochs": 10}},
-                                              "caption_eval": {"config": {"max_new_tokens": 48}}})
-        finally:
-            mp.undo()
+        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+            summary = run_all(settings, instance=instance, out=sys.stderr,
+                              run_config={"finetuned_adapter": {"config": {"epochs": 10}},
+                                          "caption_eval": {"config": {"max_new_tokens": 48}}})
+        mp.undo()
         assert summary["failed_titles"] == [] and summary["titles"] == len(keep), summary
+        # started after the demo: its daemon never races the demo's runs, and the storages exist already
+        proc, base = _start_dagster_dev(dagster_home, settings.home, log)
 
         deadline = time.monotonic() + 180
         while True:
@@ -163,7 +163,9 @@ def demo_instance(tmp_path_factory):
             time.sleep(1)
         yield settings, base
     finally:
-        _stop(proc)
+        mp.undo()
+        if proc is not None:
+            _stop(proc)
 
 
 def _graphql(base: str, query: str) -> dict:
@@ -263,6 +265,10 @@ def test_lineage_graph(page):
 def test_asset_page_shows_tables_numbers_and_no_errors(page, key):
     pg = page.open(f"/assets/{key}", wait_for="Latest materialization")
     pg.get_by_text(EXPECTED[key]["labels"][0], exact=True).first.wait_for(state="visible")
+    page.shot(f"10-asset-{key}")  # before the checks, so a failing run has it
+    metadata = pg.get_by_text("Metadata", exact=True).first
+    metadata.evaluate("(e) => e.scrollIntoView({block: 'start'})")
+    page.shot(f"11-asset-{key}-metadata", full_page=False)
     body = pg.inner_text("body")
     for label in EXPECTED[key]["labels"]:
         assert label in body, f"{key}: metadata {label!r} not shown"
@@ -280,11 +286,6 @@ def test_asset_page_shows_tables_numbers_and_no_errors(page, key):
         for column in TABLE_COLUMNS[key]:
             assert re.search(rf"(^|\s){re.escape(column)}(\s|$)", body), f"{key}: column {column!r} not listed"
         assert re.search(r"Row count\s+\d+", body), f"{key}: no row count"
-    page.shot(f"10-asset-{key}")
-    # the metadata panel, scrolled into view (what docs/img/asset-page.png shows)
-    pg.get_by_text("Metadata", exact=True).first.scroll_into_view_if_needed()
-    pg.get_by_text("Metadata", exact=True).first.evaluate("(e) => e.scrollIntoView({block: 'start'})")
-    page.shot(f"11-asset-{key}-metadata", full_page=False)
     page.assert_healthy(f"asset page {key}")
 
 

@@ -105,7 +105,9 @@ def test_eval_metadata_one_table_and_every_title():
     assert md["val_loss_base"] == 6.1235 and md["bleu_finetuned"] == 12.3456
     titles = [r.data["title"] for r in md["examples"].records if r.data["title"]]
     assert titles == ["A (MAL 1)", "MAL 2", "C (MAL 3)"]  # every validation title, in MAL id order
-    assert [r.data["by"] for r in md["examples"].records[:3]] == ["reference", "base", "fine-tuned"]
+    assert [r.data["by"] for r in md["examples"].records[:6]] == [
+        "reference", "base", "fine-tuned ✗", "reference", "base", "fine-tuned ✓"]  # MAL 1: False, MAL 2: True
+    assert [c.name for c in md["examples"].schema.columns] == ["title", "by", "text"]
     texts = [r.data["text"] for r in md["examples"].records]
     assert all(len(t) <= 110 for t in texts) and max(len(w) for t in texts for w in t.split()) <= _meta.MAX_WORD_CHARS
     assert [c.name for c in md["metrics"].schema.columns] == ["metric", "base", "fine_tuned", "change"]
