@@ -285,3 +285,20 @@ def test_check_frames_failures(tmp_path):
     assert not ok and "not JPEG" in detail
     ok, detail = check_frames(df, expected={7: 4, 9: 4})
     assert not ok and "no frames for MAL id(s) [9]" in detail
+
+
+def test_contact_sheet_from_jpeg_bytes_matches_the_decoded_images():
+    # JPEG bytes are decoded in libjpeg's draft mode (reduced DCT scale): same picture as full decoding
+    import numpy as np
+
+    imgs = [Image.radial_gradient("L").convert("RGB").resize((512, 288)) for _ in range(4)]
+    jpegs = []
+    for im in imgs:
+        b = io.BytesIO()
+        im.save(b, format="JPEG", quality=95)
+        jpegs.append(b.getvalue())
+    decoded = [Image.open(io.BytesIO(j)).convert("RGB") for j in jpegs]
+    a = Image.open(io.BytesIO(contact_sheet(jpegs, columns=2, thumb_width=160)))
+    b = Image.open(io.BytesIO(contact_sheet(decoded, columns=2, thumb_width=160)))
+    assert a.size == b.size
+    assert np.abs(np.asarray(a, dtype=float) - np.asarray(b, dtype=float)).mean() < 3.0
