@@ -702,14 +702,16 @@ class DecoderWorker:
         return self.proc.poll() is None
 
     def kill(self) -> None:
-        """Kill the worker and its process group (it was started in a new session), then reap it."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except OSError:
+        """Kill the worker and its process group (it was started in a new session), then reap it. Never
+        signals a pid already reaped (it may belong to another process by now)."""
+        if self.proc.returncode is None:
             try:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
             except OSError:
-                pass
+                try:
+                    self.proc.kill()
+                except OSError:
+                    pass
         for f in (self.proc.stdin, self.proc.stdout):
             try:
                 f.close()
@@ -732,11 +734,23 @@ class DecoderWorker:
         except (OSError, ValueError):
             return ""
 
+    def _exit_status(self, timeout: float) -> int | None:
+        """The worker's exit code (negative: killed by that signal) once it has exited, without reaping it
+        (a zombie keeps its pid and process group, so `kill` can still signal the group safely)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:  # already reaped
+                return self.proc.returncode
+            if info is not None and info.si_pid:
+                return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.01)
+
     def _died(self, *, before_reply: bool) -> _WorkerDied:
-        try:
-            code = self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            code = None
+        code = self._exit_status(5.0)
         tail = self._stderr_tail()
         self.kill()
         return _WorkerDied(code, tail, before_reply=before_reply)
@@ -749,7 +763,9 @@ class DecoderWorker:
         except OSError:
             pass
         try:
-            self.proc.stdin.write(_HEADER.pack(len(raw)) + raw)
+            view = memoryview(_HEADER.pack(len(raw)) + raw)
+            while view:  # an unbuffered pipe write may be partial
+                view = view[self.proc.stdin.write(view):]
         except (BrokenPipeError, OSError, ValueError):
             raise self._died(before_reply=True) from None
         self.jobs += 1
