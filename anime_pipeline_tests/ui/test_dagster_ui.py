@@ -62,13 +62,19 @@ TABLE_COLUMNS = {
     "caption_eval": ["mal_id", "name", "reference", "caption_base", "caption_finetuned"],
     "dataset_export": ["mal_id", "synopsis", "frames"],
 }
-# Metadata tables (tables inside the metadata table) whose right edge lies beyond a clipping ancestor.
+# Metadata tables (tables inside the metadata table) that cannot fit the panel: narrowed as far as their
+# content allows (min-content), they still reach past the right edge of the scrolling panel. (Long unbroken
+# values such as a 64-hex data version or a path can widen the whole panel; that is Dagster's rendering.)
 CLIPPED_TABLES = """() => [...document.querySelectorAll('table table')].filter((t) => {
-  const right = t.getBoundingClientRect().right;
-  for (let p = t.parentElement; p && p !== document.body; p = p.parentElement) {
-    if (getComputedStyle(p).overflowX !== 'visible' && right > p.getBoundingClientRect().right + 1) return true;
-  }
-  return false;
+  const cell = t.closest('td');
+  let panel = cell.parentElement;
+  while (panel && panel !== document.body && getComputedStyle(panel).overflowX === 'visible') panel = panel.parentElement;
+  const available = panel.getBoundingClientRect().right - cell.getBoundingClientRect().left;
+  const old = t.style.width;
+  t.style.width = '0px';
+  const narrowest = t.getBoundingClientRect().width;
+  t.style.width = old;
+  return narrowest > available + 1;
 }).map((t) => [...t.querySelectorAll('th')].map((th) => th.innerText).join(' | '))"""
 ERROR_BOUNDARY = re.compile(r"Something went wrong|Unexpected error|An error occurred|TypeError|is not a function")
 
