@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 METHODS = ("keyframe", "exact", "inproc_keyframe")
 TARGETS = {"keyframe": 50.0, "exact": 4.0}

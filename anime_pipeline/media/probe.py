@@ -18,19 +18,20 @@ the durations of the first packets (up to `VFR_PACKETS`) are irregular.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import statistics
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import ffmpeg
 
-from .errors import MediaError
 from anime_pipeline.paths import file_sha256
+
+from .errors import MediaError
 
 # Demuxers ffprobe / PyAV may use (comma-separated, as ffmpeg's `format_whitelist` expects).
 # Audio containers are allowed so that an audio-only file reports "no video stream".
@@ -70,7 +71,7 @@ class VideoProbe:
         return d
 
     @classmethod
-    def from_metadata(cls, meta: Mapping[str, Any], *, path: Path | str | None = None) -> "VideoProbe":
+    def from_metadata(cls, meta: Mapping[str, Any], *, path: Path | str | None = None) -> VideoProbe:
         """The probe recorded by `as_metadata()` (e.g. the `episodes` asset's `episodes/<mal_id>/probe.json`;
         extra keys such as `source` / `origin` are ignored), without touching the file: no ffprobe, no
         hashing. `path` overrides the recorded path. MediaError when a field is missing or malformed.

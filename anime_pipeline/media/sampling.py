@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import atexit
 import bisect
+import contextlib
 import io
 import math
 import os
@@ -70,9 +71,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from PIL import Image
 
@@ -554,7 +556,7 @@ def _decode_pyav(
             else:
                 nxt = targets[pos + 1] if pos + 1 < len(targets) else math.inf
 
-                def fits(k: float, slack: float = 0.0) -> bool:
+                def fits(k: float, slack: float = 0.0, last: float = last, nxt: float = nxt) -> bool:
                     # after the previous sample's frame, before the frame on screen at the next target, and
                     # inside the sampled window (skip_s honoured at both ends)
                     return (k > last + _EPS - slack and k + reader.frame_s <= nxt + _EPS + slack
@@ -686,7 +688,7 @@ class DecoderWorker:
         env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("OMP_NUM_THREADS", "2")
         env["ANIME_PIPELINE_WORKER_PARENT"] = str(os.getpid())  # the worker dies with us (see _worker.py)
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (lives as long as the worker; closed in kill)
         self.proc = subprocess.Popen(
             self.argv,
             stdin=subprocess.PIPE,
@@ -708,19 +710,13 @@ class DecoderWorker:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except OSError:
-                try:
+                with contextlib.suppress(OSError):
                     self.proc.kill()
-                except OSError:
-                    pass
         for f in (self.proc.stdin, self.proc.stdout):
-            try:
+            with contextlib.suppress(OSError):
                 f.close()
-            except OSError:
-                pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):  # SIGKILL: only a hung kernel call delays it
             self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # pragma: no cover (SIGKILL of a non-zombie)
-            pass
         self._stderr.close()
 
     close = kill

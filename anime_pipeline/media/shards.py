@@ -8,9 +8,9 @@ old shard or the new one, never a partial file, and a failure leaves neither a s
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import polars as pl
 from PIL import Image
