@@ -11,7 +11,12 @@ import pyarrow.parquet as pq
 
 SHARD_NAME = "part-0.parquet"
 _DIR = re.compile(r"^mal_id=(\d+)$")
-SHARDS_SCHEMA = {"mal_id": pl.Int64, "frames_path": pl.String, "num_frames": pl.Int32, "duration_s": pl.Float64}
+SHARDS_SCHEMA = {
+    "mal_id": pl.Int64,
+    "frames_path": pl.String,
+    "num_frames": pl.Int32,
+    "duration_s": pl.Float64,
+}
 
 
 def shard_path(home: Path, mal_id: int) -> Path:

@@ -67,8 +67,10 @@ def summary(event: dict) -> str:
         params = (event.get("params") or {}).get("total") or {}
         trainable = params.get("trainable")
         extra = f" · {trainable:,} trainable params" if isinstance(trainable, int) else ""
-        return (f"training started: {event.get('total_steps')} steps on {event.get('device')} ({event.get('dtype')}), "
-                f"{event.get('train_samples')} train / {event.get('val_samples')} val samples{extra}")
+        return (
+            f"training started: {event.get('total_steps')} steps on {event.get('device')} ({event.get('dtype')}), "
+            f"{event.get('train_samples')} train / {event.get('val_samples')} val samples{extra}"
+        )
     if kind == "eval":
         loss = event.get("val_loss")
         loss_text = f"{loss:.4f}" if isinstance(loss, (int, float)) else str(loss)

@@ -28,7 +28,10 @@ if str(REPO) not in sys.path:  # run as `python benchmarks/x.py` from anywhere
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("ANIME_PIPELINE_BENCH_CACHE") or Path(tempfile.gettempdir()) / "anime_pipeline_bench_cache")
+    return Path(
+        os.environ.get("ANIME_PIPELINE_BENCH_CACHE")
+        or Path(tempfile.gettempdir()) / "anime_pipeline_bench_cache"
+    )
 
 
 def machine() -> dict:
@@ -63,9 +66,30 @@ def ensure_clip(cache_dir: Path, seconds: float, size: str = "1280x720") -> Path
     if dest.is_file() and dest.stat().st_size > 0:
         return dest
     tmp = dest.with_name(f".tmp-{os.getpid()}-{dest.name}")
-    cmd = [FFMPEG, "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi",
-           "-i", f"testsrc2=size={size}:rate=24", "-t", f"{seconds:g}", "-c:v", "libx264",
-           "-preset", "ultrafast", "-crf", "35", "-g", "250", "-pix_fmt", "yuv420p", str(tmp)]
+    cmd = [
+        FFMPEG,
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=size={size}:rate=24",
+        "-t",
+        f"{seconds:g}",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-crf",
+        "35",
+        "-g",
+        "250",
+        "-pix_fmt",
+        "yuv420p",
+        str(tmp),
+    ]
     print(f"generating {dest.name} ...", file=sys.stderr, flush=True)
     try:
         subprocess.run(cmd, check=True)
@@ -76,13 +100,23 @@ def ensure_clip(cache_dir: Path, seconds: float, size: str = "1280x720") -> Path
 
 
 # ---------------------------------------------------------------------------------------- shards
-ANSWER = ("In the first episode a young courier crosses a flooded city to deliver letters nobody expects. "
-          "Along the way she meets a quiet boy who keeps a secret about the old lighthouse, and together "
-          "they discover why the letters were never sent. ")
+ANSWER = (
+    "In the first episode a young courier crosses a flooded city to deliver letters nobody expects. "
+    "Along the way she meets a quiet boy who keeps a secret about the old lighthouse, and together "
+    "they discover why the letters were never sent. "
+)
 
 
-def make_dataset(root: Path, *, clip: Path, titles: int, frames: int, max_side: int = 512,
-                 samples_per_title: int = 1, answer_repeat: int = 3) -> Path:
+def make_dataset(
+    root: Path,
+    *,
+    clip: Path,
+    titles: int,
+    frames: int,
+    max_side: int = 512,
+    samples_per_title: int = 1,
+    answer_repeat: int = 3,
+) -> Path:
     """Sample `frames` frames of `clip` once (the project's sampler, max_side 512 like the asset), write
     one FRAMES shard per title under root/frames and a SAMPLES table; returns the samples parquet path."""
     import polars as pl
@@ -100,10 +134,18 @@ def make_dataset(root: Path, *, clip: Path, titles: int, frames: int, max_side: 
         dest = shard_path(root / "frames", mal_id)
         write_frame_shard(sampled, mal_id=mal_id, episode=1, source_sha256="bench", dest=dest)
         for _ in range(samples_per_title):
-            rows.append({"mal_id": mal_id, "split": "train", "name": f"Title {mal_id}",
-                         "prompt": "Summarize the first episode.", "synopsis": (ANSWER * answer_repeat).strip(),
-                         "frames_path": str(dest.relative_to(root)), "num_frames": len(sampled),
-                         "duration_s": float(probe.duration_s)})
+            rows.append(
+                {
+                    "mal_id": mal_id,
+                    "split": "train",
+                    "name": f"Title {mal_id}",
+                    "prompt": "Summarize the first episode.",
+                    "synopsis": (ANSWER * answer_repeat).strip(),
+                    "frames_path": str(dest.relative_to(root)),
+                    "num_frames": len(sampled),
+                    "duration_s": float(probe.duration_s),
+                }
+            )
     out = root / "samples.parquet"
     schemas.conform(pl.DataFrame(rows), schemas.SAMPLES).write_parquet(out)
     return out
@@ -144,7 +186,9 @@ def real_processor_dir(dest: Path, tiny_dir: Path) -> Path:
     # The real file names the torchvision-backed class; the PIL one needs no torchvision (P8).
     pre["image_processor_type"] = tiny_pre.get("image_processor_type", pre["image_processor_type"])
     (dest / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
-    (dest / "processor_config.json").write_text(json.dumps({"image_seq_len": 64, "processor_class": "SmolVLMProcessor"}))
+    (dest / "processor_config.json").write_text(
+        json.dumps({"image_seq_len": 64, "processor_class": "SmolVLMProcessor"})
+    )
     if (Path(tiny_dir) / "chat_template.jinja").is_file():
         shutil.copy(Path(tiny_dir) / "chat_template.jinja", dest / "chat_template.jinja")
     return dest

@@ -41,8 +41,20 @@ FLAT_LIMIT = 1.25  # keyframe t(longest)/t(shortest) counted as flat
 
 def reference(clip: Path, fps: float, workdir: Path) -> tuple[float, int]:
     out = Path(tempfile.mkdtemp(prefix="ref-", dir=workdir))
-    cmd = [C.FFMPEG, "-nostdin", "-loglevel", "error", "-y", "-i", str(clip), "-vf", f"fps={fps}",
-           "-q:v", "2", str(out / "%05d.jpg")]
+    cmd = [
+        C.FFMPEG,
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-y",
+        "-i",
+        str(clip),
+        "-vf",
+        f"fps={fps}",
+        "-q:v",
+        "2",
+        str(out / "%05d.jpg"),
+    ]
     with C.Timer() as t:
         subprocess.run(cmd, check=True)
     n = len(list(out.glob("*.jpg")))
@@ -61,8 +73,9 @@ def extract(clip: Path, probe, frames: int, method: str, workdir: Path) -> tuple
         cfg = SamplingConfig(num_frames=frames, max_side=512, mode=mode, timeout_s=None)
         with C.Timer() as t:
             got = sample_frames(clip, cfg, probe, jpeg_quality=90)
-            info = write_frame_shard(got, mal_id=1, episode=1, source_sha256=probe.sha256,
-                                     dest=shard_path(workdir / "inproc", 1))
+            info = write_frame_shard(
+                got, mal_id=1, episode=1, source_sha256=probe.sha256, dest=shard_path(workdir / "inproc", 1)
+            )
         return t.s, info.num_frames
     cfg = SamplingConfig(num_frames=frames, max_side=512, mode=mode, timeout_s=1800.0)
     with C.Timer() as t:
@@ -78,7 +91,9 @@ def keyframes_in_window(clip: Path, duration_s: float, skip_s: float = 1.0) -> i
     with av.open(str(clip)) as c:
         s = c.streams.video[0]
         tb = float(s.time_base)
-        return sum(1 for e in s.index_entries if e.is_keyframe and skip_s <= e.timestamp * tb <= duration_s - skip_s)
+        return sum(
+            1 for e in s.index_entries if e.is_keyframe and skip_s <= e.timestamp * tb <= duration_s - skip_s
+        )
 
 
 def overhead(clip: Path, probe, frames: int, workdir: Path) -> dict:
@@ -110,8 +125,12 @@ def overhead(clip: Path, probe, frames: int, workdir: Path) -> dict:
             sample_frames(clip, one, probe)
         cold.append(t.s)
     out["worker_start_s"] = max(0.0, C.best(cold) - C.best(warm))
-    got = sample_frames(clip, SamplingConfig(num_frames=frames, max_side=512, mode="keyframe", timeout_s=600.0),
-                        probe, jpeg_quality=90)
+    got = sample_frames(
+        clip,
+        SamplingConfig(num_frames=frames, max_side=512, mode="keyframe", timeout_s=600.0),
+        probe,
+        jpeg_quality=90,
+    )
     dest = shard_path(workdir / "overhead", 1)
     with C.Timer() as t:
         write_frame_shard(got, mal_id=1, episode=1, source_sha256=probe.sha256 or "0" * 64, dest=dest)
@@ -130,7 +149,9 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--fps", type=float, default=0.16, help="reference decode rate (reference dataset: 0.16)")
     ap.add_argument("--repeats", type=int, default=2, help="repeats per measurement (the best is kept)")
-    ap.add_argument("--cache-dir", type=Path, default=None, help="clip cache (default: <tmp>/anime_pipeline_bench_cache)")
+    ap.add_argument(
+        "--cache-dir", type=Path, default=None, help="clip cache (default: <tmp>/anime_pipeline_bench_cache)"
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: 20 s / 40 s clips, 8 frames, 1 repeat")
     ap.add_argument("--out", help="also write the JSON result to this file")
     a = ap.parse_args(argv)
@@ -160,45 +181,88 @@ def main(argv=None) -> int:
                     counts[meth] = n
             tr = C.best(ref)
             times[(m, "reference")] = tr
-            rows.append({"minutes": m, "method": "reference (ffmpeg fps=0.16 → JPEG)", "frames": n_ref,
-                         "seconds": tr, "speedup": 1.0})
+            rows.append(
+                {
+                    "minutes": m,
+                    "method": "reference (ffmpeg fps=0.16 → JPEG)",
+                    "frames": n_ref,
+                    "seconds": tr,
+                    "speedup": 1.0,
+                }
+            )
             for meth, ss in got.items():
                 times[(m, meth)] = C.best(ss)
-                rows.append({"minutes": m, "method": meth, "frames": counts[meth], "seconds": C.best(ss),
-                             "speedup": tr / C.best(ss)})
+                rows.append(
+                    {
+                        "minutes": m,
+                        "method": meth,
+                        "frames": counts[meth],
+                        "seconds": C.best(ss),
+                        "speedup": tr / C.best(ss),
+                    }
+                )
             over[m] = overhead(clip, probe, a.frames, work)
             keys[m] = keyframes_in_window(clip, probe.duration_s)
             print(f"done {m:g} min ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
 
     longest, shortest = max(a.minutes), min(a.minutes)
-    speedup = {f"{m:g}min": {meth: C.r3(times[(m, "reference")] / times[(m, meth)]) for meth in a.methods}
-               for m in a.minutes}
-    flat = {meth: C.r3(times[(longest, meth)] / times[(shortest, meth)]) for meth in ["reference", *a.methods]}
+    speedup = {
+        f"{m:g}min": {meth: C.r3(times[(m, "reference")] / times[(m, meth)]) for meth in a.methods}
+        for m in a.minutes
+    }
+    flat = {
+        meth: C.r3(times[(longest, meth)] / times[(shortest, meth)]) for meth in ["reference", *a.methods]
+    }
     on_longest = speedup[f"{longest:g}min"]
     met = {k: on_longest[k] >= v for k, v in TARGETS.items() if k in on_longest}
     if "keyframe" in flat and len(a.minutes) > 1:
         met["keyframe_flat"] = flat["keyframe"] <= FLAT_LIMIT
 
-    print(f"\nframe extraction, {C.machine()['cpus']} CPUs; clips 720p H.264 24 fps GOP 250; {a.frames} frames, "
-          f"512 px JPEG; best of {a.repeats}\n")
+    print(
+        f"\nframe extraction, {C.machine()['cpus']} CPUs; clips 720p H.264 24 fps GOP 250; {a.frames} frames, "
+        f"512 px JPEG; best of {a.repeats}\n"
+    )
     print(C.table(rows, ["minutes", "method", "frames", "seconds", "speedup"]))
     print("\nside by side (speedup vs the reference, same clip, same run):")
     print(C.table([{"minutes": m, **speedup[f"{m:g}min"]} for m in a.minutes], ["minutes", *a.methods]))
-    print(f"\nflatness t({longest:g} min)/t({shortest:g} min): " + ", ".join(f"{k} {v}" for k, v in flat.items()))
-    print("keyframes in the sampled window: " + ", ".join(
-        f"{m:g} min {keys[m]} (samples that must be exact frames in keyframe mode: {max(0, a.frames - keys[m])})"
-        for m in a.minutes))
+    print(
+        f"\nflatness t({longest:g} min)/t({shortest:g} min): "
+        + ", ".join(f"{k} {v}" for k, v in flat.items())
+    )
+    print(
+        "keyframes in the sampled window: "
+        + ", ".join(
+            f"{m:g} min {keys[m]} (samples that must be exact frames in keyframe mode: {max(0, a.frames - keys[m])})"
+            for m in a.minutes
+        )
+    )
     print("\nper-title overhead (seconds, not in the rows above):")
-    print(C.table([{"minutes": m, **{k: C.r3(v) for k, v in o.items()}} for m, o in over.items()],
-                  ["minutes", "ffprobe_s", "sha256_s", "worker_start_s", "parquet_write_s", "preview_s"]))
-    print("\ntargets: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in met.items())
-          + f" (keyframe >= {TARGETS['keyframe']:g}x, exact >= {TARGETS['exact']:g}x on {longest:g} min; "
-          f"flat: <= {FLAT_LIMIT})")
-    C.emit({"benchmark": "frame_extraction", "frames": a.frames, "speedup": speedup, "flatness": flat,
+    print(
+        C.table(
+            [{"minutes": m, **{k: C.r3(v) for k, v in o.items()}} for m, o in over.items()],
+            ["minutes", "ffprobe_s", "sha256_s", "worker_start_s", "parquet_write_s", "preview_s"],
+        )
+    )
+    print(
+        "\ntargets: "
+        + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in met.items())
+        + f" (keyframe >= {TARGETS['keyframe']:g}x, exact >= {TARGETS['exact']:g}x on {longest:g} min; "
+        f"flat: <= {FLAT_LIMIT})"
+    )
+    C.emit(
+        {
+            "benchmark": "frame_extraction",
+            "frames": a.frames,
+            "speedup": speedup,
+            "flatness": flat,
             "seconds": {f"{m:g}min_{k}": C.r3(v) for (m, k), v in times.items()},
             "overhead_s": {f"{m:g}min": {k: C.r3(v) for k, v in o.items()} for m, o in over.items()},
             "keyframes_in_window": {f"{m:g}min": k for m, k in keys.items()},
-            "targets_met": met, "machine": C.machine()}, a.out)
+            "targets_met": met,
+            "machine": C.machine(),
+        },
+        a.out,
+    )
     return 0
 
 

@@ -61,7 +61,9 @@ class Presquashed:
         from PIL import Image
 
         item = self.ds[i]
-        item["images"] = [im.resize((self.size, self.size), Image.Resampling.BICUBIC) for im in item["images"]]
+        item["images"] = [
+            im.resize((self.size, self.size), Image.Resampling.BICUBIC) for im in item["images"]
+        ]
         return item
 
 
@@ -69,7 +71,9 @@ def run_loader(ds, collator, workers: int, n: int) -> float:
     from anime_pipeline.training.data import EpochSampler, make_dataloader
 
     sampler = EpochSampler(len(ds), shuffle=False)
-    loader = make_dataloader(ds, collator, batch_size=1, num_workers=workers, sampler=sampler, pin_memory=False)
+    loader = make_dataloader(
+        ds, collator, batch_size=1, num_workers=workers, sampler=sampler, pin_memory=False
+    )
     sampler.set_epoch(0, start=max(0, len(ds) - 2))  # warm-up: start workers, import, first batches
     for _ in loader:
         pass
@@ -141,8 +145,14 @@ def loader_epoch(samples, root: Path, frames: int, proc, n: int) -> tuple[float,
 
     ds = ShardVideoDataset(samples, root, frames)
     collator = VideoSFTCollator(proc, padding_side="right", uint8_pixels=True)
-    loader = make_dataloader(ds, collator, batch_size=1, num_workers=0, sampler=EpochSampler(len(ds), shuffle=False),
-                             pin_memory=False)
+    loader = make_dataloader(
+        ds,
+        collator,
+        batch_size=1,
+        num_workers=0,
+        sampler=EpochSampler(len(ds), shuffle=False),
+        pin_memory=False,
+    )
     got = 0
     with CpuTimer() as t:
         for batch in loader:
@@ -164,9 +174,16 @@ def vs_limit(samples, root: Path, frames: int, proc, repeats: int) -> dict:
         load.append(loader_epoch(samples, root, frames, proc, n))
     lw, lc = C.best([w for w, _ in lim]), C.best([c for _, c in lim])
     dw, dc = C.best([w for w, _ in load]), C.best([c for _, c in load])
-    return {"samples": n, "frames": sum(len(j) for j in jpegs), "limit_s_per_sample": lw / n,
-            "loader_s_per_sample": dw / n, "ratio": dw / lw, "limit_cpu_s_per_sample": lc / n,
-            "loader_cpu_s_per_sample": dc / n, "ratio_cpu": dc / lc}
+    return {
+        "samples": n,
+        "frames": sum(len(j) for j in jpegs),
+        "limit_s_per_sample": lw / n,
+        "loader_s_per_sample": dw / n,
+        "ratio": dw / lw,
+        "limit_cpu_s_per_sample": lc / n,
+        "loader_cpu_s_per_sample": dc / n,
+        "ratio_cpu": dc / lc,
+    }
 
 
 def main(argv=None) -> int:
@@ -198,14 +215,19 @@ def main(argv=None) -> int:
     rows, sps, per_core, shares = [], {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as td:
         root = Path(td)
-        samples = C.make_dataset(root, clip=clip, titles=a.titles, frames=a.frames,
-                                 samples_per_title=math.ceil(a.samples / a.titles))
+        samples = C.make_dataset(
+            root,
+            clip=clip,
+            titles=a.titles,
+            frames=a.frames,
+            samples_per_title=math.ceil(a.samples / a.titles),
+        )
         real = C.real_processor_dir(root / "real500m-processor", tiny)
         limit = None
         if not a.no_limit:
             limit = vs_limit(samples, root, a.frames, load_processor(str(real)), a.limit_repeats)
             print(f"done limit: {limit}", file=sys.stderr, flush=True)
-        for name in ([] if a.limit_only else a.processors):
+        for name in [] if a.limit_only else a.processors:
             proc = load_processor(str(tiny if name == "tiny" else real))
             ds = ShardVideoDataset(samples, root, a.frames)
             if name == "real500m_presquashed":
@@ -220,34 +242,70 @@ def main(argv=None) -> int:
                 cores = max(1, min(w, os.cpu_count() or 1))
                 sps[name][str(w)] = C.r3(s)
                 per_core[name][str(w)] = C.r3(s / cores)
-                rows.append({"processor": name, "image_px": proc.image_size, "seq_len": bd["seq_len"],
-                             "workers": w, "samples_per_s": s, "per_core": s / cores,
-                             "target": "met" if s / cores >= TARGET_PER_CORE else "NOT met"})
+                rows.append(
+                    {
+                        "processor": name,
+                        "image_px": proc.image_size,
+                        "seq_len": bd["seq_len"],
+                        "workers": w,
+                        "samples_per_s": s,
+                        "per_core": s / cores,
+                        "target": "met" if s / cores >= TARGET_PER_CORE else "NOT met",
+                    }
+                )
                 print(f"done {name} workers={w}", file=sys.stderr, flush=True)
             rows[-1]["collate_share_w0"] = bd["collate_share"]
 
     if limit:
-        print(f"\nfirst epoch on one core, real500m processor, uint8 pixels, {a.frames}-frame samples: "
-              f"{limit['samples']} samples, {limit['frames']} frames")
-        print(C.table([{"what": "limit: JPEG decode + resize + uint8 tensor, bare loop",
+        print(
+            f"\nfirst epoch on one core, real500m processor, uint8 pixels, {a.frames}-frame samples: "
+            f"{limit['samples']} samples, {limit['frames']} frames"
+        )
+        print(
+            C.table(
+                [
+                    {
+                        "what": "limit: JPEG decode + resize + uint8 tensor, bare loop",
                         "wall_s_per_sample": limit["limit_s_per_sample"],
-                        "cpu_s_per_sample": limit["limit_cpu_s_per_sample"]},
-                       {"what": "loader: make_dataloader(num_workers=0) + VideoSFTCollator",
+                        "cpu_s_per_sample": limit["limit_cpu_s_per_sample"],
+                    },
+                    {
+                        "what": "loader: make_dataloader(num_workers=0) + VideoSFTCollator",
                         "wall_s_per_sample": limit["loader_s_per_sample"],
-                        "cpu_s_per_sample": limit["loader_cpu_s_per_sample"]}],
-                      ["what", "wall_s_per_sample", "cpu_s_per_sample"]))
-        print(f"loader / limit = {limit['ratio']:.3f} wall, {limit['ratio_cpu']:.3f} CPU (target <= "
-              f"{TARGET_VS_LIMIT}: {'met' if max(limit['ratio'], limit['ratio_cpu']) <= TARGET_VS_LIMIT else 'NOT met'})")
+                        "cpu_s_per_sample": limit["loader_cpu_s_per_sample"],
+                    },
+                ],
+                ["what", "wall_s_per_sample", "cpu_s_per_sample"],
+            )
+        )
+        print(
+            f"loader / limit = {limit['ratio']:.3f} wall, {limit['ratio_cpu']:.3f} CPU (target <= "
+            f"{TARGET_VS_LIMIT}: {'met' if max(limit['ratio'], limit['ratio_cpu']) <= TARGET_VS_LIMIT else 'NOT met'})"
+        )
     print(f"\nloader: {a.frames}-frame samples, batch 1, {C.machine()['cpus']} CPUs\n")
-    print(C.table(rows, ["processor", "image_px", "seq_len", "workers", "samples_per_s", "per_core", "target"]))
-    print("\nworker-0 share of time in the collator (rest: Parquet read + JPEG decode): "
-          + ", ".join(f"{k} {v}" for k, v in shares.items()))
+    print(
+        C.table(rows, ["processor", "image_px", "seq_len", "workers", "samples_per_s", "per_core", "target"])
+    )
+    print(
+        "\nworker-0 share of time in the collator (rest: Parquet read + JPEG decode): "
+        + ", ".join(f"{k} {v}" for k, v in shares.items())
+    )
     met = {p: {w: v >= TARGET_PER_CORE for w, v in d.items()} for p, d in per_core.items()}
-    C.emit({"benchmark": "loader", "frames": a.frames, "samples_per_s": sps, "samples_per_s_per_core": per_core,
-            "collate_share": shares, "target_per_core": TARGET_PER_CORE, "target_met": met,
+    C.emit(
+        {
+            "benchmark": "loader",
+            "frames": a.frames,
+            "samples_per_s": sps,
+            "samples_per_s_per_core": per_core,
+            "collate_share": shares,
+            "target_per_core": TARGET_PER_CORE,
+            "target_met": met,
             "vs_limit": {k: (C.r3(v) if isinstance(v, float) else v) for k, v in (limit or {}).items()},
             "target_vs_limit": TARGET_VS_LIMIT,
-            "machine": C.machine()}, a.out)
+            "machine": C.machine(),
+        },
+        a.out,
+    )
     return 0
 
 

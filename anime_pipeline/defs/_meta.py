@@ -33,7 +33,6 @@ MAX_WORD_CHARS = 24
 OWNERS = ["team:anime-dataset"]
 
 
-
 def asset_tags(stage: str, **extra: str) -> dict[str, str]:
     """Tags a team filters the catalog by: the pipeline, the stage, what the asset holds."""
     return {"pipeline": "anime_pipeline", "stage": stage, **extra}
@@ -147,7 +146,9 @@ def column_schema(schema: Mapping[str, pl.DataType], docs: Mapping[str, str] | N
     """A Dagster `TableSchema` from a polars schema, each column described from `docs` (or COLUMN_DOCS)."""
     docs = COLUMN_DOCS if docs is None else {**COLUMN_DOCS, **docs}
     return dg.TableSchema(
-        columns=[dg.TableColumn(name=n, type=dtype_name(t), description=docs.get(n)) for n, t in schema.items()]
+        columns=[
+            dg.TableColumn(name=n, type=dtype_name(t), description=docs.get(n)) for n, t in schema.items()
+        ]
     )
 
 
@@ -168,7 +169,9 @@ def table_metadata(
     return md
 
 
-def _cell(v: Any, max_chars: int, round_floats: bool = True, max_word: int | None = None) -> str | int | float | bool | None:
+def _cell(
+    v: Any, max_chars: int, round_floats: bool = True, max_word: int | None = None
+) -> str | int | float | bool | None:
     if v is None or isinstance(v, bool):
         return v
     if isinstance(v, int):
@@ -197,15 +200,23 @@ def records_table(
     """A table from dict rows; `columns` are `(name, type[, description])` in display order. The metadata
     panel is narrow (about 430 px of a 1440 px window): keep tables to a few columns, with text in one."""
     schema = dg.TableSchema(
-        columns=[dg.TableColumn(name=c[0], type=c[1], description=(c[2] if len(c) > 2 else None)) for c in columns]
+        columns=[
+            dg.TableColumn(name=c[0], type=c[1], description=(c[2] if len(c) > 2 else None)) for c in columns
+        ]
     )
     # floats are shown as given (callers round them, so a value reads the same here and in its scalar key)
-    records = [dg.TableRecord({c[0]: _cell(r.get(c[0]), max_chars, round_floats=False, max_word=max_word) for c in columns})
-               for r in rows]
+    records = [
+        dg.TableRecord(
+            {c[0]: _cell(r.get(c[0]), max_chars, round_floats=False, max_word=max_word) for c in columns}
+        )
+        for r in rows
+    ]
     return dg.MetadataValue.table(records=records, schema=schema)
 
 
-def preview_table(df: pl.DataFrame, n: int = 5, max_chars: int = 80, docs: Mapping[str, str] | None = None) -> dg.MetadataValue:
+def preview_table(
+    df: pl.DataFrame, n: int = 5, max_chars: int = 80, docs: Mapping[str, str] | None = None
+) -> dg.MetadataValue:
     """The first `n` rows as a table (long strings shortened, lists joined, floats rounded, bytes counted)."""
     head = df.head(n)
     schema = column_schema(head.schema, docs)
@@ -222,7 +233,9 @@ def md_table(df: pl.DataFrame, n: int = 10, max_chars: int = 80) -> dg.MetadataV
 def image_md(png: bytes, caption: str) -> dg.MetadataValue:
     """An inline PNG with a caption line above it (what the image shows, e.g. the title's name)."""
     alt = " ".join(caption.replace("[", "(").replace("]", ")").split())
-    return dg.MetadataValue.md(f"**{alt}**\n\n![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
+    return dg.MetadataValue.md(
+        f"**{alt}**\n\n![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+    )
 
 
 def png_md(png: bytes, alt: str = "preview") -> dg.MetadataValue:
@@ -230,7 +243,9 @@ def png_md(png: bytes, alt: str = "preview") -> dg.MetadataValue:
     return image_md(png, alt)
 
 
-def frames_sheet(images: Sequence[bytes], timestamps_s: Sequence[float] | None = None, columns: int = 4) -> bytes:
+def frames_sheet(
+    images: Sequence[bytes], timestamps_s: Sequence[float] | None = None, columns: int = 4
+) -> bytes:
     """A contact sheet no wider than MAX_IMAGE_WIDTH_PX, with each frame's time under it."""
     from anime_pipeline.media.preview import contact_sheet
 
@@ -264,10 +279,31 @@ def plain(md: Mapping[str, Any]) -> dict[str, Any]:
 
 # Flat keys of a training report (TrainResult.metadata()) that the tables below replace.
 _TRAINING_TABLED = {
-    "loss_start", "loss_end", "val_loss_before", "val_loss_after", "trainable_params", "frozen_params",
-    "samples_per_s", "train_seconds", "peak_memory_bytes", "peak_memory_kind", "adapter_bytes", "adapter_path",
-    "epochs", "steps", "total_steps", "samples_seen", "train_samples", "val_samples", "device", "dtype",
-    "frames_dropped", "feature_cache_hits", "feature_cache_misses", "skipped_samples", "world_size",
+    "loss_start",
+    "loss_end",
+    "val_loss_before",
+    "val_loss_after",
+    "trainable_params",
+    "frozen_params",
+    "samples_per_s",
+    "train_seconds",
+    "peak_memory_bytes",
+    "peak_memory_kind",
+    "adapter_bytes",
+    "adapter_path",
+    "epochs",
+    "steps",
+    "total_steps",
+    "samples_seen",
+    "train_samples",
+    "val_samples",
+    "device",
+    "dtype",
+    "frames_dropped",
+    "feature_cache_hits",
+    "feature_cache_misses",
+    "skipped_samples",
+    "world_size",
     "resumed_from_step",
 }
 
@@ -279,10 +315,16 @@ def training_metadata(reported: Mapping[str, Any], hyperparameters: Mapping[str,
     Reported keys this does not know are kept as they are (rounded when they are floats)."""
     r = plain(reported)
     md: dict[str, Any] = {}
-    for key, label in (("steps", "steps"), ("total_steps", "total_steps"), ("train_samples", "train_samples"),
-                       ("val_samples", "val_samples"), ("frames_dropped", "frames_dropped"),
-                       ("skipped_samples", "skipped_samples"), ("world_size", "world_size"),
-                       ("resumed_from_step", "resumed_from_step")):
+    for key, label in (
+        ("steps", "steps"),
+        ("total_steps", "total_steps"),
+        ("train_samples", "train_samples"),
+        ("val_samples", "val_samples"),
+        ("frames_dropped", "frames_dropped"),
+        ("skipped_samples", "skipped_samples"),
+        ("world_size", "world_size"),
+        ("resumed_from_step", "resumed_from_step"),
+    ):
         if r.get(key) is not None:
             md[label] = int(r[key])
     if r.get("epochs") is not None:
@@ -294,8 +336,10 @@ def training_metadata(reported: Mapping[str, Any], hyperparameters: Mapping[str,
     if r.get("peak_memory_bytes") is not None:
         kind = str(r.get("peak_memory_kind") or "")
         md["peak_memory_mb"] = mb(r["peak_memory_bytes"])
-        md["peak_memory_kind"] = {"cuda_max_allocated": "GPU (max allocated)", "cpu_max_rss": "CPU (max RSS)"}.get(
-            kind, kind)
+        md["peak_memory_kind"] = {
+            "cuda_max_allocated": "GPU (max allocated)",
+            "cpu_max_rss": "CPU (max RSS)",
+        }.get(kind, kind)
     if r.get("device"):
         md["device"] = f"{r['device']} ({r.get('dtype')})" if r.get("dtype") else str(r["device"])
     if r.get("feature_cache_hits") or r.get("feature_cache_misses"):
@@ -310,18 +354,39 @@ def training_metadata(reported: Mapping[str, Any], hyperparameters: Mapping[str,
             {"loss": "train", "before": loss(r.get("loss_start")), "after": loss(r.get("loss_end"))},
             {"loss": "val", "before": loss(r.get("val_loss_before")), "after": loss(r.get("val_loss_after"))},
         ],
-        [("loss", "string", "mean loss on the answer tokens; train: first and last optimizer step, val: the whole "
-          "validation split before (the base model) and after training"), ("before", "float"), ("after", "float")],
+        [
+            (
+                "loss",
+                "string",
+                "mean loss on the answer tokens; train: first and last optimizer step, val: the whole "
+                "validation split before (the base model) and after training",
+            ),
+            ("before", "float"),
+            ("after", "float"),
+        ],
     )
-    components = sorted({k[len("params_"):-len("_trainable")] for k in r if k.startswith("params_") and k.endswith("_trainable")})
+    components = sorted(
+        {
+            k[len("params_") : -len("_trainable")]
+            for k in r
+            if k.startswith("params_") and k.endswith("_trainable")
+        }
+    )
     rows = []
     for comp in [c for c in components if c != "total"] + (["total"] if "total" in components else []):
         t, f = int(r.get(f"params_{comp}_trainable") or 0), int(r.get(f"params_{comp}_frozen") or 0)
-        rows.append({"component": comp, "trainable": t, "frozen": f,
-                     "trainable_pct": round(100 * t / (t + f), 3) if t + f else 0.0})
+        rows.append(
+            {
+                "component": comp,
+                "trainable": t,
+                "frozen": f,
+                "trainable_pct": round(100 * t / (t + f), 3) if t + f else 0.0,
+            }
+        )
     if rows:
         md["parameters"] = records_table(
-            rows, [("component", "string"), ("trainable", "int"), ("frozen", "int"), ("trainable_pct", "float")]
+            rows,
+            [("component", "string"), ("trainable", "int"), ("frozen", "int"), ("trainable_pct", "float")],
         )
     md["hyperparameters"] = hyperparameters_table(hyperparameters)
     for k, v in r.items():
@@ -337,12 +402,22 @@ def training_metadata(reported: Mapping[str, Any], hyperparameters: Mapping[str,
 def hyperparameters_table(hyperparameters: Mapping[str, Any]) -> dg.MetadataValue:
     """Every training setting as a `name | value` row, values whole and of their JSON type (`plain` reads the
     dict back). Paths and the model (data and output locations, shown as their own keys) are left out."""
-    rows = [{"name": k, "value": v if isinstance(v, (str, int, float, bool)) or v is None else str(v)}
-            for k, v in hyperparameters.items() if k not in _NOT_HYPERPARAMETERS]
+    rows = [
+        {"name": k, "value": v if isinstance(v, (str, int, float, bool)) or v is None else str(v)}
+        for k, v in hyperparameters.items()
+        if k not in _NOT_HYPERPARAMETERS
+    ]
     return records_table(rows, [("name", "string"), ("value", "string")], max_chars=10_000, max_word=10_000)
 
 
-_NOT_HYPERPARAMETERS = {"base_model", "train_samples", "val_samples", "data_home", "output_dir", "feature_cache_dir"}
+_NOT_HYPERPARAMETERS = {
+    "base_model",
+    "train_samples",
+    "val_samples",
+    "data_home",
+    "output_dir",
+    "feature_cache_dir",
+}
 
 
 def readable(md: Mapping[str, Any]) -> dict[str, Any]:
@@ -358,7 +433,13 @@ def readable(md: Mapping[str, Any]) -> dict[str, Any]:
         elif isinstance(v, list) and all(isinstance(x, dict) for x in v):
             cols = list(dict.fromkeys(c for x in v for c in x))
             out[k] = records_table(
-                [{c: x.get(c) if isinstance(x.get(c), (str, int, float, bool)) else str(x.get(c)) for c in cols} for x in v],
+                [
+                    {
+                        c: x.get(c) if isinstance(x.get(c), (str, int, float, bool)) else str(x.get(c))
+                        for c in cols
+                    }
+                    for x in v
+                ],
                 [(c, "string") for c in cols],
             )
         elif isinstance(v, float):
@@ -377,7 +458,9 @@ _METRIC_LABELS = {
 }
 
 
-def eval_metadata(metrics: Mapping[str, Any], captions: pl.DataFrame | None, *, max_chars: int = 110) -> dict[str, Any]:
+def eval_metadata(
+    metrics: Mapping[str, Any], captions: pl.DataFrame | None, *, max_chars: int = 110
+) -> dict[str, Any]:
     """Base vs fine-tuned as one table, the flat metrics rounded (for the plots and the checks), and one
     example row per validation title."""
     m = {k: float(v) for k, v in plain(metrics).items() if isinstance(getattr(v, "value", v), (int, float))}
@@ -392,13 +475,27 @@ def eval_metadata(metrics: Mapping[str, Any], captions: pl.DataFrame | None, *, 
         if tuned is not None:
             md[f"{name}_finetuned"] = round(tuned, 4)
         change = round(tuned - base, 4) if base is not None and tuned is not None else None
-        rows.append({"metric": label, "base": md.get(f"{name}_base"), "fine_tuned": md.get(f"{name}_finetuned"),
-                     "change": change})
+        rows.append(
+            {
+                "metric": label,
+                "base": md.get(f"{name}_base"),
+                "fine_tuned": md.get(f"{name}_finetuned"),
+                "change": change,
+            }
+        )
     md["metrics"] = records_table(
         rows,
-        [("metric", "string", "↓ lower is better, ↑ higher is better. val loss: mean loss on the answer tokens; "
-          "ROUGE-L: F1; content (demo): share of captions naming the right scene colours"),
-         ("base", "float"), ("fine_tuned", "float"), ("change", "float", "fine_tuned - base")],
+        [
+            (
+                "metric",
+                "string",
+                "↓ lower is better, ↑ higher is better. val loss: mean loss on the answer tokens; "
+                "ROUGE-L: F1; content (demo): share of captions naming the right scene colours",
+            ),
+            ("base", "float"),
+            ("fine_tuned", "float"),
+            ("change", "float", "fine_tuned - base"),
+        ],
     )
     if captions is not None and captions.height:
         # three narrow columns: the panel is about 450 px wide at 1440 px and a text column takes half of it
@@ -409,14 +506,24 @@ def eval_metadata(metrics: Mapping[str, Any], captions: pl.DataFrame | None, *, 
             if has_content and row.get("content_finetuned") is not None:
                 tuned += " ✓" if row["content_finetuned"] else " ✗"
             title = title_label(row["mal_id"], row.get("name"))
-            for by, key in (("reference", "reference"), ("base", "caption_base"), (tuned, "caption_finetuned")):
+            for by, key in (
+                ("reference", "reference"),
+                ("base", "caption_base"),
+                (tuned, "caption_finetuned"),
+            ):
                 examples.append({"title": title if by == "reference" else "", "by": by, "text": row.get(key)})
         md["examples"] = records_table(
             examples,
-            [("title", "string"),
-             ("by", "string", "reference (the synopsis), base or fine-tuned model; ✓/✗ (demo): the fine-tuned "
-              "caption names the right scene colours or not"),
-             ("text", "string")],
+            [
+                ("title", "string"),
+                (
+                    "by",
+                    "string",
+                    "reference (the synopsis), base or fine-tuned model; ✓/✗ (demo): the fine-tuned "
+                    "caption names the right scene colours or not",
+                ),
+                ("text", "string"),
+            ],
             max_chars=max_chars,
         )
     tables = {k: md.pop(k) for k in ("metrics", "examples") if k in md}
@@ -431,9 +538,17 @@ def split_stats_table(stats: Mapping[str, Any]) -> dg.MetadataValue:
         for k in ("min", "mean", "p50", "p95", "max"):
             vals = {side: (d.get(what) or {}).get(k) for side, d in sides.items()}
             if any(v is not None for v in vals.values()):
-                rows.append({"stat": f"{what.split('_')[1]} {k}", **{s: rounded(v, 3) for s, v in vals.items()}})
-    return records_table(rows, [("stat", "string", "synopsis length in words (tokens where measured)"),
-                                ("train", "float"), ("val", "float")])
+                rows.append(
+                    {"stat": f"{what.split('_')[1]} {k}", **{s: rounded(v, 3) for s, v in vals.items()}}
+                )
+    return records_table(
+        rows,
+        [
+            ("stat", "string", "synopsis length in words (tokens where measured)"),
+            ("train", "float"),
+            ("val", "float"),
+        ],
+    )
 
 
 def title_name(titles_path: Path, mal_id: int) -> str | None:

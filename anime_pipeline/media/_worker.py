@@ -61,7 +61,7 @@ def read_exact(fd: int, n: int) -> bytes | None:
 def write_message(fd: int, payload: bytes) -> None:
     view = memoryview(HEADER.pack(len(payload)) + payload)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def main() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from itertools import pairwise
 
 import polars as pl
 
@@ -57,12 +58,14 @@ def check_frames(
         if group["frame_index"].n_unique() != group.height:
             problems.append(f"{name}: duplicate frame_index")
         ts = group["timestamp_s"].to_list()
-        if any(b <= a for a, b in zip(ts, ts[1:])):
+        if any(b <= a for a, b in pairwise(ts)):
             problems.append(f"{name}: timestamps not strictly increasing")
         dur = _per_title(duration_s, mal_id) if duration_s is not None else None
         if min(ts) < 0 or (dur is not None and max(ts) > dur + _TOLERANCE_S):
-            problems.append(f"{name}: timestamps outside [0, {dur if dur is not None else 'inf'}] "
-                            f"(min {min(ts):.3f}, max {max(ts):.3f})")
+            problems.append(
+                f"{name}: timestamps outside [0, {dur if dur is not None else 'inf'}] "
+                f"(min {min(ts):.3f}, max {max(ts):.3f})"
+            )
         want = _per_title(expected, mal_id) if expected is not None else None
         if want is not None and group.height != want:
             problems.append(f"{name}: {group.height} frames, expected {want}")

@@ -59,21 +59,53 @@ def render_demo_episode(
     graph = demo_filtergraph(title, seconds_per_scene=seconds_per_scene, width=width, height=height, fps=fps)
     with atomic_path(dest, suffix=".mp4") as tmp:
         cmd = [
-            FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y",
-            "-filter_complex", graph, "-map", "[out]",
-            "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
-            "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0", "-threads", "1",
-            "-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1",
-            "-movflags", "+faststart", "-f", "mp4", str(tmp),
+            FFMPEG,
+            "-hide_banner",
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-filter_complex",
+            graph,
+            "-map",
+            "[out]",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-pix_fmt",
+            "yuv420p",
+            "-g",
+            str(gop),
+            "-keyint_min",
+            str(gop),
+            "-sc_threshold",
+            "0",
+            "-threads",
+            "1",
+            "-fflags",
+            "+bitexact",
+            "-flags:v",
+            "+bitexact",
+            "-map_metadata",
+            "-1",
+            "-movflags",
+            "+faststart",
+            "-f",
+            "mp4",
+            str(tmp),
         ]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         except FileNotFoundError:
-            raise MediaError(f"{dest}: cannot render the demo episode, ffmpeg is not installed", path=dest) from None
+            raise MediaError(
+                f"{dest}: cannot render the demo episode, ffmpeg is not installed", path=dest
+            ) from None
         except subprocess.TimeoutExpired:
             raise MediaError(f"{dest}: rendering the demo episode timed out", path=dest) from None
         if proc.returncode != 0:
             raise MediaError(
-                f"{dest}: ffmpeg failed to render demo title {title.mal_id}: {proc.stderr.strip()[-500:]}", path=dest
+                f"{dest}: ffmpeg failed to render demo title {title.mal_id}: {proc.stderr.strip()[-500:]}",
+                path=dest,
             )
     return dest

@@ -24,6 +24,7 @@ import statistics
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from fractions import Fraction
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,20 @@ from .errors import MediaError
 ALLOWED_DEMUXERS = (
     "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,flv,mpegts,mpeg,asf,ogg,nut,mp3,wav,aac,flac,h264,hevc"
 )
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".flv", ".ts", ".mpg", ".mpeg", ".wmv", ".ogv")
+VIDEO_EXTENSIONS = (
+    ".mp4",
+    ".m4v",
+    ".mkv",
+    ".webm",
+    ".mov",
+    ".avi",
+    ".flv",
+    ".ts",
+    ".mpg",
+    ".mpeg",
+    ".wmv",
+    ".ogv",
+)
 VFR_PACKETS = 120
 _VFR_TOLERANCE = 0.01
 
@@ -159,8 +173,6 @@ def _float(value: Any) -> float | None:
     return f if f == f and f not in (float("inf"), float("-inf")) else None
 
 
-
-
 def check_regular_file(path: Path | str) -> Path:
     """Resolve `path` and prove it is a non-empty regular file (else MediaError)."""
     p = Path(path).expanduser()
@@ -205,7 +217,7 @@ def _irregular_packets(path: Path) -> bool:
     except MediaError:
         return False
     pts = sorted(t for p in info.get("packets", []) if (t := _float(p.get("pts_time"))) is not None)
-    deltas = [b - a for a, b in zip(pts, pts[1:]) if b > a]
+    deltas = [b - a for a, b in pairwise(pts) if b > a]
     if len(deltas) < 3:
         return False
     med = statistics.median(deltas)

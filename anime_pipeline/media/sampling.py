@@ -127,7 +127,9 @@ class SampledFrame:
     frame_index: int  # position of the sample in the episode (0, 1, 2, ...)
     timestamp_s: float  # start time of the decoded frame, seconds from the stream start
     image: Image.Image | None = None  # RGB, longest side <= max_side; None when only `jpeg` was kept
-    jpeg: bytes | None = None  # the frame as JPEG, when the decoder encoded it (`sample_frames(jpeg_quality=)`)
+    jpeg: bytes | None = (
+        None  # the frame as JPEG, when the decoder encoded it (`sample_frames(jpeg_quality=)`)
+    )
     jpeg_quality: int | None = None  # the quality `jpeg` was encoded at
     size: tuple[int, int] = (0, 0)  # (width, height); filled from the image when not given
 
@@ -232,8 +234,13 @@ def _pick_nearest(candidates: list[float], t: float) -> int:
 
 # ------------------------------------------------------------------------------------------ decord
 def _decode_decord(
-    path: str, targets: list[float], mode: str, max_side: int, frame_pixels: int,
-    window: tuple[float, float] | None = None, sar: float | None = None,
+    path: str,
+    targets: list[float],
+    mode: str,
+    max_side: int,
+    frame_pixels: int,
+    window: tuple[float, float] | None = None,
+    sar: float | None = None,
 ) -> list[tuple[float, Image.Image]]:
     import decord
 
@@ -303,7 +310,9 @@ class _PyAVReader:
         self.sar = float(ratio) if ratio else None  # sample aspect ratio (None: square pixels / unknown)
         self.max_gap = max(1.0, 4.0 / rate)  # a frame "on screen" at t must start this close before t
         self._index_keys: list[float] | None = None  # keyframe times from the container index (approximate)
-        self.bracket: tuple[float, float] | None = None  # consecutive keyframes seen by the last keyframe_near
+        self.bracket: tuple[float, float] | None = (
+            None  # consecutive keyframes seen by the last keyframe_near
+        )
         self.gen: Iterator | None = None
         self.cur = None  # latest frame with time <= the current target
         self.look = None  # decoded frame after the current target, not yet consumed
@@ -412,7 +421,9 @@ class _PyAVReader:
                 continue
             break
         self.gen, self.cur, self.look = None, None, None  # the demuxer is no longer positioned for `exact`
-        if before is not None and after is not None:  # consecutive keyframes: later targets between them need no seek
+        if (
+            before is not None and after is not None
+        ):  # consecutive keyframes: later targets between them need no seek
             self.bracket = (before_t, self._packet_time(after))
         cands = [p for p in (before, after) if p is not None]
         if not cands:
@@ -476,8 +487,10 @@ class _PyAVReader:
 
     def exact(self, t: float, *, allow_linear: bool = True):
         """The frame on screen at t (relative seconds)."""
-        pos = self._time(self.look) if self.look is not None else (
-            self._time(self.cur) if self.cur is not None else None
+        pos = (
+            self._time(self.look)
+            if self.look is not None
+            else (self._time(self.cur) if self.cur is not None else None)
         )
         linear = (
             allow_linear
@@ -539,8 +552,13 @@ def _is_attached_pic(stream) -> bool:
 
 
 def _decode_pyav(
-    path: str, targets: list[float], mode: str, max_side: int, frame_pixels: int = 0,
-    window: tuple[float, float] | None = None, sar: float | None = None,
+    path: str,
+    targets: list[float],
+    mode: str,
+    max_side: int,
+    frame_pixels: int = 0,
+    window: tuple[float, float] | None = None,
+    sar: float | None = None,
 ) -> list[tuple[float, Image.Image]]:
     reader = _PyAVReader(path)
     lo, hi = window or (-math.inf, math.inf)
@@ -559,15 +577,20 @@ def _decode_pyav(
                 def fits(k: float, slack: float = 0.0, last: float = last, nxt: float = nxt) -> bool:
                     # after the previous sample's frame, before the frame on screen at the next target, and
                     # inside the sampled window (skip_s honoured at both ends)
-                    return (k > last + _EPS - slack and k + reader.frame_s <= nxt + _EPS + slack
-                            and lo - _EPS - slack <= k <= hi + _EPS + slack)
+                    return (
+                        k > last + _EPS - slack
+                        and k + reader.frame_s <= nxt + _EPS + slack
+                        and lo - _EPS - slack <= k <= hi + _EPS + slack
+                    )
 
                 hint = reader.key_hint(t)
                 frame = None
                 if hint is None or (hint[0] != taken_hint and fits(*hint)):
                     frame = reader.keyframe_from_index(t) or reader.keyframe_near(t)
                     if frame is None:
-                        raise MediaError(f"{path}: no decodable keyframe near {t:.3f} s (file truncated or corrupt?)")
+                        raise MediaError(
+                            f"{path}: no decodable keyframe near {t:.3f} s (file truncated or corrupt?)"
+                        )
                     if fits(reader._time(frame)):
                         taken_hint = hint[0] if hint is not None else None
                     else:
@@ -626,7 +649,9 @@ def decode_targets(
             frames = fn(path, targets, mode, max_side, frame_pixels, window, sar)
         except Exception as e:  # any decoder failure: try the next backend
             msg = str(e).replace(f"{path}: ", "").strip()[:300]
-            errors.append(f"{name}: {msg}" if isinstance(e, MediaError) else f"{name}: {type(e).__name__}: {msg}")
+            errors.append(
+                f"{name}: {msg}" if isinstance(e, MediaError) else f"{name}: {type(e).__name__}: {msg}"
+            )
             continue
         if not frames:
             errors.append(f"{name}: no frames decoded")
@@ -649,7 +674,9 @@ def _worker_argv() -> list[str]:
     return [sys.executable, "-m", "anime_pipeline.media._worker"]
 
 
-_SECRET_ENV = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|CLIENT_ID|API_KEY|ACCESS_KEY|^AWS_|^MAL_)", re.I)
+_SECRET_ENV = re.compile(
+    r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|CLIENT_ID|API_KEY|ACCESS_KEY|^AWS_|^MAL_)", re.I
+)
 
 
 def worker_env(environ) -> dict[str, str]:
@@ -761,7 +788,7 @@ class DecoderWorker:
         try:
             view = memoryview(_HEADER.pack(len(raw)) + raw)
             while view:  # an unbuffered pipe write may be partial
-                view = view[self.proc.stdin.write(view):]
+                view = view[self.proc.stdin.write(view) :]
         except (BrokenPipeError, OSError, ValueError):
             raise self._died(before_reply=True) from None
         self.jobs += 1
@@ -825,7 +852,7 @@ class _WorkerPool:
         with self._lock:
             self._idle.append(w)
             extra = self._idle[:-_IDLE_KEPT] if len(self._idle) > _IDLE_KEPT else []
-            self._idle = self._idle[len(extra):]
+            self._idle = self._idle[len(extra) :]
         for old in extra:
             old.kill()
 
@@ -870,11 +897,15 @@ def run_worker(job: dict, *, timeout_s: float, what: str, argv: list[str] | None
         try:
             raw = worker.request(raw_job, timeout_s)
         except TimeoutError:
-            raise MediaError(f"{what}: decoding did not finish within {timeout_s:g} s; the decoder was stopped") from None
+            raise MediaError(
+                f"{what}: decoding did not finish within {timeout_s:g} s; the decoder was stopped"
+            ) from None
         except _WorkerDied as e:
             if reused and attempt == 1 and e.before_reply and e.returncode == -signal.SIGKILL:
                 continue
-            raise MediaError(f"{what}: the decoder process died (exit code {e.returncode}): {e.stderr_tail}") from None
+            raise MediaError(
+                f"{what}: the decoder process died (exit code {e.returncode}): {e.stderr_tail}"
+            ) from None
         except BaseException:
             worker.kill()
             raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import polars as pl
@@ -34,8 +35,13 @@ class ShardInfo:
     height: int
 
     def as_metadata(self) -> dict:
-        return {"path": str(self.path), "num_frames": self.num_frames, "bytes": self.bytes,
-                "width": self.width, "height": self.height}
+        return {
+            "path": str(self.path),
+            "num_frames": self.num_frames,
+            "bytes": self.bytes,
+            "width": self.width,
+            "height": self.height,
+        }
 
 
 def shard_path(frames_dir: Path, mal_id: int, episode: int = 1) -> Path:
@@ -65,7 +71,7 @@ def frames_dataframe(
     if not 1 <= jpeg_quality <= 100:
         raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
     stamps = [f.timestamp_s for f in frames]
-    if any(b <= a for a, b in zip(stamps, stamps[1:])):
+    if any(b <= a for a, b in pairwise(stamps)):
         raise ValueError(f"frame timestamps for MAL id {mal_id} are not strictly increasing: {stamps}")
     data = {
         "mal_id": [mal_id] * len(frames),
@@ -75,8 +81,12 @@ def frames_dataframe(
         "width": [f.size[0] for f in frames],
         "height": [f.size[1] for f in frames],
         # JPEG bytes the decoder already made at this quality are stored as they are
-        "image": [f.jpeg if f.jpeg is not None and f.jpeg_quality == jpeg_quality else encode_jpeg(f.rgb(), jpeg_quality)
-                  for f in frames],
+        "image": [
+            f.jpeg
+            if f.jpeg is not None and f.jpeg_quality == jpeg_quality
+            else encode_jpeg(f.rgb(), jpeg_quality)
+            for f in frames
+        ],
         "source_sha256": [source_sha256] * len(frames),
     }
     return pl.DataFrame(data, schema=FRAMES)
@@ -92,8 +102,9 @@ def write_frame_shard(
     jpeg_quality: int = 90,
 ) -> ShardInfo:
     """Write one shard atomically; returns what was written."""
-    df = frames_dataframe(frames, mal_id=mal_id, episode=episode, source_sha256=source_sha256,
-                          jpeg_quality=jpeg_quality)
+    df = frames_dataframe(
+        frames, mal_id=mal_id, episode=episode, source_sha256=source_sha256, jpeg_quality=jpeg_quality
+    )
     dest = Path(dest)
     sweep_stale_temps(dest)  # leftovers of a writer killed earlier (never a live writer's temp)
     with atomic_path(dest, suffix=".parquet.tmp") as tmp:
@@ -166,5 +177,10 @@ def extract_frame_shard(
     if not frames:
         raise MediaError(f"{video_path}: no frames could be sampled", path=video_path)
     return write_frame_shard(
-        frames, mal_id=mal_id, episode=episode, source_sha256=probe.sha256, dest=dest, jpeg_quality=jpeg_quality
+        frames,
+        mal_id=mal_id,
+        episode=episode,
+        source_sha256=probe.sha256,
+        dest=dest,
+        jpeg_quality=jpeg_quality,
     )

@@ -57,8 +57,18 @@ EPISODE_STEM = "ep01"
 ALLOWED_URL_SCHEMES = ("http", "https")
 MANIFEST_COLUMNS = {"mal_id", "url", "episode", "path", "title", "name", "note"}
 _ORIGIN_FILE = ".ep01.origin"
-_CONTAINER_EXT = {"mov": ".mp4", "mp4": ".mp4", "matroska": ".mkv", "webm": ".webm", "avi": ".avi", "flv": ".flv",
-                  "mpegts": ".ts", "mpeg": ".mpg", "asf": ".wmv", "ogg": ".ogv"}
+_CONTAINER_EXT = {
+    "mov": ".mp4",
+    "mp4": ".mp4",
+    "matroska": ".mkv",
+    "webm": ".webm",
+    "avi": ".avi",
+    "flv": ".flv",
+    "mpegts": ".ts",
+    "mpeg": ".mpg",
+    "asf": ".wmv",
+    "ogg": ".ogv",
+}
 
 
 @dataclass(frozen=True)
@@ -69,8 +79,12 @@ class AcquiredEpisode:
     origin: str  # "demo:<mal_id>", the local file, or the URL
 
     def as_metadata(self) -> dict[str, Any]:
-        return {"path": str(self.path), "source": self.source, "origin": self.origin, **{
-            k: v for k, v in self.probe.as_metadata().items() if k != "path"}}
+        return {
+            "path": str(self.path),
+            "source": self.source,
+            "origin": self.origin,
+            **{k: v for k, v in self.probe.as_metadata().items() if k != "path"},
+        }
 
 
 @dataclass(frozen=True)
@@ -101,11 +115,18 @@ class YtDlpOptions:
         if not isinstance(self.retries, int) or not 0 <= self.retries <= 20:
             raise ValueError(f"retries must be an integer in 0..20, got {self.retries!r}")
         if self.ratelimit is not None and (not isinstance(self.ratelimit, int) or self.ratelimit <= 0):
-            raise ValueError(f"ratelimit must be a positive integer (bytes/s) or None, got {self.ratelimit!r}")
+            raise ValueError(
+                f"ratelimit must be a positive integer (bytes/s) or None, got {self.ratelimit!r}"
+            )
         if not self.socket_timeout > 0:
             raise ValueError(f"socket_timeout must be positive, got {self.socket_timeout!r}")
-        if self.proxy and urllib.parse.urlsplit(self.proxy).scheme not in ("http", "https", "socks4", "socks5",
-                                                                           "socks5h"):
+        if self.proxy and urllib.parse.urlsplit(self.proxy).scheme not in (
+            "http",
+            "https",
+            "socks4",
+            "socks5",
+            "socks5h",
+        ):
             raise ValueError(f"proxy must be an http(s)/socks URL, got {self.proxy!r}")
 
 
@@ -203,8 +224,13 @@ class ManifestReport:
         the catalog (nothing would ever ask for it), sorted by row."""
         extra = []
         if title_ids is not None:
-            extra = [InvalidRow(r.row, f"MAL id {r.mal_id} is not a title in the catalog (titles.parquet)", r.mal_id)
-                     for r in self.rows if r.mal_id not in title_ids]
+            extra = [
+                InvalidRow(
+                    r.row, f"MAL id {r.mal_id} is not a title in the catalog (titles.parquet)", r.mal_id
+                )
+                for r in self.rows
+                if r.mal_id not in title_ids
+            ]
         return sorted([*self.invalid, *extra], key=lambda r: r.row)
 
     def describe_invalid(self, limit: int = 20) -> str:
@@ -354,8 +380,13 @@ def read_manifest(path: Path | str) -> ManifestReport:
     for row in parsed:
         key = (row.mal_id, row.episode)
         if key in seen:
-            bad.append(InvalidRow(row.row, f"MAL id {row.mal_id} episode {row.episode} already listed in row "
-                                           f"{seen[key]}", row.mal_id))
+            bad.append(
+                InvalidRow(
+                    row.row,
+                    f"MAL id {row.mal_id} episode {row.episode} already listed in row {seen[key]}",
+                    row.mal_id,
+                )
+            )
         else:
             seen[key] = row.row
             rows.append(row)
@@ -368,9 +399,13 @@ def load_manifest(path: Path | str) -> list[ManifestRow]:
     report = read_manifest(path)
     if report.invalid:
         first = report.invalid[0].row
-        raise _manifest_error(report.path, first if len(report.invalid) == 1 else None,
-                              report.invalid[0].reason if len(report.invalid) == 1
-                              else f"{len(report.invalid)} invalid rows: {report.describe_invalid()}")
+        raise _manifest_error(
+            report.path,
+            first if len(report.invalid) == 1 else None,
+            report.invalid[0].reason
+            if len(report.invalid) == 1
+            else f"{len(report.invalid)} invalid rows: {report.describe_invalid()}",
+        )
     return list(report.rows)
 
 
@@ -391,8 +426,11 @@ def _manifest_row(manifest: Path, mal_id: int) -> ManifestRow | None:
 def _episode_files(dest_dir: Path) -> list[Path]:
     if not dest_dir.is_dir():
         return []
-    return sorted(p for p in dest_dir.iterdir() if p.is_file() and p.stem == EPISODE_STEM
-                  and p.suffix.lower() in VIDEO_EXTENSIONS)
+    return sorted(
+        p
+        for p in dest_dir.iterdir()
+        if p.is_file() and p.stem == EPISODE_STEM and p.suffix.lower() in VIDEO_EXTENSIONS
+    )
 
 
 def _reusable(dest_dir: Path, origin: str) -> VideoProbe | None:
@@ -413,7 +451,9 @@ def _install(staged: Path, dest_dir: Path, ext: str, origin: str) -> tuple[Path,
         probe = probe_video(staged)
     except MediaError as e:
         staged.unlink(missing_ok=True)
-        raise MediaError(str(e).replace(str(staged), f"{origin} (acquired as {staged.name})"), path=staged) from None
+        raise MediaError(
+            str(e).replace(str(staged), f"{origin} (acquired as {staged.name})"), path=staged
+        ) from None
     if ext not in VIDEO_EXTENSIONS:
         first = probe.container.split(",")[0]
         ext = _CONTAINER_EXT.get(first, ".mp4")
@@ -472,7 +512,9 @@ def find_local_episode(mal_id: int, video_dir: Path | None, manifest: Path | Non
             raise MediaError(f"video dir {video_dir} does not exist")
         patterns = (f"{mal_id}.*", f"{mal_id}/{EPISODE_STEM}.*", f"{mal_id}_*.*")
         for pattern in patterns:
-            hits = sorted(p for p in video_dir.glob(pattern) if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+            hits = sorted(
+                p for p in video_dir.glob(pattern) if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
+            )
             if len(hits) > 1:
                 names = ", ".join(str(h.relative_to(video_dir)) for h in hits)
                 raise MediaError(f"{video_dir}: several files match MAL id {mal_id} ({names}); keep one")
@@ -480,7 +522,9 @@ def find_local_episode(mal_id: int, video_dir: Path | None, manifest: Path | Non
                 return hits[0]
         tried.append(f"{video_dir}/{{{', '.join(patterns)}}} with a video extension")
     if not tried:
-        raise MediaError(f"MAL id {mal_id}: source 'local' needs a video dir (ANIME_PIPELINE_VIDEO_DIR) or a manifest")
+        raise MediaError(
+            f"MAL id {mal_id}: source 'local' needs a video dir (ANIME_PIPELINE_VIDEO_DIR) or a manifest"
+        )
     raise MediaError(f"MAL id {mal_id}: no episode file found (looked for {'; '.join(tried)})")
 
 
@@ -625,14 +669,9 @@ class _ByteCap:
 
 
 def _disable_ytdlp_plugins() -> None:
-    """User plugins are code from outside the project: keep yt-dlp from loading them (best effort)."""
-    try:
-        from yt_dlp.globals import all_plugins_loaded, plugin_dirs
-
-        if not all_plugins_loaded.value:
-            plugin_dirs.value = []
-    except Exception:  # internal API; nothing to do if it moved
-        pass
+    """User plugins are code from outside the project: keep yt-dlp from loading them, through its own
+    switch (the YTDLP_NO_PLUGINS environment variable, read whenever yt-dlp looks for plugins)."""
+    os.environ["YTDLP_NO_PLUGINS"] = "1"
 
 
 def download_url(url: str, mal_id: int, dest_dir: Path, opts: YtDlpOptions | None = None) -> AcquiredEpisode:
@@ -674,8 +713,11 @@ def download_url(url: str, mal_id: int, dest_dir: Path, opts: YtDlpOptions | Non
         except Exception as e:  # every other failure under yt-dlp, named and redacted
             msg = redact_text(e).strip()
             raise MediaError(f"{shown}: download failed ({type(e).__name__}: {msg[:500]})") from None
-        files = sorted(p for p in stage.iterdir() if p.is_file() and p.stem == EPISODE_STEM
-                       and not p.name.endswith((".part", ".ytdl", ".temp")))
+        files = sorted(
+            p
+            for p in stage.iterdir()
+            if p.is_file() and p.stem == EPISODE_STEM and not p.name.endswith((".part", ".ytdl", ".temp"))
+        )
         now = staged_archive.read_text(encoding="utf-8") if staged_archive.is_file() else None
         if not files:
             if before and now == before:

@@ -14,16 +14,16 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from anime_pipeline_tests.fixtures.http import make_client  # noqa: F401  (fixture)
-
 from anime_pipeline_tests.faults.servers import FaultServer
 from anime_pipeline_tests.fixtures import media as fx
+from anime_pipeline_tests.fixtures.http import make_client  # noqa: F401  (fixture)
 
 RESULTS_ENV = "ANIME_PIPELINE_FAULTS_RESULTS"
 _RESULTS_KEY = pytest.StashKey[list]()
@@ -46,7 +46,7 @@ class FaultRecord:
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def record(self, fault: str, expected: str) -> "FaultRecord":
+    def record(self, fault: str, expected: str) -> FaultRecord:
         self.fault, self.expected = fault, expected
         return self
 
@@ -78,8 +78,11 @@ def _fault_results(request, tmp_path_factory) -> Iterator[list[dict]]:
         return
     path = Path(os.environ.get(RESULTS_ENV) or tmp_path_factory.getbasetemp() / "faults-results.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "python": sys.version.split()[0],
-           "records": records}
+    doc = {
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "python": sys.version.split()[0],
+        "records": records,
+    }
     path.write_text(json.dumps(doc, indent=2, ensure_ascii=False))
     request.config.stash[_PATH_KEY] = path
 
@@ -98,8 +101,9 @@ def fault(request, _fault_results) -> Iterator[FaultRecord]:
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     path = config.stash.get(_PATH_KEY, None)
     if path is not None:
-        terminalreporter.write_line(f"fault-injection results: {path} "
-                                    f"(render: python anime_pipeline_tests/faults/report.py {path})")
+        terminalreporter.write_line(
+            f"fault-injection results: {path} (render: python anime_pipeline_tests/faults/report.py {path})"
+        )
 
 
 # ------------------------------------------------------------------------------------------ catalog
@@ -107,8 +111,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 def server() -> Iterator[FaultServer]:
     with FaultServer() as s:
         yield s
-
-
 
 
 # -------------------------------------------------------------------------------------------- media

@@ -6,11 +6,9 @@ import os
 import time
 from pathlib import Path
 
+from anime_pipeline_tests.fixtures.http import fast_config  # noqa: F401 (re-exported)
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-from anime_pipeline_tests.fixtures.http import fast_config  # noqa: F401 (re-exported)
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -21,10 +21,11 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from anime_pipeline_tests.fixtures.catalog_server import (
@@ -81,8 +82,9 @@ class _FaultHandler(_Handler):
             _rst(self.connection)
             return
         try:
-            payload = self._send_head(canned, **({"Connection": "close"} if isinstance(canned, (PartialBody, Trickle))
-                                                  else {}))
+            payload = self._send_head(
+                canned, **({"Connection": "close"} if isinstance(canned, (PartialBody, Trickle)) else {})
+            )
             if isinstance(canned, PartialBody):
                 self.wfile.write(payload[: canned.keep])
                 self.wfile.flush()
@@ -166,8 +168,13 @@ class FaultServer(CatalogServer):
             variables = parsed[1]
             page, per_page = int(variables.get("page") or 1), min(50, int(variables.get("perPage") or 50))
             items = [anilist_media(200_000 + (page - 1) * per_page + i) for i in range(per_page)]
-            info = {"total": 10**9, "perPage": per_page, "currentPage": page, "lastPage": 10**7,
-                    "hasNextPage": True}
+            info = {
+                "total": 10**9,
+                "perPage": per_page,
+                "currentPage": page,
+                "lastPage": 10**7,
+                "hasNextPage": True,
+            }
             return Canned(200, {"data": {"Page": {"pageInfo": info, "media": items}}})
         return super()._anilist(rec)
 

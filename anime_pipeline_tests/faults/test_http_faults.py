@@ -44,9 +44,11 @@ def _discover(client, server, **kw):
 )
 def test_429_storm_with_retry_after_ends_in_clear_error(fault, server, make_client, retry_after):
     shown = retry_after if retry_after.isdigit() else "<HTTP date a week ahead>"
-    fault.record(f"429 storm on every page request, Retry-After: {shown}",
-                 "Retry-After honoured but capped (max_retry_after); after total_retries a CatalogHTTPError "
-                 "naming the URL, HTTP 429 and the retry count; bounded time")
+    fault.record(
+        f"429 storm on every page request, Retry-After: {shown}",
+        "Retry-After honoured but capped (max_retry_after); after total_retries a CatalogHTTPError "
+        "naming the URL, HTTP 429 and the retry count; bounded time",
+    )
     _six_titles(server)
     client = make_client(total_retries=3, max_retry_after=0.2, backoff_factor=0.0, backoff_jitter=0.0)
     server.always(SHIKI, Canned(429, RATE_LIMITED, {"Retry-After": retry_after}))
@@ -64,9 +66,11 @@ def test_429_storm_with_retry_after_ends_in_clear_error(fault, server, make_clie
 
 
 def test_429_storm_without_retry_after_backs_off_and_ends(fault, server, make_client):
-    fault.record("429 storm without Retry-After (Shikimori style)",
-                 "exponential backoff (capped at backoff_max) between attempts, then a CatalogHTTPError naming "
-                 "the URL after total_retries")
+    fault.record(
+        "429 storm without Retry-After (Shikimori style)",
+        "exponential backoff (capped at backoff_max) between attempts, then a CatalogHTTPError naming "
+        "the URL after total_retries",
+    )
     _six_titles(server)
     client = make_client(total_retries=4, backoff_factor=0.05, backoff_jitter=0.0, backoff_max=0.2)
     server.always(SHIKI, Canned(429, "Retry later\n"))
@@ -99,8 +103,10 @@ def per_page_script(*answers: Canned):
 
 
 def test_rate_limited_then_recovers_keeps_every_title(fault, server, make_client):
-    fault.record("429 (Retry-After: 1) on every page's first attempt",
-                 "each page retried after the (capped) wait; all titles discovered")
+    fault.record(
+        "429 (Retry-After: 1) on every page's first attempt",
+        "each page retried after the (capped) wait; all titles discovered",
+    )
     ids = _six_titles(server)
     client = make_client(total_retries=2, max_retry_after=0.05)
     server.hook = per_page_script(Canned(429, RATE_LIMITED, {"Retry-After": "1"}))
@@ -115,12 +121,17 @@ def test_rate_limited_then_recovers_keeps_every_title(fault, server, make_client
 # ---------------------------------------------------------------------------------- 5xx bursts
 @pytest.mark.parametrize("burst", [(500, 502), (503, 503), (502, 500)], ids=["500-502", "503-503", "502-500"])
 def test_5xx_burst_on_every_page_then_success(fault, server, make_client, burst):
-    fault.record(f"HTTP {burst[0]}, {burst[1]} before every page answers",
-                 "retried (total_retries=2); every title discovered, in popularity order")
+    fault.record(
+        f"HTTP {burst[0]}, {burst[1]} before every page answers",
+        "retried (total_retries=2); every title discovered, in popularity order",
+    )
     ids = _six_titles(server)
     client = make_client(total_retries=2)
     server.hook = per_page_script(
-        *(Canned(status, "<html><body>upstream error</body></html>", {"Content-Type": "text/html"}) for status in burst)
+        *(
+            Canned(status, "<html><body>upstream error</body></html>", {"Content-Type": "text/html"})
+            for status in burst
+        )
     )
     attempts = server.hook.attempts
     result = _discover(client, server)
@@ -147,9 +158,11 @@ def test_5xx_storm_ends_in_clear_error(fault, server, make_client):
 
 # ------------------------------------------------------------------------------------- timeouts
 def test_response_slower_than_read_timeout(fault, server, make_client):
-    fault.record("every response 1 s late, read timeout 0.2 s",
-                 "each attempt cut at the read timeout, retried, then a CatalogHTTPError (kind timeout) naming "
-                 "the URL; bounded by attempts x timeout")
+    fault.record(
+        "every response 1 s late, read timeout 0.2 s",
+        "each attempt cut at the read timeout, retried, then a CatalogHTTPError (kind timeout) naming "
+        "the URL; bounded by attempts x timeout",
+    )
     client = make_client(read_timeout=0.2, total_retries=2)
     server.always(JIKAN_5114, Canned(200, {"data": {"mal_id": 5114}}, delay=1.0))
     with pytest.raises(CatalogHTTPError) as info:
@@ -164,8 +177,10 @@ def test_response_slower_than_read_timeout(fault, server, make_client):
 
 
 def test_slow_page_then_fast_keeps_every_title(fault, server, make_client):
-    fault.record("first attempt of each page slower than the read timeout",
-                 "timed-out attempt retried; every title discovered")
+    fault.record(
+        "first attempt of each page slower than the read timeout",
+        "timed-out attempt retried; every title discovered",
+    )
     ids = _six_titles(server)
     client = make_client(read_timeout=0.2, total_retries=2)
     server.hook = per_page_script(Canned(200, {"data": {"animes": []}}, delay=0.6))
@@ -174,49 +189,71 @@ def test_slow_page_then_fast_keeps_every_title(fault, server, make_client):
     fault.titles_lost = len(set(ids) - set(got))
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: the read timeout bounds each socket read, not the whole "
-                                       "response; a server that drips bytes keeps one request alive "
-                                       "(see docs/RELIABILITY.md, residual risks)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: the read timeout bounds each socket read, not the whole "
+    "response; a server that drips bytes keeps one request alive "
+    "(see docs/RELIABILITY.md, residual risks)",
+)
 def test_slow_drip_body_is_cut_at_a_total_deadline(fault, server, make_client):
-    fault.record("slow-drip body: 1 byte / 0.1 s, each read inside the 0.5 s read timeout",
-                 "the request is cut after a total deadline (a few read timeouts)")
+    fault.record(
+        "slow-drip body: 1 byte / 0.1 s, each read inside the 0.5 s read timeout",
+        "the request is cut after a total deadline (a few read timeouts)",
+    )
     client = make_client(read_timeout=0.5, total_retries=0)
     body = {"data": {"mal_id": 5114}}
     server.always(JIKAN_5114, Trickle(200, body, step=1, interval=0.1))
     fault.titles_lost = 0
-    fault.note = f"{len(json.dumps(body))} bytes dripped at 0.1 s each: the whole body is read, no deadline cuts it"
+    fault.note = (
+        f"{len(json.dumps(body))} bytes dripped at 0.1 s each: the whole body is read, no deadline cuts it"
+    )
     with pytest.raises(CatalogHTTPError):  # fails today: the dripped response arrives whole
         client.get_json(server.jikan_url + "/anime/5114")
 
 
 def test_body_stalls_mid_transfer_then_success(fault, server, make_client):
-    fault.record("headers arrive, then the body stalls longer than the read timeout",
-                 "the stalled transfer is cut at the read timeout and sent again; the response is used")
+    fault.record(
+        "headers arrive, then the body stalls longer than the read timeout",
+        "the stalled transfer is cut at the read timeout and sent again; the response is used",
+    )
     client = make_client(read_timeout=0.3, total_retries=2)
-    server.script(JIKAN_5114, Trickle(200, {"data": {"mal_id": 5114, "pad": "x" * 40}}, step=10, interval=1.0))
+    server.script(
+        JIKAN_5114, Trickle(200, {"data": {"mal_id": 5114, "pad": "x" * 40}}, step=10, interval=1.0)
+    )
     doc = client.get_json(server.jikan_url + "/anime/5114")
     assert doc["data"]["mal_id"] == 5114
-    assert server.count(JIKAN_5114) == 2 and len(client.clock.sleeps) == 1  # cut once, one backoff, sent again
+    assert (
+        server.count(JIKAN_5114) == 2 and len(client.clock.sleeps) == 1
+    )  # cut once, one backoff, sent again
     fault.titles_lost = 0
 
 
 def test_body_stalls_forever_ends_in_timeout_error(fault, server, make_client):
-    fault.record("every body stalls longer than the read timeout",
-                 "bounded re-sends, then a CatalogHTTPError (kind timeout) naming the URL")
+    fault.record(
+        "every body stalls longer than the read timeout",
+        "bounded re-sends, then a CatalogHTTPError (kind timeout) naming the URL",
+    )
     client = make_client(read_timeout=0.3, total_retries=2)
-    server.always(JIKAN_5114, Trickle(200, {"data": {"mal_id": 5114, "pad": "x" * 40}}, step=10, interval=1.0))
+    server.always(
+        JIKAN_5114, Trickle(200, {"data": {"mal_id": 5114, "pad": "x" * 40}}, step=10, interval=1.0)
+    )
     with pytest.raises(CatalogHTTPError) as info:
         client.get_json(server.jikan_url + "/anime/5114")
     assert info.value.kind == "timeout" and server.jikan_url + "/anime/5114" in str(info.value)
-    assert server.count(JIKAN_5114) == 3 and len(client.clock.sleeps) == 2, (server.count(JIKAN_5114), client.clock.sleeps)
+    assert server.count(JIKAN_5114) == 3 and len(client.clock.sleeps) == 2, (
+        server.count(JIKAN_5114),
+        client.clock.sleeps,
+    )
     fault.titles_lost = 0
     fault.note = "3 attempts, each cut at the 0.3 s read timeout"
 
 
 # ------------------------------------------------------------------------- resets and truncation
 def test_connection_reset_before_response_then_success(fault, server, make_client):
-    fault.record("connection reset (RST) before any response byte, twice",
-                 "retried as a connection error; every title discovered")
+    fault.record(
+        "connection reset (RST) before any response byte, twice",
+        "retried as a connection error; every title discovered",
+    )
     ids = _six_titles(server)
     client = make_client(total_retries=2)
     server.script(SHIKI, Reset(), Reset())
@@ -226,8 +263,10 @@ def test_connection_reset_before_response_then_success(fault, server, make_clien
 
 
 def test_connection_reset_mid_body_then_success(fault, server, make_client):
-    fault.record("server resets the socket mid-response (headers + 8 body bytes, then RST)",
-                 "the broken transfer is retried; every title discovered")
+    fault.record(
+        "server resets the socket mid-response (headers + 8 body bytes, then RST)",
+        "the broken transfer is retried; every title discovered",
+    )
     ids = _six_titles(server)
     client = make_client(total_retries=2)
     server.script(SHIKI, PartialBody(200, {"data": {"animes": []}}, keep=8, rst=True))
@@ -238,11 +277,14 @@ def test_connection_reset_mid_body_then_success(fault, server, make_client):
 
 
 def test_truncated_transfer_then_success(fault, server, make_client):
-    fault.record("truncated transfer: fewer bytes than Content-Length, then a clean close",
-                 "the incomplete body is retried; the synopsis is fetched")
+    fault.record(
+        "truncated transfer: fewer bytes than Content-Length, then a clean close",
+        "the incomplete body is retried; the synopsis is fetched",
+    )
     client = make_client(total_retries=2)
-    server.script(JIKAN_5114, PartialBody(200, {"data": {"mal_id": 5114, "synopsis": "x" * 100}}, keep=30,
-                                          rst=False))
+    server.script(
+        JIKAN_5114, PartialBody(200, {"data": {"mal_id": 5114, "synopsis": "x" * 100}}, keep=30, rst=False)
+    )
     doc = client.get_json(server.jikan_url + "/anime/5114")
     assert doc["data"]["mal_id"] == 5114
     assert server.count(JIKAN_5114) == 2
@@ -250,8 +292,10 @@ def test_truncated_transfer_then_success(fault, server, make_client):
 
 
 def test_reset_mid_body_forever_ends_in_clear_error(fault, server, make_client):
-    fault.record("every response reset mid-body",
-                 "at most 1 + total_retries attempts, then a CatalogHTTPError (kind connection) naming the URL")
+    fault.record(
+        "every response reset mid-body",
+        "at most 1 + total_retries attempts, then a CatalogHTTPError (kind connection) naming the URL",
+    )
     client = make_client(total_retries=2)
     server.always(JIKAN_5114, PartialBody(200, {"data": {"mal_id": 5114}}, keep=5, rst=True))
     with pytest.raises(CatalogHTTPError) as info:
@@ -264,8 +308,10 @@ def test_reset_mid_body_forever_ends_in_clear_error(fault, server, make_client):
 
 
 def test_reset_before_response_forever_ends_in_clear_error(fault, server, make_client):
-    fault.record("every connection reset before a response",
-                 "1 + total_retries attempts, then a CatalogHTTPError (kind connection) naming the URL")
+    fault.record(
+        "every connection reset before a response",
+        "1 + total_retries attempts, then a CatalogHTTPError (kind connection) naming the URL",
+    )
     client = make_client(total_retries=2)
     server.always(SHIKI, Reset())
     with pytest.raises(CatalogHTTPError) as info:
@@ -278,16 +324,22 @@ def test_reset_before_response_forever_ends_in_clear_error(fault, server, make_c
 # -------------------------------------------------------------------------------- bad bodies
 @pytest.mark.parametrize(
     "body,ctype",
-    [('{"data": {"animes": [{"id": "1", "malId": "1", "na', "application/json"),
-     ("<html><head><title>Just a moment...</title></head><body>Checking your browser</body></html>",
-      "text/html"),
-     ("", "application/json")],
+    [
+        ('{"data": {"animes": [{"id": "1", "malId": "1", "na', "application/json"),
+        (
+            "<html><head><title>Just a moment...</title></head><body>Checking your browser</body></html>",
+            "text/html",
+        ),
+        ("", "application/json"),
+    ],
     ids=["truncated-json", "html-challenge", "empty"],
 )
 def test_malformed_body_is_a_clear_error_and_not_cached(fault, server, make_client, body, ctype):
     what = "a truncated JSON" if "animes" in body else "an HTML (non-JSON)" if body else "an empty"
-    fault.record(f"HTTP 200 with {what} body",
-                 "CatalogHTTPError (kind json) naming the URL with a snippet; not cached, so the next run refetches")
+    fault.record(
+        f"HTTP 200 with {what} body",
+        "CatalogHTTPError (kind json) naming the URL with a snippet; not cached, so the next run refetches",
+    )
     ids = _six_titles(server)
     client = make_client(cache=True)
     server.script(SHIKI, Canned(200, body, {"Content-Type": ctype}))
@@ -302,24 +354,38 @@ def test_malformed_body_is_a_clear_error_and_not_cached(fault, server, make_clie
 
 
 def test_graphql_errors_fail_loudly_and_are_not_cached(fault, server, make_client):
-    fault.record("GraphQL `errors` with HTTP 200 (data: null)",
-                 "CatalogHTTPError (kind graphql) with the server's message and URL; not cached")
+    fault.record(
+        "GraphQL `errors` with HTTP 200 (data: null)",
+        "CatalogHTTPError (kind graphql) with the server's message and URL; not cached",
+    )
     ids = _six_titles(server)
     client = make_client(cache=True)
-    server.script(SHIKI, Canned(200, {"data": None, "errors": [
-        {"message": "Internal server error", "extensions": {"code": "INTERNAL"}}]}))
+    server.script(
+        SHIKI,
+        Canned(
+            200,
+            {
+                "data": None,
+                "errors": [{"message": "Internal server error", "extensions": {"code": "INTERNAL"}}],
+            },
+        ),
+    )
     with pytest.raises(CatalogHTTPError) as info:
         _discover(client, server)
     assert info.value.kind == "graphql"
-    assert "GraphQL error: Internal server error" in str(info.value) and server.shikimori_url in str(info.value)
+    assert "GraphQL error: Internal server error" in str(info.value) and server.shikimori_url in str(
+        info.value
+    )
     got = _discover(client, server).titles["mal_id"].to_list()
     assert sorted(got) == ids
     fault.titles_lost = len(set(ids) - set(got))
 
 
 def test_wrong_shape_is_a_data_error(fault, server, make_client):
-    fault.record("HTTP 200 JSON of the wrong shape (data.animes is an object)",
-                 "CatalogDataError naming the URL and the field; nothing written")
+    fault.record(
+        "HTTP 200 JSON of the wrong shape (data.animes is an object)",
+        "CatalogDataError naming the URL and the field; nothing written",
+    )
     from anime_pipeline.catalog.errors import CatalogDataError
 
     client = make_client()
@@ -333,8 +399,10 @@ def test_wrong_shape_is_a_data_error(fault, server, make_client):
 # --------------------------------------------------------------------------------- redirects
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_redirect_loop_is_bounded(fault, server, make_client, method):
-    fault.record(f"redirect loop ({method} /a → /b → /a …)",
-                 f"at most {MAX_REDIRECTS} hops, then a CatalogHTTPError naming the URL")
+    fault.record(
+        f"redirect loop ({method} /a → /b → /a …)",
+        f"at most {MAX_REDIRECTS} hops, then a CatalogHTTPError naming the URL",
+    )
     client = make_client()
     server.always("/a", Canned(302, "", {"Location": "/b"}))
     server.always("/b", Canned(307, "", {"Location": server.base_url + "/a"}))
@@ -345,15 +413,17 @@ def test_redirect_loop_is_bounded(fault, server, make_client, method):
             client.post_graphql(server.base_url + "/a", "query { x }")
     assert client.clock.sleeps == []  # hops are not retries: no waiting
     assert server.count("/a") + server.count("/b") == MAX_REDIRECTS + 1
-    assert info.value.status in (302, 307) and "/a" in str(info.value) or "/b" in str(info.value)
+    assert (info.value.status in (302, 307) and "/a" in str(info.value)) or "/b" in str(info.value)
     assert all(r.method == method for r in server.requests)
     fault.titles_lost = 0
 
 
 # -------------------------------------------------------------------------------- pagination
 def test_page_that_repeats_forever_terminates(fault, server, make_client):
-    fault.record("Shikimori answers page 1 for every page number (full pages)",
-                 "discovery stops at the first page with no new id; the titles of page 1 kept")
+    fault.record(
+        "Shikimori answers page 1 for every page number (full pages)",
+        "discovery stops at the first page with no new id; the titles of page 1 kept",
+    )
     _six_titles(server)
     server.shikimori_repeat = True
     client = make_client()
@@ -365,8 +435,10 @@ def test_page_that_repeats_forever_terminates(fault, server, make_client):
 
 
 def test_anilist_repeating_page_with_has_next_forever_terminates(fault, server, make_client):
-    fault.record("AniList: the same page with hasNextPage: true forever",
-                 "discovery stops at the first page with no new id")
+    fault.record(
+        "AniList: the same page with hasNextPage: true forever",
+        "discovery stops at the first page with no new id",
+    )
     server.anilist_endless = True
     pages: list[int] = []
 
@@ -389,8 +461,10 @@ def test_anilist_repeating_page_with_has_next_forever_terminates(fault, server, 
 
 @pytest.mark.parametrize("catalog", ["shikimori", "anilist"])
 def test_endless_catalog_stops_at_the_page_cap(fault, server, make_client, catalog):
-    fault.record(f"{catalog}: new ids on every page, forever",
-                 "discovery stops at max_titles or the hard page cap (200); requests bounded")
+    fault.record(
+        f"{catalog}: new ids on every page, forever",
+        "discovery stops at max_titles or the hard page cap (200); requests bounded",
+    )
     setattr(server, f"{catalog}_endless", True)
     client = make_client()
     url = server.shikimori_url if catalog == "shikimori" else server.anilist_url
@@ -405,12 +479,16 @@ def test_endless_catalog_stops_at_the_page_cap(fault, server, make_client, catal
 
 
 def test_anilist_endless_catalog_stops_at_the_listing_depth(fault, server, make_client):
-    fault.record("anilist: hasNextPage forever, 50 per page",
-                 "discovery stops at page 100 (page × perPage ≤ 5000, AniList's listing depth) with a message "
-                 "saying so; page 101, which AniList answers with HTTP 400, is never requested")
+    fault.record(
+        "anilist: hasNextPage forever, 50 per page",
+        "discovery stops at page 100 (page × perPage ≤ 5000, AniList's listing depth) with a message "
+        "saying so; page 101, which AniList answers with HTTP 400, is never requested",
+    )
     server.anilist_endless = True
     client = make_client(read_timeout=10.0)  # the server builds 50 entries per page: slow on a busy machine
-    result = discover_titles(client, catalog="anilist", url=server.anilist_url, max_titles=10**6, page_size=50)
+    result = discover_titles(
+        client, catalog="anilist", url=server.anilist_url, max_titles=10**6, page_size=50
+    )
     pages = [r.json()["variables"]["page"] for r in server.requests]
     assert max(pages) == 100 and result.pages == 100 and client.network_requests == 100
     assert "depth of 5000 entries" in result.stop_reason and "5000 of 1000000 titles" in result.stop_reason

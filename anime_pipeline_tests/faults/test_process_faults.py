@@ -7,6 +7,7 @@ reader would see and that the next run completes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -30,8 +31,14 @@ OPTS = YtDlpOptions(proxy="", retries=0, socket_timeout=10, ratelimit=None)
 
 
 def _spawn(script: str, *args: str, **env: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], cwd=REPO, env=child_env(**env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *map(str, args)],
+        cwd=REPO,
+        env=child_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 def _sigkill_at(proc: subprocess.Popen, marker: Path, timeout: float = 60) -> None:
@@ -39,16 +46,14 @@ def _sigkill_at(proc: subprocess.Popen, marker: Path, timeout: float = 60) -> No
     try:
         wait_for(lambda: marker.exists() or proc.poll() is not None, timeout, what=f"marker {marker.name}")
         if proc.poll() is not None:
-            out, err = proc.communicate()
+            _, err = proc.communicate()
             raise AssertionError(f"child exited early ({proc.returncode}): {err.decode()[-2000:]}")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         assert proc.returncode == -signal.SIGKILL
     finally:
-        try:  # anything the child started (its own session) goes too
+        with contextlib.suppress(OSError):  # anything the child started (its own session) goes too
             os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
         proc.communicate()
 
 
@@ -79,10 +84,12 @@ extract_frame_shard(video, mal_id=7, dest=dest, cfg=SamplingConfig(num_frames=4,
 
 @pytest.mark.parametrize("previous", [False, True], ids=["first-write", "rewrite"])
 def test_sigkill_while_writing_a_shard(fault, clip, tmp_path, previous):
-    fault.record("run SIGKILLed half way through writing a frame shard" + (" (a previous shard exists)"
-                                                                          if previous else ""),
-                 "no partial part-0.parquet (absent, or the previous one intact); readers ignore the temp; "
-                 "the next run completes and the shard reads back")
+    fault.record(
+        "run SIGKILLed half way through writing a frame shard"
+        + (" (a previous shard exists)" if previous else ""),
+        "no partial part-0.parquet (absent, or the previous one intact); readers ignore the temp; "
+        "the next run completes and the shard reads back",
+    )
     frames = tmp_path / "frames"
     dest = frames / "mal_id=7" / "part-0.parquet"
     before = None
@@ -125,13 +132,16 @@ def _episode_files(dest: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_sigkill_while_downloading_an_episode(fault, clip, tmp_path):
-    fault.record("run SIGKILLed mid-download (yt-dlp, slow loopback server, ≥20% of the file on disk)",
-                 "no partial ep01.* in the episode folder; the next acquisition completes and removes the "
-                 "staging leftovers")
+    fault.record(
+        "run SIGKILLed mid-download (yt-dlp, slow loopback server, ≥20% of the file on disk)",
+        "no partial ep01.* in the episode folder; the next acquisition completes and removes the "
+        "staging leftovers",
+    )
     dest = tmp_path / "data" / "episodes" / "21"
     size = clip.stat().st_size
     with SlowFileServer(clip, chunk=2048, delay=0.1) as server:
         proc = _spawn(DOWNLOAD, server.url, dest)
+
         def on_disk() -> int:
             try:
                 return max((p.stat().st_size for p in dest.glob(".acquire-*/*.part")), default=0)
@@ -139,7 +149,9 @@ def test_sigkill_while_downloading_an_episode(fault, clip, tmp_path):
                 return 0
 
         try:  # kill once a good part (but not all) of the file is on disk
-            wait_for(lambda: on_disk() >= size * 0.2 or proc.poll() is not None, 60, what="a partial download")
+            wait_for(
+                lambda: on_disk() >= size * 0.2 or proc.poll() is not None, 60, what="a partial download"
+            )
         finally:
             marker = tmp_path / "go"
             marker.write_text("")
@@ -179,8 +191,10 @@ sources.download_url(sys.argv[1], 22, Path(sys.argv[2]),
 
 @pytest.mark.slow
 def test_sigkill_after_download_before_install(fault, clip, tmp_path):
-    fault.record("run SIGKILLed after yt-dlp finished (archive written) but before the file was installed",
-                 "the next acquisition downloads again and completes (no manual archive edit)")
+    fault.record(
+        "run SIGKILLed after yt-dlp finished (archive written) but before the file was installed",
+        "the next acquisition downloads again and completes (no manual archive edit)",
+    )
     dest = tmp_path / "data" / "episodes" / "22"
     marker = tmp_path / "downloaded"
     with SlowFileServer(clip, chunk=1 << 20, delay=0.0) as server:
@@ -222,8 +236,10 @@ def _alive(pid: int) -> bool:
 
 
 def test_sigkill_while_decoding_leaves_no_orphan_decoder(fault, clip, tmp_path):
-    fault.record("run SIGKILLed while its decoder worker is stuck (per-episode limit 600 s)",
-                 "the worker dies with the run instead of decoding on as an orphan")
+    fault.record(
+        "run SIGKILLed while its decoder worker is stuck (per-episode limit 600 s)",
+        "the worker dies with the run instead of decoding on as an orphan",
+    )
     pid_file = tmp_path / "worker.pid"
     proc = _spawn(ORPHAN, clip, pid_file)
     _sigkill_at(proc, pid_file)
@@ -238,17 +254,23 @@ def test_sigkill_while_decoding_leaves_no_orphan_decoder(fault, clip, tmp_path):
 
 # ------------------------------------------------------------------------------- concurrency
 def test_concurrent_shard_writers_threads(fault, clip, tmp_path):
-    fault.record("4 threads: 2 titles + the same title twice, one frames dir, at once",
-                 "all complete; every shard valid (same-title writers: last complete file wins)")
+    fault.record(
+        "4 threads: 2 titles + the same title twice, one frames dir, at once",
+        "all complete; every shard valid (same-title writers: last complete file wins)",
+    )
     frames = tmp_path / "frames"
     jobs = [(7, 4), (8, 4), (9, 3), (9, 5)]
     errors: list[BaseException] = []
 
     def run(mal_id: int, n: int) -> None:
         try:
-            extract_frame_shard(clip, mal_id=mal_id, dest=frames / f"mal_id={mal_id}" / "part-0.parquet",
-                                cfg=SamplingConfig(num_frames=n, timeout_s=60))
-        except BaseException as e:  # noqa: BLE001 - reported below
+            extract_frame_shard(
+                clip,
+                mal_id=mal_id,
+                dest=frames / f"mal_id={mal_id}" / "part-0.parquet",
+                cfg=SamplingConfig(num_frames=n, timeout_s=60),
+            )
+        except BaseException as e:
             errors.append(e)
 
     threads = [threading.Thread(target=run, args=job) for job in jobs]
@@ -283,9 +305,11 @@ print("SUCCESS" if result.success else "FAILURE", flush=True)
 
 @pytest.mark.slow
 def test_two_partitions_materialised_concurrently(fault, tmp_path):
-    fault.record("two processes materialise episodes+frame_shards for two MAL ids at once (same data dir, "
-                 "one sqlite DAGSTER_HOME)",
-                 "both runs succeed; both shards valid; both partitions recorded")
+    fault.record(
+        "two processes materialise episodes+frame_shards for two MAL ids at once (same data dir, "
+        "one sqlite DAGSTER_HOME)",
+        "both runs succeed; both shards valid; both partitions recorded",
+    )
     import dagster as dg
 
     from anime_pipeline.demo import demo_titles

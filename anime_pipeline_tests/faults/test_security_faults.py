@@ -25,8 +25,10 @@ from anime_pipeline_tests.faults.servers import FaultServer
 from anime_pipeline_tests.fixtures.catalog_server import Canned, shikimori_anime
 
 PACKAGE = REPO / "anime_pipeline"
-LONG = ("A quiet courier crosses a flooded city to deliver letters nobody expects, and learns why they were "
-        "never sent. ")
+LONG = (
+    "A quiet courier crosses a flooded city to deliver letters nobody expects, and learns why they were "
+    "never sent. "
+)
 
 
 # ------------------------------------------------------------------------------- secret scanning
@@ -36,7 +38,7 @@ def needles(secret: str) -> list[bytes]:
     out = {raw, urllib.parse.quote(secret).encode(), secret.encode("utf-16-le")}
     for shift in range(3):
         b64 = base64.b64encode(raw[shift:])
-        out.add(b64[4: len(b64) - 4])  # the middle, independent of the bytes around it
+        out.add(b64[4 : len(b64) - 4])  # the middle, independent of the bytes around it
     return sorted(out)
 
 
@@ -58,8 +60,10 @@ def scan(paths: list[Path], secret: str) -> list[str]:
 
 
 def test_scanner_finds_a_planted_secret(fault, tmp_path):
-    fault.record("control: the secret planted raw, base64-encoded and inside a compressed Parquet cell",
-                 "the scanner used below finds all three (so 'absent' means absent)")
+    fault.record(
+        "control: the secret planted raw, base64-encoded and inside a compressed Parquet cell",
+        "the scanner used below finds all three (so 'absent' means absent)",
+    )
     secret = "mal-" + secrets.token_hex(16)
     (tmp_path / "a.log").write_text(f"header X-MAL-CLIENT-ID: {secret}\n")
     (tmp_path / "b.json").write_bytes(b'{"auth": "' + base64.b64encode(b"user:" + secret.encode()) + b'"}')
@@ -69,10 +73,12 @@ def test_scanner_finds_a_planted_secret(fault, tmp_path):
 
 
 def test_mal_client_id_never_leaks_from_a_live_run(fault, tmp_path, monkeypatch, capfd, caplog):
-    fault.record("live profile titles+synopses via dg.materialize with MAL_CLIENT_ID set; MAL echoes the id "
-                 "in an error body; a cross-host redirect",
-                 "the server receives the id in X-MAL-CLIENT-ID; it is absent from the event log DB, compute "
-                 "logs, stdout/stderr, Python logs, HTTP cache and every Parquet output")
+    fault.record(
+        "live profile titles+synopses via dg.materialize with MAL_CLIENT_ID set; MAL echoes the id "
+        "in an error body; a cross-host redirect",
+        "the server receives the id in X-MAL-CLIENT-ID; it is absent from the event log DB, compute "
+        "logs, stdout/stderr, Python logs, HTTP cache and every Parquet output",
+    )
     import dagster as dg
 
     from anime_pipeline.definitions import defs
@@ -88,15 +94,23 @@ def test_mal_client_id_never_leaks_from_a_live_run(fault, tmp_path, monkeypatch,
         server.mal_synopses = {i: f"{LONG}(title {i})" for i in ids}
         server.jikan_synopses = {i: f"{LONG}(jikan {i})" for i in ids}
         # MAL fails for 105 with a body that echoes the client id back (seen in the wild on API gateways)
-        server.always("/mal/v2/anime/105", Canned(404, {"error": "not_found", "message": f"client {secret} failed"}))
+        server.always(
+            "/mal/v2/anime/105", Canned(404, {"error": "not_found", "message": f"client {secret} failed"})
+        )
         # MAL redirects 106 to another origin (localhost ≠ 127.0.0.1): the id must not follow
         port = server.base_url.rsplit(":", 1)[1]
-        server.always("/mal/v2/anime/106", Canned(302, "", {"Location": f"http://localhost:{port}/jikan/v4/anime/106"}))
+        server.always(
+            "/mal/v2/anime/106", Canned(302, "", {"Location": f"http://localhost:{port}/jikan/v4/anime/106"})
+        )
         env = {
-            "ANIME_PIPELINE_HOME": str(home), "ANIME_PIPELINE_PROFILE": "live", "DAGSTER_HOME": str(dagster_home),
+            "ANIME_PIPELINE_HOME": str(home),
+            "ANIME_PIPELINE_PROFILE": "live",
+            "DAGSTER_HOME": str(dagster_home),
             "ANIME_PIPELINE_USER_AGENT": "anime_pipeline-tests/1.0 (tests@example.org)",
-            "ANIME_PIPELINE_SHIKIMORI_URL": server.shikimori_url, "ANIME_PIPELINE_ANILIST_URL": server.anilist_url,
-            "ANIME_PIPELINE_MAL_URL": server.mal_url, "ANIME_PIPELINE_JIKAN_URL": server.jikan_url,
+            "ANIME_PIPELINE_SHIKIMORI_URL": server.shikimori_url,
+            "ANIME_PIPELINE_ANILIST_URL": server.anilist_url,
+            "ANIME_PIPELINE_MAL_URL": server.mal_url,
+            "ANIME_PIPELINE_JIKAN_URL": server.jikan_url,
             "MAL_CLIENT_ID": secret,
         }
         for k, v in env.items():
@@ -105,14 +119,21 @@ def test_mal_client_id_never_leaks_from_a_live_run(fault, tmp_path, monkeypatch,
         assets = list(defs.assets or []) + list(defs.asset_checks or [])
         with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
             result = dg.materialize(
-                assets, selection=["titles", "synopses"], instance=instance, resources=build_resources(env=env),
+                assets,
+                selection=["titles", "synopses"],
+                instance=instance,
+                resources=build_resources(env=env),
                 raise_on_error=False,
-                run_config={"loggers": {"console": {"config": {"log_level": "DEBUG"}}},
-                            "ops": {"synopses": {"config": {"min_chars": 80}}}},
+                run_config={
+                    "loggers": {"console": {"config": {"log_level": "DEBUG"}}},
+                    "ops": {"synopses": {"config": {"min_chars": 80}}},
+                },
             )
             assert result.success
-            events = [json.dumps(dg.serialize_value(e) if hasattr(dg, "serialize_value") else str(e))
-                      for e in instance.all_logs(result.run_id)]
+            events = [
+                json.dumps(dg.serialize_value(e) if hasattr(dg, "serialize_value") else str(e))
+                for e in instance.all_logs(result.run_id)
+            ]
             run_config = json.dumps(instance.get_run_by_id(result.run_id).run_config, default=str)
         mal = [r for r in server.requests if r.path.startswith("/mal/")]
         others = [r for r in server.requests if not r.path.startswith("/mal/")]
@@ -131,9 +152,16 @@ def test_mal_client_id_never_leaks_from_a_live_run(fault, tmp_path, monkeypatch,
     assert any((home / "http-cache").rglob("*")), "the HTTP cache exists"
     places = [dagster_home, home / "http-cache", home / "catalog", home]
     assert scan(places, secret) == []
-    texts = {"stdout": out, "stderr": err, "python logs": caplog.text, "event log": "\n".join(events),
-             "run config": run_config}
-    leaked = [name for name, text in texts.items() if any(k.decode("latin-1") in text for k in needles(secret))]
+    texts = {
+        "stdout": out,
+        "stderr": err,
+        "python logs": caplog.text,
+        "event log": "\n".join(events),
+        "run config": run_config,
+    }
+    leaked = [
+        name for name, text in texts.items() if any(k.decode("latin-1") in text for k in needles(secret))
+    ]
     assert leaked == []
     assert "client *** failed" in "\n".join(events)  # the echoed id was redacted, the error kept
     assert "MAL_CLIENT_ID" in run_config or secret not in run_config  # config refers to the variable
@@ -142,8 +170,10 @@ def test_mal_client_id_never_leaks_from_a_live_run(fault, tmp_path, monkeypatch,
 
 
 def test_http_cache_is_not_pickle(fault, server, make_client, tmp_path):
-    fault.record("HTTP cache file replaced by a malicious pickle (shared data dir / restored backup)",
-                 "cache stored as JSON; a planted pickle is never executed (treated as a cache miss)")
+    fault.record(
+        "HTTP cache file replaced by a malicious pickle (shared data dir / restored backup)",
+        "cache stored as JSON; a planted pickle is never executed (treated as a cache miss)",
+    )
     import pickle
 
     client = make_client(cache=True)
@@ -159,8 +189,9 @@ def test_http_cache_is_not_pickle(fault, server, make_client, tmp_path):
 
     with sqlite3.connect(db) as con:
         rows = con.execute("SELECT key, value FROM responses").fetchall()
-        assert rows and all((v if isinstance(v, bytes) else v.encode()).lstrip()[:1] == b"{" for _, v in rows), \
-            "cache values are JSON documents"
+        assert rows and all(
+            (v if isinstance(v, bytes) else v.encode()).lstrip()[:1] == b"{" for _, v in rows
+        ), "cache values are JSON documents"
         for key, _ in rows:
             con.execute("UPDATE responses SET value = ? WHERE key = ?", (pickle.dumps(Boom()), key))
     again = make_client(cache=True)
@@ -172,12 +203,29 @@ def test_http_cache_is_not_pickle(fault, server, make_client, tmp_path):
 
 # --------------------------------------------------------------------------------- manifest URLs
 HOSTILE_URLS = [
-    "file:///etc/passwd", "FILE:///etc/shadow", "ftp://127.0.0.1/ep.mp4", "data:video/mp4;base64,AAAA",
-    "javascript:alert(1)", "ytsearch:anime episode 1", "ytsearch5:x", "view-source:http://127.0.0.1/",
-    "gopher://127.0.0.1:70/", "rtmp://127.0.0.1/live", "hls+http://127.0.0.1/x.m3u8", "-o/tmp/x",
-    "--exec=touch /tmp/pwned", "/etc/passwd", "../../etc/passwd", "ep.mp4", "http:///no-host",
-    "https://user:pw@127.0.0.1/ep.mp4", "http://127.0.0.1/a b.mp4", "http://127.0.0.1/x\n--exec=id",
-    "http://127.0.0.1/\x00.mp4", "http://[::1/", "",
+    "file:///etc/passwd",
+    "FILE:///etc/shadow",
+    "ftp://127.0.0.1/ep.mp4",
+    "data:video/mp4;base64,AAAA",
+    "javascript:alert(1)",
+    "ytsearch:anime episode 1",
+    "ytsearch5:x",
+    "view-source:http://127.0.0.1/",
+    "gopher://127.0.0.1:70/",
+    "rtmp://127.0.0.1/live",
+    "hls+http://127.0.0.1/x.m3u8",
+    "-o/tmp/x",
+    "--exec=touch /tmp/pwned",
+    "/etc/passwd",
+    "../../etc/passwd",
+    "ep.mp4",
+    "http:///no-host",
+    "https://user:pw@127.0.0.1/ep.mp4",
+    "http://127.0.0.1/a b.mp4",
+    "http://127.0.0.1/x\n--exec=id",
+    "http://127.0.0.1/\x00.mp4",
+    "http://[::1/",
+    "",
 ]
 
 
@@ -197,9 +245,11 @@ def no_ytdlp(monkeypatch):
 
 
 def test_non_http_manifest_urls_never_reach_ytdlp(fault, tmp_path, no_ytdlp):
-    fault.record(f"{len(HOSTILE_URLS)} hostile manifest URLs (file:, ytsearch:, data:, option-like, "
-                 "credentials, control chars, …) in CSV, YAML and direct calls",
-                 "each refused with a MediaError naming the row/URL before yt-dlp is constructed")
+    fault.record(
+        f"{len(HOSTILE_URLS)} hostile manifest URLs (file:, ytsearch:, data:, option-like, "
+        "credentials, control chars, …) in CSV, YAML and direct calls",
+        "each refused with a MediaError naming the row/URL before yt-dlp is constructed",
+    )
     refused = 0
     for i, url in enumerate(HOSTILE_URLS):
         with pytest.raises(MediaError):
@@ -224,16 +274,36 @@ def test_non_http_manifest_urls_never_reach_ytdlp(fault, tmp_path, no_ytdlp):
 
 # ------------------------------------------------------------------------------------------ paths
 HOSTILE_NAMES = [
-    "../../etc/passwd", "..", ".", "/etc/passwd", "a/b/c", "a\\..\\..\\b", "nul\x00byte", "-rf --no-preserve-root",
-    "~root", "$(id)", "`id`", "CON", " ", "", "\u202etxt.mp4", "進撃の巨人" * 2000, "🎌" * 500,
-    "Ｓｔｅｉｎｓ；Ｇａｔｅ/../..", "x" * 5000, "..\u2215..\u2215etc", "%2e%2e%2fetc",
+    "../../etc/passwd",
+    "..",
+    ".",
+    "/etc/passwd",
+    "a/b/c",
+    "a\\..\\..\\b",
+    "nul\x00byte",
+    "-rf --no-preserve-root",
+    "~root",
+    "$(id)",
+    "`id`",
+    "CON",
+    " ",
+    "",
+    "\u202etxt.mp4",
+    "進撃の巨人" * 2000,
+    "🎌" * 500,
+    "Ｓｔｅｉｎｓ；Ｇａｔｅ/../..",
+    "x" * 5000,
+    "..\u2215..\u2215etc",
+    "%2e%2e%2fetc",
 ]
 
 
 def test_hostile_titles_and_ids_give_safe_paths(fault, tmp_path):
-    fault.record("titles/ids like ../../etc/passwd, absolute paths, NUL, very long Unicode, look-alike slashes",
-                 "safe_component gives one short ASCII name; within/episode_dir/shard_path stay inside the data "
-                 "dir or raise")
+    fault.record(
+        "titles/ids like ../../etc/passwd, absolute paths, NUL, very long Unicode, look-alike slashes",
+        "safe_component gives one short ASCII name; within/episode_dir/shard_path stay inside the data "
+        "dir or raise",
+    )
     root = tmp_path / "data"
     root.mkdir()
     for name in HOSTILE_NAMES:
@@ -263,8 +333,10 @@ def test_hostile_titles_and_ids_give_safe_paths(fault, tmp_path):
 
 
 def test_hostile_partition_key_never_touches_the_disk(fault, tmp_path, monkeypatch):
-    fault.record("a dynamic partition key '../../../outside' materialised as `episodes`",
-                 "the run fails (ValueError) before any file is written; nothing outside the data dir")
+    fault.record(
+        "a dynamic partition key '../../../outside' materialised as `episodes`",
+        "the run fails (ValueError) before any file is written; nothing outside the data dir",
+    )
     import dagster as dg
 
     from anime_pipeline.definitions import defs
@@ -275,8 +347,14 @@ def test_hostile_partition_key_never_touches_the_disk(fault, tmp_path, monkeypat
     key = "../../../outside"
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("mal_ids", [key])
-        result = dg.materialize(list(defs.assets or []), selection=["episodes"], partition_key=key,
-                                instance=instance, resources=build_resources(env=env), raise_on_error=False)
+        result = dg.materialize(
+            list(defs.assets or []),
+            selection=["episodes"],
+            partition_key=key,
+            instance=instance,
+            resources=build_resources(env=env),
+            raise_on_error=False,
+        )
     assert not result.success
     assert not (tmp_path / "outside").exists() and not (tmp_path.parent / "outside").exists()
     written = [p for p in home.rglob("*") if p.is_file()] if home.exists() else []
@@ -289,9 +367,24 @@ def test_hostile_partition_key_never_touches_the_disk(fault, tmp_path, monkeypat
 # starts itself (`sampling.run_worker` ↔ `_worker.main`); nothing read from disk or the network is unpickled.
 ALLOWED_UNPICKLE = {("media/sampling.py", "run_worker"), ("media/_worker.py", "main")}
 UNSAFE_CALLS = {
-    "pickle.load", "pickle.loads", "pickle.Unpickler", "cPickle.load", "cPickle.loads", "dill.load", "dill.loads",
-    "cloudpickle.load", "cloudpickle.loads", "joblib.load", "marshal.load", "marshal.loads", "shelve.open",
-    "pd.read_pickle", "pandas.read_pickle", "yaml.unsafe_load", "yaml.full_load", "torch.serialization.load",
+    "pickle.load",
+    "pickle.loads",
+    "pickle.Unpickler",
+    "cPickle.load",
+    "cPickle.loads",
+    "dill.load",
+    "dill.loads",
+    "cloudpickle.load",
+    "cloudpickle.loads",
+    "joblib.load",
+    "marshal.load",
+    "marshal.loads",
+    "shelve.open",
+    "pd.read_pickle",
+    "pandas.read_pickle",
+    "yaml.unsafe_load",
+    "yaml.full_load",
+    "torch.serialization.load",
 }
 
 
@@ -326,10 +419,12 @@ def _calls():
 
 
 def test_no_unsafe_deserialisation_in_the_package(fault):
-    fault.record("source audit: pickle/joblib/marshal/yaml.load, torch.load without weights_only=True, "
-                 "np.load(allow_pickle=True), trust_remote_code, non-safetensors saves",
-                 "none, except the decoder worker's own pipe; checkpoints load with weights_only=True; adapters "
-                 "saved as safetensors")
+    fault.record(
+        "source audit: pickle/joblib/marshal/yaml.load, torch.load without weights_only=True, "
+        "np.load(allow_pickle=True), trust_remote_code, non-safetensors saves",
+        "none, except the decoder worker's own pipe; checkpoints load with weights_only=True; adapters "
+        "saved as safetensors",
+    )
     bad, torch_loads, saves = [], [], []
     for rel, func, call in _calls():
         name = _dotted(call.func)
@@ -355,9 +450,14 @@ def test_no_unsafe_deserialisation_in_the_package(fault):
         rel = path.relative_to(PACKAGE).as_posix()
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             code = line.split("#", 1)[0]
-            if re.search(r"\b(joblib\.load|cPickle|dill\.load|pd\.read_pickle|allow_pickle\s*=\s*True)", code):
+            if re.search(
+                r"\b(joblib\.load|cPickle|dill\.load|pd\.read_pickle|allow_pickle\s*=\s*True)", code
+            ):
                 bad.append(f"{rel}:{n}: {line.strip()}")
-            if re.search(r"\bpickle\.loads?\(", code) and rel not in {"media/sampling.py", "media/_worker.py"}:
+            if re.search(r"\bpickle\.loads?\(", code) and rel not in {
+                "media/sampling.py",
+                "media/_worker.py",
+            }:
                 bad.append(f"{rel}:{n}: {line.strip()}")
             if "torch.load(" in code and "weights_only=True" not in code:
                 bad.append(f"{rel}:{n}: {line.strip()}")
@@ -365,16 +465,22 @@ def test_no_unsafe_deserialisation_in_the_package(fault):
     assert any("training/train.py" in w for w in torch_loads), "the checkpoint loader was found and checked"
     assert saves and all(v is True for _, v in saves), saves
     fault.titles_lost = 0
-    fault.note = (f"{len(torch_loads)} torch.load calls, all weights_only=True; {len(saves)} adapter/checkpoint "
-                  f"saves, all safe_serialization=True; worker pipe allow-listed")
+    fault.note = (
+        f"{len(torch_loads)} torch.load calls, all weights_only=True; {len(saves)} adapter/checkpoint "
+        f"saves, all safe_serialization=True; worker pipe allow-listed"
+    )
 
 
 # ------------------------------------------------------------------------------------- webserver
 def test_webserver_binds_loopback_by_default(fault):
-    fault.record("the documented way to open the UI (./scripts/dev, README)",
-                 "dagster dev bound to 127.0.0.1, never 0.0.0.0, in every script")
+    fault.record(
+        "the documented way to open the UI (./scripts/dev, README)",
+        "dagster dev bound to 127.0.0.1, never 0.0.0.0, in every script",
+    )
     dev = (REPO / "scripts" / "dev").read_text()
-    launch = [line for line in dev.splitlines() if "dagster dev" in line and not line.lstrip().startswith("#")]
+    launch = [
+        line for line in dev.splitlines() if "dagster dev" in line and not line.lstrip().startswith("#")
+    ]
     assert launch and all(re.search(r"(-h|--host)\s+127\.0\.0\.1\b", line) for line in launch), launch
     for script in (REPO / "scripts").iterdir():
         assert "0.0.0.0" not in script.read_text(), script

@@ -16,9 +16,13 @@ from anime_pipeline.schemas import TITLES, conform
 from anime_pipeline_tests.faults.servers import PartialBody, Reset
 from anime_pipeline_tests.fixtures.catalog_server import DEFAULT_MAL_CLIENT_ID, Canned, shikimori_anime
 
-LONG = ("A quiet courier crosses a flooded city to deliver letters nobody expects, and learns why they were "
-        "never sent. ")
-PLACEHOLDER = "No synopsis information has been added to this title. Help improve our database by adding a synopsis."
+LONG = (
+    "A quiet courier crosses a flooded city to deliver letters nobody expects, and learns why they were "
+    "never sent. "
+)
+PLACEHOLDER = (
+    "No synopsis information has been added to this title. Help improve our database by adding a synopsis."
+)
 
 
 def _titles(ids) -> pl.DataFrame:
@@ -27,8 +31,12 @@ def _titles(ids) -> pl.DataFrame:
 
 
 def _sources(server, **kw) -> SynopsisSources:
-    args = dict(mal_url=server.mal_url, mal_client_id=DEFAULT_MAL_CLIENT_ID, jikan_url=server.jikan_url,
-                anilist_url=server.anilist_url)
+    args = dict(
+        mal_url=server.mal_url,
+        mal_client_id=DEFAULT_MAL_CLIENT_ID,
+        jikan_url=server.jikan_url,
+        anilist_url=server.anilist_url,
+    )
     args.update(kw)
     return SynopsisSources(**args)
 
@@ -42,10 +50,12 @@ def _accounting(titles: pl.DataFrame, res) -> tuple[set, set, set]:
 
 
 def test_bad_titles_never_fail_the_good_ones(fault, server, make_client):
-    fault.record("12 titles, 6 with a different fault on every source (5xx/timeouts/resets/garbage/GraphQL "
-                 "errors/placeholders), others with transient faults",
-                 "every good title has a synopsis (falling back source by source); every bad one is in "
-                 "`rejected` with each source's reason; nothing lost")
+    fault.record(
+        "12 titles, 6 with a different fault on every source (5xx/timeouts/resets/garbage/GraphQL "
+        "errors/placeholders), others with transient faults",
+        "every good title has a synopsis (falling back source by source); every bad one is in "
+        "`rejected` with each source's reason; nothing lost",
+    )
     s = server
     good = {1, 2, 3, 4, 5, 6, 11}
     bad = {7, 8, 9, 10, 12}
@@ -53,16 +63,20 @@ def test_bad_titles_never_fail_the_good_ones(fault, server, make_client):
     s.jikan_synopses = {i: f"{LONG}(title {i})" for i in (3, 5, 11)}
     s.anilist_descriptions = {6: f"{LONG}<br>(title 6)", 8: PLACEHOLDER}
     # good titles with transient faults
-    s.script("/mal/v2/anime/2", Canned(503, "busy"), Canned(502, "bad gateway"))      # burst, then MAL
-    s.always("/mal/v2/anime/3", Canned(500, {"message": "boom"}))                       # MAL down → Jikan
-    s.script("/mal/v2/anime/4", PartialBody(200, {"synopsis": LONG}, keep=6))          # reset mid-body → MAL
-    s.always("/mal/v2/anime/5", Canned(200, {"synopsis": LONG}, delay=0.5))            # too slow → Jikan
+    s.script("/mal/v2/anime/2", Canned(503, "busy"), Canned(502, "bad gateway"))  # burst, then MAL
+    s.always("/mal/v2/anime/3", Canned(500, {"message": "boom"}))  # MAL down → Jikan
+    s.script("/mal/v2/anime/4", PartialBody(200, {"synopsis": LONG}, keep=6))  # reset mid-body → MAL
+    s.always("/mal/v2/anime/5", Canned(200, {"synopsis": LONG}, delay=0.5))  # too slow → Jikan
     s.always("/mal/v2/anime/6", Canned(200, "<html>maintenance</html>", {"Content-Type": "text/html"}))
-    s.always("/jikan/v4/anime/6", Canned(200, '{"data": {"synopsis": "cut', {"Content-Type": "application/json"}))
+    s.always(
+        "/jikan/v4/anime/6", Canned(200, '{"data": {"synopsis": "cut', {"Content-Type": "application/json"})
+    )
     s.script("/jikan/v4/anime/11", Canned(429, {"message": "slow down"}, {"Retry-After": "2"}))
     # bad titles: every source fails, each differently
     s.always("/jikan/v4/anime/7", Canned(500, "<html>oops</html>"))
-    s.anilist_always[7] = Canned(200, {"data": None, "errors": [{"message": "Internal Server Error", "status": 500}]})
+    s.anilist_always[7] = Canned(
+        200, {"data": None, "errors": [{"message": "Internal Server Error", "status": 500}]}
+    )
     s.mal_synopses[8] = "Too short."
     s.jikan_synopses[8] = "TBA"
     for src in ("/mal/v2/anime/9", "/jikan/v4/anime/9"):
@@ -95,19 +109,26 @@ def test_bad_titles_never_fail_the_good_ones(fault, server, make_client):
     assert "not a string" in reasons[10]
     assert "malformed JSON" in reasons[12] and "connection broken mid-response" in reasons[12]
     assert reasons[None] == "no MAL id"
-    assert DEFAULT_MAL_CLIENT_ID not in json.dumps([res.synopses.to_dicts(), res.rejected.to_dicts(), res.errors],
-                                                   default=str)
+    assert DEFAULT_MAL_CLIENT_ID not in json.dumps(
+        [res.synopses.to_dicts(), res.rejected.to_dicts(), res.errors], default=str
+    )
     # the client's own waits (backoff, capped Retry-After) stay bounded: at most one per request sent
     assert len(client.clock.sleeps) < client.network_requests
-    assert max(client.clock.sleeps, default=0) <= max(client.config.backoff_max, client.config.max_retry_after)
+    assert max(client.clock.sleeps, default=0) <= max(
+        client.config.backoff_max, client.config.max_retry_after
+    )
     fault.titles_lost = len(lost) + len(good - got)
-    fault.note = (f"{len(got)} synopses, {len(rejected)} rejected, {client.network_requests} requests, "
-                  f"{client.clock.slept:.2f} s of waits")
+    fault.note = (
+        f"{len(got)} synopses, {len(rejected)} rejected, {client.network_requests} requests, "
+        f"{client.clock.slept:.2f} s of waits"
+    )
 
 
 def test_source_down_for_every_title_falls_back_with_bounded_requests(fault, server, make_client):
-    fault.record("MAL answers 503 to every title (outage)",
-                 "each title falls back to Jikan; after 5 consecutive outage failures MAL is skipped for the run")
+    fault.record(
+        "MAL answers 503 to every title (outage)",
+        "each title falls back to Jikan; after 5 consecutive outage failures MAL is skipped for the run",
+    )
     s = server
     ids = list(range(1, 9))
     s.jikan_synopses = {i: f"{LONG}(title {i})" for i in ids}
@@ -124,8 +145,10 @@ def test_source_down_for_every_title_falls_back_with_bounded_requests(fault, ser
 
 
 def test_mal_throttled_403_disables_mal_not_titles(fault, server, make_client):
-    fault.record("MAL 403 (throttled / key banned) mid-run",
-                 "MAL disabled for the rest of the run, later titles use Jikan; no title lost")
+    fault.record(
+        "MAL 403 (throttled / key banned) mid-run",
+        "MAL disabled for the rest of the run, later titles use Jikan; no title lost",
+    )
     s = server
     ids = [1, 2, 3, 4]
     s.mal_synopses = {i: LONG for i in ids}
@@ -140,24 +163,30 @@ def test_mal_throttled_403_disables_mal_not_titles(fault, server, make_client):
 
 @pytest.mark.parametrize("where", ["synopsis", "title name"])
 def test_lone_surrogate_in_text_does_not_fail_the_table(fault, server, make_client, where):
-    fault.record(f"a lone UTF-16 surrogate (\\ud800) in one {where}",
-                 "decoded as U+FFFD; that title kept, the table (Parquet) still writes")
+    fault.record(
+        f"a lone UTF-16 surrogate (\\ud800) in one {where}",
+        "decoded as U+FFFD; that title kept, the table (Parquet) still writes",
+    )
     s = server
     if where == "synopsis":
         body = b'{"data": {"mal_id": 1, "synopsis": "' + LONG.encode() + b'\\ud800 end"}}'
         s.always("/jikan/v4/anime/1", Canned(200, body, {"Content-Type": "application/json"}))
         s.jikan_synopses = {2: LONG}
-        res = fetch_synopses(make_client(), _titles([1, 2]), sources=_sources(s, mal_client_id=None,
-                                                                                anilist_url=None))
+        res = fetch_synopses(
+            make_client(), _titles([1, 2]), sources=_sources(s, mal_client_id=None, anilist_url=None)
+        )
         table = res.synopses
         assert "\ufffd end" in table.filter(pl.col("mal_id") == 1)["synopsis"][0]
         ids = {1, 2}
     else:
         s.shikimori_titles = [shikimori_anime(1), shikimori_anime(2)]
         payload = json.dumps({"data": {"animes": s.shikimori_titles}}).replace("Title 1", "Title \\ud800 1")
-        s.script("/shikimori/api/graphql", Canned(200, payload.encode(), {"Content-Type": "application/json"}))
-        table = discover_titles(make_client(), catalog="shikimori", url=s.shikimori_url, max_titles=10,
-                                page_size=50).titles
+        s.script(
+            "/shikimori/api/graphql", Canned(200, payload.encode(), {"Content-Type": "application/json"})
+        )
+        table = discover_titles(
+            make_client(), catalog="shikimori", url=s.shikimori_url, max_titles=10, page_size=50
+        ).titles
         assert "Title \ufffd 1" in table["name"].to_list()
         ids = {1, 2}
     table.write_parquet(io.BytesIO())  # the Parquet write must not raise

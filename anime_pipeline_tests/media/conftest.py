@@ -75,7 +75,9 @@ class LoopbackServer:
         self.root = root
         self.hits: list[tuple[str, str]] = []
         handler = type("Handler", (_Handler,), {"hits": self.hits})
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+        self.httpd = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(handler, directory=str(root))
+        )
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
@@ -95,7 +97,7 @@ def http_server(tmp_path: Path, normal_clip: Path):
     root.mkdir()
     shutil.copy(normal_clip, root / "clip.mp4")
     (root / "page.html").write_text(
-        '<!doctype html><html><head><title>Episode 1</title></head><body>'
+        "<!doctype html><html><head><title>Episode 1</title></head><body>"
         '<video controls src="clip.mp4"></video></body></html>'
     )
     (root / "notvideo.mp4").write_text("plain text served as a video\n")

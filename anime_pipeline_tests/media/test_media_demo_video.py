@@ -24,7 +24,7 @@ def _hex_rgb(spec: str) -> np.ndarray:
 
 
 def _square_x(img: np.ndarray) -> float:
-    ys, xs = np.where((img > 225).all(axis=-1))
+    _, xs = np.where((img > 225).all(axis=-1))
     assert len(xs), "white square not found"
     return float(xs.mean())
 
@@ -76,7 +76,9 @@ def test_demo_render_failure_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("kw", [dict(width=161), dict(height=0), dict(fps=0), dict(gop=0), dict(seconds_per_scene=0)])
+@pytest.mark.parametrize(
+    "kw", [dict(width=161), dict(height=0), dict(fps=0), dict(gop=0), dict(seconds_per_scene=0)]
+)
 def test_demo_render_rejects_bad_arguments(tmp_path, kw):
     with pytest.raises(ValueError):
         render_demo_episode(demo_titles()[0], tmp_path / "x.mp4", **kw)

@@ -22,17 +22,42 @@ def _keyframes(path) -> list[float]:
     with av.open(str(path)) as c:
         s = c.streams.video[0]
         origin = float(s.start_time * s.time_base) if s.start_time is not None else 0.0
-        return sorted(round(float(p.pts * s.time_base) - origin, 6) for p in c.demux(s)
-                      if p.pts is not None and p.is_keyframe)
+        return sorted(
+            round(float(p.pts * s.time_base) - origin, 6)
+            for p in c.demux(s)
+            if p.pts is not None and p.is_keyframe
+        )
 
 
 @pytest.fixture(scope="module")
 def edge_keyframe_clip(tmp_path_factory):
     """10 s at 10 fps, keyframes at 0.0, 4.8 and 9.6 s: the ones at both ends lie inside skip_s = 1 s."""
     dest = tmp_path_factory.mktemp("skip") / "edges.mp4"
-    fx.ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=10", "-t", "10", "-c:v", "libx264",
-              "-preset", "veryfast", "-g", "48", "-keyint_min", "48", "-sc_threshold", "0", "-bf", "0",
-              "-pix_fmt", "yuv420p", "-threads", "1", str(dest))
+    fx.ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=160x120:rate=10",
+        "-t",
+        "10",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-g",
+        "48",
+        "-keyint_min",
+        "48",
+        "-sc_threshold",
+        "0",
+        "-bf",
+        "0",
+        "-pix_fmt",
+        "yuv420p",
+        "-threads",
+        "1",
+        str(dest),
+    )
     return dest
 
 
@@ -67,9 +92,27 @@ def sar_clips(tmp_path_factory):
     out = {}
     for name, size, sar in [("qcif", "176x144", "128/117"), ("ntsc_dvd", "720x480", "32/27")]:
         dest = d / f"{name}.mp4"
-        fx.ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={size}:rate=10", "-t", "3",
-                  "-vf", f"setsar={sar}:max=1000", "-c:v", "libx264", "-preset", "veryfast", "-g", "10",
-                  "-pix_fmt", "yuv420p", "-threads", "1", str(dest))
+        fx.ffmpeg(
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={size}:rate=10",
+            "-t",
+            "3",
+            "-vf",
+            f"setsar={sar}:max=1000",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-g",
+            "10",
+            "-pix_fmt",
+            "yuv420p",
+            "-threads",
+            "1",
+            str(dest),
+        )
         out[name] = dest
     return out
 
@@ -112,8 +155,13 @@ def test_recorded_probe_without_sar_still_gives_display_aspect(sar_clips, tmp_pa
 
     probe = VideoProbe.from_metadata(meta)
     assert probe.sample_aspect_ratio is None
-    info = extract_frame_shard(sar_clips["qcif"], mal_id=5, dest=tmp_path / "mal_id=5" / "part-0.parquet",
-                               cfg=SamplingConfig(num_frames=2, decoder="pyav", timeout_s=60), probe=probe)
+    info = extract_frame_shard(
+        sar_clips["qcif"],
+        mal_id=5,
+        dest=tmp_path / "mal_id=5" / "part-0.parquet",
+        cfg=SamplingConfig(num_frames=2, decoder="pyav", timeout_s=60),
+        probe=probe,
+    )
     df = read_frame_shard(info.path)
     img = decode_frames(df)[0]
     assert img.size == (193, 144) and (info.width, info.height) == (193, 144)

@@ -35,8 +35,10 @@ def _no_secret(text: str) -> None:
         ("https://user:hunter2@example.org/a.mp4", "https://***@example.org/a.mp4"),
         ("https://hunter2@example.org:8443/a.mp4", "https://***@example.org:8443/a.mp4"),
         ("https://example.org/a.mp4?token=s3cr3t-token&ep=1", "https://example.org/a.mp4?token=***&ep=1"),
-        ("https://b.s3.amazonaws.com/k.mp4?X-Amz-Credential=AKIAXYZ&X-Amz-Signature=abc&X-Amz-Expires=60",
-         "https://b.s3.amazonaws.com/k.mp4?X-Amz-Credential=***&X-Amz-Signature=***&X-Amz-Expires=60"),
+        (
+            "https://b.s3.amazonaws.com/k.mp4?X-Amz-Credential=AKIAXYZ&X-Amz-Signature=abc&X-Amz-Expires=60",
+            "https://b.s3.amazonaws.com/k.mp4?X-Amz-Credential=***&X-Amz-Signature=***&X-Amz-Expires=60",
+        ),
         ("https://example.org/a.mp4", "https://example.org/a.mp4"),
         ("ftp://u:hunter2@host/x", "ftp://***@host/x"),
     ],
@@ -95,7 +97,9 @@ def test_acquire_takes_its_valid_row_despite_other_bad_rows(tmp_path, http_serve
     ep = acquire_episode("manifest", 1, tmp_path / "ep" / "1", manifest=m, ytdlp=OPTS)
     assert ep.path.is_file() and ep.origin == http_server.url("clip.mp4")
     # the bad row's title fails alone, with its row and reason, secret redacted
-    with pytest.raises(MediaError, match=r"m.csv: row 3: URL 'https://\*\*\*@example.org/two.mp4'.*credentials") as e:
+    with pytest.raises(
+        MediaError, match=r"m.csv: row 3: URL 'https://\*\*\*@example.org/two.mp4'.*credentials"
+    ) as e:
         acquire_episode("manifest", 2, tmp_path / "ep" / "2", manifest=m, ytdlp=OPTS)
     _no_secret(str(e.value))
     with pytest.raises(MediaError, match=r"row 6: .*scheme 'ftp' is not allowed"):
@@ -172,8 +176,12 @@ def test_downloads_use_the_project_user_agent(tmp_path, hostile):
     download_url(f"{base}/clip.mp4", 8, tmp_path / "8", OPTS)
     assert handler.agents and set(handler.agents) == {default_user_agent()}
     handler.agents.clear()
-    download_url(f"{base}/clip.mp4?x=1", 9, tmp_path / "9",
-                 YtDlpOptions(proxy="", retries=0, socket_timeout=10, user_agent="my-team/1.0 (me@example.org)"))
+    download_url(
+        f"{base}/clip.mp4?x=1",
+        9,
+        tmp_path / "9",
+        YtDlpOptions(proxy="", retries=0, socket_timeout=10, user_agent="my-team/1.0 (me@example.org)"),
+    )
     assert set(handler.agents) == {"my-team/1.0 (me@example.org)"}
 
 

@@ -33,21 +33,38 @@ def test_bad_manifest_rows_fail_only_themselves(tmp_path, hostile):  # noqa: F81
     stale = home / "episodes" / redirect / "error.json"
     stale.parent.mkdir(parents=True)
     stale.write_text('{"error": "stale"}')
-    env = {"ANIME_PIPELINE_HOME": str(home), "ANIME_PIPELINE_EPISODE_SOURCE": "manifest",
-           "ANIME_PIPELINE_MANIFEST": str(manifest), "ANIME_PIPELINE_USER_AGENT": "test-team/1.0 (t@example.org)"}
+    env = {
+        "ANIME_PIPELINE_HOME": str(home),
+        "ANIME_PIPELINE_EPISODE_SOURCE": "manifest",
+        "ANIME_PIPELINE_MANIFEST": str(manifest),
+        "ANIME_PIPELINE_USER_AGENT": "test-team/1.0 (t@example.org)",
+    }
     resources = build_resources(env=env)
     assets = list(defs.assets) + list(defs.asset_checks)
     with dg.instance_for_test() as instance:
-        assert dg.materialize(assets, selection=["titles", "synopses"], instance=instance, resources=resources).success
+        assert dg.materialize(
+            assets, selection=["titles", "synopses"], instance=instance, resources=resources
+        ).success
         results = {
-            key: dg.materialize(assets, selection=dg.AssetSelection.assets("episodes").without_checks()
-                                | dg.AssetSelection.checks_for_assets("episodes"),
-                                partition_key=key, instance=instance, resources=resources, raise_on_error=False)
+            key: dg.materialize(
+                assets,
+                selection=dg.AssetSelection.assets("episodes").without_checks()
+                | dg.AssetSelection.checks_for_assets("episodes"),
+                partition_key=key,
+                instance=instance,
+                resources=resources,
+                raise_on_error=False,
+            )
             for key in (good, creds, redirect)
         }
         assert results[good].success and not results[creds].success and not results[redirect].success
-        messages = {k: next(e for e in r.all_events if e.event_type_value == "STEP_FAILURE")
-                    .event_specific_data.error.message for k, r in results.items() if k != good}
+        messages = {
+            k: next(
+                e for e in r.all_events if e.event_type_value == "STEP_FAILURE"
+            ).event_specific_data.error.message
+            for k, r in results.items()
+            if k != good
+        }
         assert "manifest.csv: row 3:" in messages[creds] and "credentials" in messages[creds]
         assert f"{base}/to-file.mp4?token=***: download failed" in messages[redirect]
         # the check lists every problem row, the good title's run included
@@ -60,7 +77,11 @@ def test_bad_manifest_rows_fail_only_themselves(tmp_path, hostile):  # noqa: F81
         for secret in SECRETS:
             assert secret not in logs
     record = json.loads(stale.read_text())
-    assert record["stage"] == "episodes" and "download failed" in record["error"] and "s3cr3t" not in record["error"]
+    assert (
+        record["stage"] == "episodes"
+        and "download failed" in record["error"]
+        and "s3cr3t" not in record["error"]
+    )
     assert "hunter2" not in (home / "episodes" / creds / "error.json").read_text()
     assert set(handler.agents) == {"test-team/1.0 (t@example.org)"}
     assert json.loads((home / "episodes" / good / "probe.json").read_text())["origin"] == f"{base}/clip.mp4"

@@ -73,7 +73,7 @@ def test_bad_inputs_raise_clear_media_error(request, fixture, phrase):
 
 def test_missing_file(tmp_path):
     missing = tmp_path / "nope.mp4"
-    with pytest.raises(MediaError, match="nope.mp4: file does not exist"):
+    with pytest.raises(MediaError, match=r"nope\.mp4: file does not exist"):
         probe_video(missing)
 
 

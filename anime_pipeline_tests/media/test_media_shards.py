@@ -55,11 +55,19 @@ def test_write_and_read_shard(tmp_path):
     pf = pq.ParquetFile(dest)
     assert pf.metadata.num_row_groups == 1
     arrow = pf.schema_arrow
-    expected = {"mal_id": pa.int64(), "episode": pa.int16(), "frame_index": pa.int32(), "timestamp_s": pa.float64(),
-                "width": pa.int32(), "height": pa.int32()}
+    expected = {
+        "mal_id": pa.int64(),
+        "episode": pa.int16(),
+        "frame_index": pa.int32(),
+        "timestamp_s": pa.float64(),
+        "width": pa.int32(),
+        "height": pa.int32(),
+    }
     for name, typ in expected.items():
         assert arrow.field(name).type == typ
-    assert pa.types.is_binary(arrow.field("image").type) or pa.types.is_large_binary(arrow.field("image").type)
+    assert pa.types.is_binary(arrow.field("image").type) or pa.types.is_large_binary(
+        arrow.field("image").type
+    )
     assert arrow.names == list(FRAMES)
 
     images = decode_frames(df)
@@ -125,11 +133,11 @@ def test_write_rejects_unordered_timestamps(tmp_path):
 def test_read_rejects_wrong_schema(tmp_path):
     bad = tmp_path / "bad.parquet"
     pl.DataFrame({"mal_id": [1], "image": [b"x"]}).write_parquet(bad)
-    with pytest.raises(MediaError, match="bad.parquet: frame shard schema"):
+    with pytest.raises(MediaError, match=r"bad\.parquet: frame shard schema"):
         read_frame_shard(bad)
     junk = tmp_path / "junk.parquet"
     junk.write_text("nope")
-    with pytest.raises(MediaError, match="junk.parquet: not a readable frame shard"):
+    with pytest.raises(MediaError, match=r"junk\.parquet: not a readable frame shard"):
         read_frame_shard(junk)
 
 
@@ -143,8 +151,9 @@ def test_shard_path_layout(tmp_path):
 def test_extract_frame_shard_end_to_end(tmp_path, demo_episode):
     dest = shard_path(tmp_path / "frames", 990001)
     probe = probe_video(demo_episode)
-    info = extract_frame_shard(demo_episode, mal_id=990001, dest=dest,
-                               cfg=SamplingConfig(num_frames=8, timeout_s=None))
+    info = extract_frame_shard(
+        demo_episode, mal_id=990001, dest=dest, cfg=SamplingConfig(num_frames=8, timeout_s=None)
+    )
     assert info.num_frames == 8 and (info.width, info.height) == (160, 120)
     df = read_frame_shard(dest)
     assert df["source_sha256"].unique().to_list() == [probe.sha256]
@@ -173,15 +182,24 @@ def test_extract_frame_shard_with_a_recorded_probe_does_not_hash(tmp_path, demo_
     probe = VideoProbe.from_metadata(meta)
     full = probe_video(demo_episode)
     assert probe.sha256 == full.sha256 and probe.duration_s == pytest.approx(full.duration_s, abs=1e-3)
-    assert (probe.path, probe.width, probe.height, probe.container, probe.variable_frame_rate, probe.size_bytes) == (
-        full.path, full.width, full.height, full.container, full.variable_frame_rate, full.size_bytes)
+    assert (
+        probe.path,
+        probe.width,
+        probe.height,
+        probe.container,
+        probe.variable_frame_rate,
+        probe.size_bytes,
+    ) == (full.path, full.width, full.height, full.container, full.variable_frame_rate, full.size_bytes)
     calls = []
     monkeypatch.setattr(probe_mod, "file_sha256", lambda p: calls.append(("hash", p)) or "00" * 32)
     real_probe_video = shards_mod.probe_video
-    monkeypatch.setattr(shards_mod, "probe_video", lambda *a, **k: calls.append(("probe", a)) or real_probe_video(*a, **k))
+    monkeypatch.setattr(
+        shards_mod, "probe_video", lambda *a, **k: calls.append(("probe", a)) or real_probe_video(*a, **k)
+    )
     dest = shard_path(tmp_path / "frames", 990002)
-    info = extract_frame_shard(demo_episode, mal_id=990002, dest=dest, probe=probe,
-                               cfg=SamplingConfig(num_frames=4, timeout_s=None))
+    info = extract_frame_shard(
+        demo_episode, mal_id=990002, dest=dest, probe=probe, cfg=SamplingConfig(num_frames=4, timeout_s=None)
+    )
     assert calls == []  # neither re-probed nor hashed
     assert info.num_frames == 4
     assert read_frame_shard(dest)["source_sha256"].unique().to_list() == [meta["sha256"]]
@@ -196,8 +214,9 @@ def test_extract_frame_shard_rehashes_when_the_file_changed(tmp_path, demo_episo
     real = probe_mod.file_sha256
     monkeypatch.setattr(probe_mod, "file_sha256", lambda p: calls.append(p) or real(p))
     dest = shard_path(tmp_path / "frames", 990003)
-    extract_frame_shard(demo_episode, mal_id=990003, dest=dest, probe=stale,
-                        cfg=SamplingConfig(num_frames=2, timeout_s=None))
+    extract_frame_shard(
+        demo_episode, mal_id=990003, dest=dest, probe=stale, cfg=SamplingConfig(num_frames=2, timeout_s=None)
+    )
     assert len(calls) == 1
     assert read_frame_shard(dest)["source_sha256"].unique().to_list() == [meta["sha256"]]
 
@@ -241,8 +260,12 @@ def test_contact_sheet_from_images_and_bytes(tmp_path):
     jpegs = [io.BytesIO() for _ in frames]
     for buf, f in zip(jpegs, frames):
         f.image.save(buf, format="JPEG")
-    png2 = contact_sheet([b.getvalue() for b in jpegs], columns=8, thumb_width=40,
-                         captions=[f"{f.timestamp_s:.1f} s" for f in frames])
+    png2 = contact_sheet(
+        [b.getvalue() for b in jpegs],
+        columns=8,
+        thumb_width=40,
+        captions=[f"{f.timestamp_s:.1f} s" for f in frames],
+    )
     assert Image.open(io.BytesIO(png2)).size == (5 * 42 + 2, 30 + 14 + 4)
 
 

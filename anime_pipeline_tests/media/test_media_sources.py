@@ -163,7 +163,9 @@ def test_load_csv_manifest(tmp_path):
 
 def test_load_yaml_manifest(tmp_path):
     m = tmp_path / "m.yaml"
-    m.write_text("episodes:\n  - {mal_id: 1, url: 'https://example.org/a.mp4'}\n  - mal_id: '2'\n    path: v/2.mkv\n")
+    m.write_text(
+        "episodes:\n  - {mal_id: 1, url: 'https://example.org/a.mp4'}\n  - mal_id: '2'\n    path: v/2.mkv\n"
+    )
     rows = load_manifest(m)
     assert rows[0] == ManifestRow(1, "https://example.org/a.mp4", 1, None, 1)
     assert rows[1].mal_id == 2 and rows[1].path == tmp_path / "v" / "2.mkv" and rows[1].url is None
@@ -183,7 +185,10 @@ def test_load_yaml_manifest(tmp_path):
         ("mal_id,url\n,https://e.org/a.mp4\n", r"row 2: mal_id is missing"),
         ("mal_id,url\n1,\n", r"row 2: needs a url or a path"),
         ("mal_id,url\n1,file:///etc/passwd\n", r"row 2: .*scheme 'file' is not allowed"),
-        ("mal_id,url\n1,https://e.org/a.mp4\n1,https://e.org/b.mp4\n", r"row 3: MAL id 1 episode 1 already listed in row 2"),
+        (
+            "mal_id,url\n1,https://e.org/a.mp4\n1,https://e.org/b.mp4\n",
+            r"row 3: MAL id 1 episode 1 already listed in row 2",
+        ),
         ("mal_id,url,episode\n1,https://e.org/a.mp4,zero\n", r"row 2: episode 'zero'"),
         ("mal_id,url,exec\n1,https://e.org/a.mp4,rm -rf /\n", r"row 2: unknown column\(s\) \['exec'\]"),
         ("mal_id,url\n1,https://e.org/a.mp4,extra\n", r"row 2: more values than header columns"),
@@ -220,7 +225,7 @@ def test_manifest_file_errors(tmp_path):
         load_manifest(tmp_path / "none.csv")
     other = tmp_path / "m.json"
     other.write_text("[]")
-    with pytest.raises(MediaError, match="must be .csv, .yaml or .yml"):
+    with pytest.raises(MediaError, match=r"must be \.csv, \.yaml or \.yml"):
         load_manifest(other)
 
 
@@ -234,8 +239,10 @@ def test_manifest_source_needs_a_row(tmp_path):
 
 
 # --------------------------------------------------------------------------------- hostile ids / URLs
-@pytest.mark.parametrize("hostile", ["../../etc", "1/../2", "1; rm -rf /", "", " ", "-1", 0, -5, True, 1.0, None,
-                                     "１２３", "1\x00"])
+@pytest.mark.parametrize(
+    "hostile",
+    ["../../etc", "1/../2", "1; rm -rf /", "", " ", "-1", 0, -5, True, 1.0, None, "１２３", "1\x00"],
+)
 def test_hostile_ids_are_rejected(tmp_path, hostile):
     with pytest.raises(MediaError, match="invalid MAL id"):
         normalize_mal_id(hostile)
@@ -260,10 +267,27 @@ def test_validate_url_accepts_http(url):
 
 @pytest.mark.parametrize(
     "url",
-    ["file:///etc/passwd", "ftp://example.org/a.mp4", "data:video/mp4;base64,AAAA", "javascript:alert(1)",
-     "--exec", "-o /etc/x", "/etc/passwd", "../videos/a.mp4", "videos/a.mp4", "C:\\videos\\a.mp4",
-     "http://", "https:///path", "http://user:pw@example.org/a.mp4", "http://example.org/a b.mp4",
-     "http://example.org/a\n.mp4", "http://example.org:99999/a.mp4", "", None, 42],
+    [
+        "file:///etc/passwd",
+        "ftp://example.org/a.mp4",
+        "data:video/mp4;base64,AAAA",
+        "javascript:alert(1)",
+        "--exec",
+        "-o /etc/x",
+        "/etc/passwd",
+        "../videos/a.mp4",
+        "videos/a.mp4",
+        "C:\\videos\\a.mp4",
+        "http://",
+        "https:///path",
+        "http://user:pw@example.org/a.mp4",
+        "http://example.org/a b.mp4",
+        "http://example.org/a\n.mp4",
+        "http://example.org:99999/a.mp4",
+        "",
+        None,
+        42,
+    ],
 )
 def test_validate_url_rejects(url):
     with pytest.raises(MediaError):
@@ -272,7 +296,9 @@ def test_validate_url_rejects(url):
 
 def test_csv_manifest_with_quoted_fields(tmp_path):
     m = tmp_path / "m.csv"
-    m.write_text('mal_id,url,title\n1,https://example.org/a.mp4,"A title, with\na newline"\n2,https://example.org/b.mp4,\n')
+    m.write_text(
+        'mal_id,url,title\n1,https://example.org/a.mp4,"A title, with\na newline"\n2,https://example.org/b.mp4,\n'
+    )
     assert [(r.mal_id, r.row) for r in load_manifest(m)] == [(1, 3), (2, 4)]
 
 

@@ -60,9 +60,19 @@ def test_a_decoder_error_keeps_the_worker(normal_clip, text_mp4):
     close_workers()
     sample_frames(normal_clip, CFG)
     (pid,) = _idle_pids()
-    fake = VideoProbe(path=text_mp4, codec="h264", width=160, height=120, fps=10.0, duration_s=4.0,
-                      size_bytes=text_mp4.stat().st_size, sha256="", has_audio=False, variable_frame_rate=False,
-                      container="mov,mp4,m4a,3gp,3g2,mj2")
+    fake = VideoProbe(
+        path=text_mp4,
+        codec="h264",
+        width=160,
+        height=120,
+        fps=10.0,
+        duration_s=4.0,
+        size_bytes=text_mp4.stat().st_size,
+        sha256="",
+        has_audio=False,
+        variable_frame_rate=False,
+        container="mov,mp4,m4a,3gp,3g2,mj2",
+    )
     with pytest.raises(MediaError, match="could not decode frames"):
         sample_frames(text_mp4, CFG, fake)  # a reported error, not a crash: the same worker goes on
     assert _idle_pids() == [pid]

@@ -55,8 +55,9 @@ def test_direct_file_download(tmp_path, http_server):
 
 def test_html_page_with_video_tag(tmp_path, http_server):
     url = http_server.url("page.html")
-    ep = acquire_episode("manifest", 12, tmp_path / "ep" / "12", manifest=_manifest(tmp_path, [(12, url)]),
-                         ytdlp=OPTS)
+    ep = acquire_episode(
+        "manifest", 12, tmp_path / "ep" / "12", manifest=_manifest(tmp_path, [(12, url)]), ytdlp=OPTS
+    )
     assert ep.path.name == "ep01.mp4" and ep.origin == url
     assert ep.path.read_bytes() == (http_server.root / "clip.mp4").read_bytes()
     assert http_server.count("/page.html") == 1 and http_server.count("/clip.mp4") == 1
@@ -94,15 +95,25 @@ def test_http_error_is_a_media_error(tmp_path, http_server):
 
 @pytest.mark.parametrize(
     "url",
-    ["file:///etc/passwd", "ftp://127.0.0.1/clip.mp4", "--exec", "--exec=touch /tmp/pwned", "-o/etc/x",
-     "/etc/passwd", "clip.mp4", "../clip.mp4", "data:text/html,<video src=x>", "javascript:alert(1)"],
+    [
+        "file:///etc/passwd",
+        "ftp://127.0.0.1/clip.mp4",
+        "--exec",
+        "--exec=touch /tmp/pwned",
+        "-o/etc/x",
+        "/etc/passwd",
+        "clip.mp4",
+        "../clip.mp4",
+        "data:text/html,<video src=x>",
+        "javascript:alert(1)",
+    ],
 )
 def test_non_http_urls_never_reach_ytdlp(tmp_path, no_ytdlp, url):
     with pytest.raises(MediaError):
         download_url(url, 16, tmp_path / "16", OPTS)
     m = tmp_path / "m.yaml"
     m.write_text(f"- mal_id: 16\n  url: {url!r}\n")
-    with pytest.raises(MediaError, match="m.yaml: row 1"):
+    with pytest.raises(MediaError, match=r"m\.yaml: row 1"):
         acquire_episode("manifest", 16, tmp_path / "16", manifest=m, ytdlp=OPTS)
     assert no_ytdlp == []
     assert not (tmp_path / "16").exists()
@@ -119,30 +130,56 @@ def test_ytdlp_params_are_locked_down(tmp_path):
     assert p["external_downloader"] == {"default": "native"} and p["js_runtimes"] == {}
     assert p["cookiefile"] is None and p["cookiesfrombrowser"] is None and p["usenetrc"] is False
     assert p["cachedir"] is False and p["noplaylist"] is True
-    forbidden = {"exec_cmd", "exec_before_dl_cmd", "postprocessor_args", "external_downloader_args",
-                 "ffmpeg_location", "load_info_filename", "batchfile", "plugin_dirs"}
+    forbidden = {
+        "exec_cmd",
+        "exec_before_dl_cmd",
+        "postprocessor_args",
+        "external_downloader_args",
+        "ffmpeg_location",
+        "load_info_filename",
+        "batchfile",
+        "plugin_dirs",
+    }
     assert not forbidden & set(p)
     assert p["match_filter"]({"is_live": True}) == "live streams are not supported"
 
 
 def test_archive_must_stay_in_the_data_dir(tmp_path, no_ytdlp):
     opts = YtDlpOptions(proxy="", archive=tmp_path.parent / "elsewhere.txt")
-    with pytest.raises(MediaError, match="download archive .* must be inside"):
+    with pytest.raises(MediaError, match=r"download archive .* must be inside"):
         download_url("http://127.0.0.1:9/a.mp4", 17, tmp_path / "episodes" / "17", opts)
     assert no_ytdlp == []
 
 
-@pytest.mark.parametrize("kw", [dict(retries=-1), dict(ratelimit=0), dict(max_height=0),
-                                dict(proxy="file:///tmp/sock"), dict(socket_timeout=0)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(retries=-1),
+        dict(ratelimit=0),
+        dict(max_height=0),
+        dict(proxy="file:///tmp/sock"),
+        dict(socket_timeout=0),
+    ],
+)
 def test_ytdlp_options_validation(kw):
     with pytest.raises(ValueError):
         YtDlpOptions(**kw)
 
 
-def test_no_user_plugins(monkeypatch):
-    from yt_dlp.globals import all_plugins_loaded, plugin_dirs
+def test_no_user_plugins(tmp_path, monkeypatch):
+    """A yt-dlp plugin on the path is found by yt-dlp's loader (control), and not once we disabled plugins."""
+    from yt_dlp.globals import plugin_specs
+    from yt_dlp.plugins import load_plugins
 
-    monkeypatch.setattr(all_plugins_loaded, "value", False)
-    monkeypatch.setattr(plugin_dirs, "value", ["default"])
+    pkg = tmp_path / "yt_dlp_plugins" / "extractor"
+    pkg.mkdir(parents=True)
+    (pkg / "evil_ie.py").write_text(
+        "from yt_dlp.extractor.common import InfoExtractor\n"
+        "class EvilIE(InfoExtractor):\n    _VALID_URL = r'evil://.*'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("YTDLP_NO_PLUGINS", raising=False)
+    spec = plugin_specs.value["extractor"]
+    assert "EvilIE" in load_plugins(spec)  # control: the plugin would be loaded
     sources._disable_ytdlp_plugins()
-    assert plugin_dirs.value == []
+    assert load_plugins(spec) == {}

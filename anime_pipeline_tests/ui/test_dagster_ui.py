@@ -31,27 +31,52 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 SHOTS = Path(os.environ.get("ANIME_PIPELINE_UI_SCREENSHOTS") or REPO / "build" / "ui-screenshots")
 VIEWPORT = {"width": 1440, "height": 900}
 
-ASSETS = ["titles", "synopses", "episodes", "frame_shards", "train_val_split", "dataset_export",
-          "finetuned_adapter", "caption_eval"]
+ASSETS = [
+    "titles",
+    "synopses",
+    "episodes",
+    "frame_shards",
+    "train_val_split",
+    "dataset_export",
+    "finetuned_adapter",
+    "caption_eval",
+]
 # What a user must find on each asset's page: metadata labels and the column headers of its tables.
 EXPECTED = {
-    "titles": {"labels": ["num_titles", "size_mb", "compute_s", "preview"], "headers": ["mal_id", "name", "genres"]},
-    "synopses": {"labels": ["num_synopses", "by_source", "preview"], "headers": ["mal_id", "source", "synopsis"]},
+    "titles": {
+        "labels": ["num_titles", "size_mb", "compute_s", "preview"],
+        "headers": ["mal_id", "name", "genres"],
+    },
+    "synopses": {
+        "labels": ["num_synopses", "by_source", "preview"],
+        "headers": ["mal_id", "source", "synopsis"],
+    },
     "episodes": {"labels": ["title", "video_duration_s", "size_mb", "compute_s"], "headers": []},
     "frame_shards": {"labels": ["title", "num_frames", "video_duration_s", "contact_sheet"], "headers": []},
-    "train_val_split": {"labels": ["num_train", "num_val", "stats", "preview"],
-                        "headers": ["stat", "train", "val", "synopsis", "num_frames"]},
+    "train_val_split": {
+        "labels": ["num_train", "num_val", "stats", "preview"],
+        "headers": ["stat", "train", "val", "synopsis", "num_frames"],
+    },
     "dataset_export": {"labels": ["rows_per_split", "size_mb"], "headers": ["split", "rows"]},
-    "finetuned_adapter": {"labels": ["losses", "parameters", "hyperparameters", "peak_memory_mb", "adapter_mb"],
-                          "headers": ["loss", "before", "after", "component", "trainable", "frozen"]},
-    "caption_eval": {"labels": ["metrics", "examples", "contact_sheet", "val_loss_base"],
-                     "headers": ["metric", "base", "fine_tuned", "change", "title", "by", "text"]},
+    "finetuned_adapter": {
+        "labels": ["losses", "parameters", "hyperparameters", "peak_memory_mb", "adapter_mb"],
+        "headers": ["loss", "before", "after", "component", "trainable", "frozen"],
+    },
+    "caption_eval": {
+        "labels": ["metrics", "examples", "contact_sheet", "val_loss_base"],
+        "headers": ["metric", "base", "fine_tuned", "change", "title", "by", "text"],
+    },
 }
 # Table assets: the columns their "Columns" section lists (dagster/column_schema).
 TABLE_COLUMNS = {
@@ -76,7 +101,9 @@ CLIPPED_TABLES = """() => [...document.querySelectorAll('table table')].filter((
   t.style.width = old;
   return narrowest > available + 1;
 }).map((t) => [...t.querySelectorAll('th')].map((th) => th.innerText).join(' | '))"""
-ERROR_BOUNDARY = re.compile(r"Something went wrong|Unexpected error|An error occurred|TypeError|is not a function")
+ERROR_BOUNDARY = re.compile(
+    r"Something went wrong|Unexpected error|An error occurred|TypeError|is not a function"
+)
 
 
 # Demo instance ---------------------------------------------------------------------------------------
@@ -100,13 +127,30 @@ EXISTING_UI = os.environ.get("ANIME_PIPELINE_UI_URL", "").rstrip("/")
 def _start_dagster_dev(dagster_home: Path, data_home: Path, log: Path) -> tuple[subprocess.Popen, str]:
     """`dagster dev` on loopback; the schedule and sensor stay off so no run starts behind the test's back."""
     port = free_port()
-    env = dict(os.environ, DAGSTER_HOME=str(dagster_home), ANIME_PIPELINE_HOME=str(data_home),
-               ANIME_PIPELINE_CATALOG_SCHEDULE="off", ANIME_PIPELINE_MEDIA_SENSOR="off")
+    env = dict(
+        os.environ,
+        DAGSTER_HOME=str(dagster_home),
+        ANIME_PIPELINE_HOME=str(data_home),
+        ANIME_PIPELINE_CATALOG_SCHEDULE="off",
+        ANIME_PIPELINE_MEDIA_SENSOR="off",
+    )
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
-             "-p", str(port)],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(Path(sys.executable).parent / "dagster"),
+                "dev",
+                "-w",
+                "workspace.yaml",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     return proc, f"http://127.0.0.1:{port}"
 
@@ -149,9 +193,15 @@ def demo_instance(tmp_path_factory):
     proc = None
     try:
         with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
-            summary = run_all(settings, instance=instance, out=sys.stderr,
-                              run_config={"finetuned_adapter": {"config": {"epochs": 10}},
-                                          "caption_eval": {"config": {"max_new_tokens": 48}}})
+            summary = run_all(
+                settings,
+                instance=instance,
+                out=sys.stderr,
+                run_config={
+                    "finetuned_adapter": {"config": {"epochs": 10}},
+                    "caption_eval": {"config": {"max_new_tokens": 48}},
+                },
+            )
         mp.undo()
         assert summary["failed_titles"] == [] and summary["titles"] == len(keep), summary
         # started after the demo: its daemon never races the demo's runs, and the storages exist already
@@ -175,8 +225,11 @@ def demo_instance(tmp_path_factory):
 
 
 def _graphql(base: str, query: str) -> dict:
-    req = urllib.request.Request(f"{base}/graphql", data=json.dumps({"query": query}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{base}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     return json.loads(urllib.request.urlopen(req, timeout=10).read())["data"]
 
 
@@ -190,7 +243,10 @@ class Page:
         self.page = self.context.new_page()
         self.page.set_default_timeout(30_000)
         self.errors: list[str] = []
-        self.page.on("console", lambda m: self.errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+        self.page.on(
+            "console",
+            lambda m: self.errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None,
+        )
         self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
 
     def open(self, path: str, wait_for: str | None = None):
@@ -258,8 +314,10 @@ def test_asset_catalog_lists_every_asset(page):
 
 def test_lineage_graph(page):
     # every group expanded: the neighbours of the split reach from the catalog to the evaluation
-    pg = page.open("/assets/train_val_split?view=lineage&lineageScope=neighbors&lineageDepth=10",
-                   wait_for="finetuned_adapter")
+    pg = page.open(
+        "/assets/train_val_split?view=lineage&lineageScope=neighbors&lineageDepth=10",
+        wait_for="finetuned_adapter",
+    )
     pg.wait_for_timeout(1500)  # the graph lays out after the data arrives
     for key in ("titles", "frame_shards", "finetuned_adapter", "caption_eval"):
         assert pg.get_by_text(key, exact=True).first.is_visible(), key
@@ -290,7 +348,9 @@ def test_asset_page_shows_tables_numbers_and_no_errors(page, key):
         # the column schema ("Columns") with every column, and the row count
         assert "Columns" in body, f"{key}: no Columns section"
         for column in TABLE_COLUMNS[key]:
-            assert re.search(rf"(^|\s){re.escape(column)}(\s|$)", body), f"{key}: column {column!r} not listed"
+            assert re.search(rf"(^|\s){re.escape(column)}(\s|$)", body), (
+                f"{key}: column {column!r} not listed"
+            )
         assert re.search(r"Row count\s+\d+", body), f"{key}: no row count"
     page.assert_healthy(f"asset page {key}")
 
@@ -310,7 +370,11 @@ def _assert_fully_visible(pg, dialog, img, where: str):
     box, dbox = img.bounding_box(), dialog.bounding_box()
     natural = img.evaluate("(i) => [i.naturalWidth, i.naturalHeight]")
     assert box and dbox, where
-    assert box["x"] >= dbox["x"] - 1 and box["x"] + box["width"] <= dbox["x"] + dbox["width"] + 1, (where, box, dbox)
+    assert box["x"] >= dbox["x"] - 1 and box["x"] + box["width"] <= dbox["x"] + dbox["width"] + 1, (
+        where,
+        box,
+        dbox,
+    )
     assert box["x"] >= 0 and box["x"] + box["width"] <= VIEWPORT["width"], (where, box)
     assert abs(box["width"] - natural[0]) <= 1, f"{where}: image scaled {natural} -> {box}"
     clipped = dialog.evaluate(
@@ -331,7 +395,9 @@ def test_frame_shards_partition_shows_title_and_whole_contact_sheet(page, demo_i
     assert f"{name} (MAL {mal_id})" in body, "the partition's materialization does not name its title"
     page.shot("20-frame-shards-partition")
     dialog, img = _open_dialog_image(pg, "contact_sheet")
-    assert f"{name} (MAL {mal_id})" in dialog.inner_text(), "the contact sheet's caption does not name the title"
+    assert f"{name} (MAL {mal_id})" in dialog.inner_text(), (
+        "the contact sheet's caption does not name the title"
+    )
     _assert_fully_visible(pg, dialog, img, "frame_shards contact sheet")
     page.shot("21-frame-shards-contact-sheet", full_page=False)
     page.assert_healthy("frame_shards partition")
@@ -340,7 +406,9 @@ def test_frame_shards_partition_shows_title_and_whole_contact_sheet(page, demo_i
 def test_caption_eval_contact_sheet_names_its_title(page):
     pg = page.open("/assets/caption_eval", wait_for="contact_sheet")
     dialog, img = _open_dialog_image(pg, "contact_sheet")
-    assert re.search(r"\(MAL \d+\)", dialog.inner_text()), "caption_eval's sheet does not say which title it shows"
+    assert re.search(r"\(MAL \d+\)", dialog.inner_text()), (
+        "caption_eval's sheet does not say which title it shows"
+    )
     _assert_fully_visible(pg, dialog, img, "caption_eval contact sheet")
     page.shot("22-caption-eval-contact-sheet", full_page=False)
     page.assert_healthy("caption_eval contact sheet")
@@ -362,7 +430,9 @@ def test_latest_run_log_and_readable_training_progress(page):
     pg = page.open(f"/runs/{training['runId']}", wait_for="RUN_SUCCESS")
     search = pg.get_by_placeholder(re.compile("Filter", re.IGNORECASE)).first
     search.fill("samples/s")
-    line = pg.get_by_text(re.compile(r"step \d+/\d+ \(\d+%\) · loss [\d.]+ · lr [\d.e+-]+ · [\d.]+ samples/s")).first
+    line = pg.get_by_text(
+        re.compile(r"step \d+/\d+ \(\d+%\) · loss [\d.]+ · lr [\d.e+-]+ · [\d.]+ samples/s")
+    ).first
     line.wait_for(state="visible")
     assert not re.search(r"\d\.\d{7,}", line.inner_text()), "progress line with unrounded numbers"
     page.shot("31-training-run-progress", full_page=False)
@@ -371,7 +441,9 @@ def test_latest_run_log_and_readable_training_progress(page):
 
 def test_launchpad_of_finetuned_adapter_prefills_training_fields(page):
     pg = page.open("/assets/finetuned_adapter", wait_for="Materialize")
-    pg.locator("button").filter(has_text="Materialize").first.click(modifiers=["Shift"])  # shift: the launchpad
+    pg.locator("button").filter(has_text="Materialize").first.click(
+        modifiers=["Shift"]
+    )  # shift: the launchpad
     editor = pg.locator(".CodeMirror").first
     editor.wait_for(state="visible")
     pg.wait_for_timeout(500)
