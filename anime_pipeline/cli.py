@@ -43,8 +43,14 @@ def _instance(settings: Settings):
 
 
 def run_job(
-    defs, job_name: str, *, instance, partition_key: str | None = None, run_config: dict | None = None,
-    log_level: str = "INFO", tags: dict | None = None,
+    defs,
+    job_name: str,
+    *,
+    instance,
+    partition_key: str | None = None,
+    run_config: dict | None = None,
+    log_level: str = "INFO",
+    tags: dict | None = None,
 ):
     """One run of a job of the definitions (so the UI shows it under that job and can re-execute it)."""
     job = defs.resolve_job_def(job_name)
@@ -59,7 +65,12 @@ def run_job(
 
 
 def run_job_multiprocess(
-    job_name: str, *, instance, partition_key: str | None = None, run_config: dict | None = None, tags: dict | None = None
+    job_name: str,
+    *,
+    instance,
+    partition_key: str | None = None,
+    run_config: dict | None = None,
+    tags: dict | None = None,
 ):
     """One run of a job with every step in its own process (the job is reloaded from
     `anime_pipeline.definitions` in each, so each step resolves its own settings and local dir)."""
@@ -77,7 +88,12 @@ def run_job_multiprocess(
 
 
 def run_all(
-    settings: Settings, *, out=sys.stdout, run_config: dict | None = None, instance=None, log_level: str = "INFO"
+    settings: Settings,
+    *,
+    out=sys.stdout,
+    run_config: dict | None = None,
+    instance=None,
+    log_level: str = "INFO",
 ) -> dict:
     """Run the project's jobs: catalog_job, then media_job for each title partition, then training_job
     (split → export → fine-tune → eval), each a run of that job on the instance.
@@ -94,10 +110,20 @@ def run_all(
 
     def step(job_name, partition_key=None):
         t0 = time.monotonic()
-        result = run_job(defs, job_name, instance=instance, partition_key=partition_key, run_config=run_config,
-                         log_level=log_level)
+        result = run_job(
+            defs,
+            job_name,
+            instance=instance,
+            partition_key=partition_key,
+            run_config=run_config,
+            log_level=log_level,
+        )
         label = job_name + (f" [{partition_key}]" if partition_key else "")
-        print(f"  {'ok  ' if result.success else 'FAIL'} {label} ({time.monotonic() - t0:.1f}s)", file=out, flush=True)
+        print(
+            f"  {'ok  ' if result.success else 'FAIL'} {label} ({time.monotonic() - t0:.1f}s)",
+            file=out,
+            flush=True,
+        )
         return result
 
     print(f"anime_pipeline: profile={settings.profile} data={settings.store_uri}", file=out, flush=True)
@@ -108,7 +134,9 @@ def run_all(
     if not step("training_job").success:
         raise SystemExit("training_job failed; see the run in `./scripts/dev`")
     summary = summarize(settings, instance)
-    summary.update({"titles": len(keys), "failed_titles": failed, "wall_s": round(time.monotonic() - started, 1)})
+    summary.update(
+        {"titles": len(keys), "failed_titles": failed, "wall_s": round(time.monotonic() - started, 1)}
+    )
     return summary
 
 
@@ -143,15 +171,25 @@ def summarize(settings: Settings, instance) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m anime_pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="run catalog_job, media_job per title and training_job (profile from ANIME_PIPELINE_PROFILE)")
+    sub.add_parser(
+        "demo",
+        help="run catalog_job, media_job per title and training_job (profile from ANIME_PIPELINE_PROFILE)",
+    )
     sub.add_parser("dagster-home", help="print (and prepare) the DAGSTER_HOME under the data dir")
-    jp = sub.add_parser("job", help="one run of one job on the instance at DAGSTER_HOME (e.g. a step of a deployment)")
+    jp = sub.add_parser(
+        "job", help="one run of one job on the instance at DAGSTER_HOME (e.g. a step of a deployment)"
+    )
     jp.add_argument("name", choices=sorted(JOB_ASSETS))
     jp.add_argument("--partition", default=None, help="partition key (MAL id) for media_job")
     jp.add_argument("--all-partitions", action="store_true", help="media_job: one run per title partition")
-    jp.add_argument("--multiprocess", action="store_true",
-                    help="each step in its own process (Dagster's multiprocess executor), as a run worker does")
-    jp.add_argument("--config", default=None, help='op config as JSON: {"finetuned_adapter": {"max_steps": 20}, …}')
+    jp.add_argument(
+        "--multiprocess",
+        action="store_true",
+        help="each step in its own process (Dagster's multiprocess executor), as a run worker does",
+    )
+    jp.add_argument(
+        "--config", default=None, help='op config as JSON: {"finetuned_adapter": {"max_steps": 20}, …}'
+    )
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if args.command == "dagster-home":
@@ -168,14 +206,20 @@ def main(argv: list[str] | None = None) -> int:
         op_config = {k: {"config": v} for k, v in json.loads(args.config).items()} if args.config else None
         keys = [args.partition]
         if args.all_partitions:
-            keys = instance.get_dynamic_partitions(MAL_ID_PARTITIONS_NAME)
+            keys = list(instance.get_dynamic_partitions(MAL_ID_PARTITIONS_NAME))
         ok = True
         for key in keys:
             if args.multiprocess:
-                result = run_job_multiprocess(args.name, instance=instance, partition_key=key, run_config=op_config)
+                result = run_job_multiprocess(
+                    args.name, instance=instance, partition_key=key, run_config=op_config
+                )
             else:
                 result = run_job(defs, args.name, instance=instance, partition_key=key, run_config=op_config)
-            print(f"{'ok  ' if result.success else 'FAIL'} {args.name}" + (f" [{key}]" if key else "") + f" run {result.run_id}")
+            print(
+                f"{'ok  ' if result.success else 'FAIL'} {args.name}"
+                + (f" [{key}]" if key else "")
+                + f" run {result.run_id}"
+            )
             ok = ok and result.success
         return 0 if ok else 1
     summary = run_all(settings)

@@ -12,7 +12,7 @@ from anime_pipeline.defs.schedules import build_jobs, build_schedules
 from anime_pipeline.defs.sensors import build_sensors
 from anime_pipeline.settings import Settings
 
-ASSETS = [
+ASSETS: list[dg.AssetsDefinition | dg.AssetSpec] = [
     catalog.CATALOG_SOURCE,
     catalog.titles,
     catalog.synopses,

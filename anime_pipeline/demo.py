@@ -21,13 +21,47 @@ PALETTE = {
     "cyan": "0x20D0E0",
 }
 DIRECTIONS = ("left", "right")
-GENRE_POOL = ("Action", "Adventure", "Comedy", "Drama", "Fantasy", "Mystery", "Slice of Life", "Sci-Fi", "Sports")
+GENRE_POOL = (
+    "Action",
+    "Adventure",
+    "Comedy",
+    "Drama",
+    "Fantasy",
+    "Mystery",
+    "Slice of Life",
+    "Sci-Fi",
+    "Sports",
+)
 FIRST_NAMES = ("Aoi", "Haru", "Kaito", "Mei", "Ren", "Sora", "Yuki", "Hina", "Riku", "Nao", "Emi", "Taro")
 SURNAMES = ("Sato", "Suzuki", "Takahashi", "Tanaka", "Ito", "Watanabe", "Yamamoto", "Nakamura")
-WORDS = ("Starlit", "Crimson", "Quiet", "Hidden", "Endless", "Paper", "Silver", "Northern", "Electric", "Hollow",
-         "Summer", "Glass")
-NOUNS = ("Garden", "Harbor", "Academy", "Frontier", "Signal", "Lantern", "Orbit", "Festival", "Archive",
-         "Workshop", "Valley", "Railway")
+WORDS = (
+    "Starlit",
+    "Crimson",
+    "Quiet",
+    "Hidden",
+    "Endless",
+    "Paper",
+    "Silver",
+    "Northern",
+    "Electric",
+    "Hollow",
+    "Summer",
+    "Glass",
+)
+NOUNS = (
+    "Garden",
+    "Harbor",
+    "Academy",
+    "Frontier",
+    "Signal",
+    "Lantern",
+    "Orbit",
+    "Festival",
+    "Archive",
+    "Workshop",
+    "Valley",
+    "Railway",
+)
 
 DEMO_TITLE_COUNT = 24
 DEMO_MAL_ID_BASE = 990_001
@@ -89,7 +123,10 @@ def demo_titles(count: int = DEMO_TITLE_COUNT) -> list[DemoTitle]:
             f"{_pick(FIRST_NAMES, key, 'c2')} {_pick(SURNAMES, key, 's2')}",
         )
         if chars[0] == chars[1]:
-            chars = (chars[0], f"{FIRST_NAMES[(i + 3) % len(FIRST_NAMES)]} {SURNAMES[(i + 1) % len(SURNAMES)]}")
+            chars = (
+                chars[0],
+                f"{FIRST_NAMES[(i + 3) % len(FIRST_NAMES)]} {SURNAMES[(i + 1) % len(SURNAMES)]}",
+            )
         titles.append(
             DemoTitle(
                 mal_id=mal_id,

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 HOME = "{home}"
 
@@ -31,7 +32,7 @@ def to_ref(value: Any, home: Path) -> Any:
         if value == root:
             return HOME
         if value.startswith(root + "/"):
-            return HOME + value[len(root):]
+            return HOME + value[len(root) :]
         return value
     if isinstance(value, dict):
         return {k: to_ref(v, home) for k, v in value.items()}
@@ -47,7 +48,7 @@ def from_ref(value: Any, home: Path) -> Any:
         if value == HOME:
             return root
         if value.startswith(HOME + "/"):
-            return root + value[len(HOME):]
+            return root + value[len(HOME) :]
         return value
     if isinstance(value, dict):
         return {k: from_ref(v, home) for k, v in value.items()}
@@ -58,30 +59,55 @@ def from_ref(value: Any, home: Path) -> Any:
 
 def relative_ref(value: str) -> str | None:
     """`{home}/a/b` → `a/b` (None for anything else: a hub model id)."""
-    return value[len(HOME) + 1:] if isinstance(value, str) and value.startswith(HOME + "/") else None
+    return value[len(HOME) + 1 :] if isinstance(value, str) and value.startswith(HOME + "/") else None
 
 
 # Job builders (used by the assets) -----------------------------------------------------------------
-def train_job(*, store: dict, train_config: dict, home: Path, inputs: list[str], run_dir: str, asset_key: str) -> dict:
+def train_job(
+    *, store: dict, train_config: dict, home: Path, inputs: list[str], run_dir: str, asset_key: str
+) -> dict:
     """Fine-tune `train_config` (a TrainConfig dict with local paths); `run_dir` (relative) is published."""
     cfg = to_ref(train_config, home)
     base = relative_ref(cfg.get("base_model", ""))
     optional = [run_dir]  # a re-executed run resumes from the checkpoints published by the last attempt
     if base:
         inputs = [*inputs, base]
-    return {"kind": "train", "store": store, "config": cfg, "inputs": inputs, "optional_inputs": optional,
-            "outputs": [run_dir], "asset_key": asset_key}
+    return {
+        "kind": "train",
+        "store": store,
+        "config": cfg,
+        "inputs": inputs,
+        "optional_inputs": optional,
+        "outputs": [run_dir],
+        "asset_key": asset_key,
+    }
 
 
-def eval_job(*, store: dict, eval_args: dict, home: Path, inputs: list[str], outputs: list[str], asset_key: str,
-             examples: int = 3) -> dict:
+def eval_job(
+    *,
+    store: dict,
+    eval_args: dict,
+    home: Path,
+    inputs: list[str],
+    outputs: list[str],
+    asset_key: str,
+    examples: int = 3,
+) -> dict:
     """Evaluate (base vs fine-tuned) with `evaluate_adapter(**eval_args)`; `outputs` (relative) are published."""
     args = to_ref(eval_args, home)
     base = relative_ref(args.get("base_model", ""))
     if base:
         inputs = [*inputs, base]
-    return {"kind": "eval", "store": store, "args": args, "inputs": inputs, "optional_inputs": ["catalog"],
-            "outputs": outputs, "asset_key": asset_key, "examples": examples}
+    return {
+        "kind": "eval",
+        "store": store,
+        "args": args,
+        "inputs": inputs,
+        "optional_inputs": ["catalog"],
+        "outputs": outputs,
+        "asset_key": asset_key,
+        "examples": examples,
+    }
 
 
 # The stable calls into training and evaluation ----------------------------------------------------
@@ -112,10 +138,14 @@ def run_evaluation(args: dict, log: Callable[[str], None], examples: int) -> dic
     md["examples"] = {"raw_value": result.examples_markdown(examples), "type": "md"}
     if result.preview_png:
         b64 = base64.b64encode(result.preview_png).decode()
-        md["contact_sheet"] = {"raw_value": f"![validation frames](data:image/png;base64,{b64})", "type": "md"}
+        md["contact_sheet"] = {
+            "raw_value": f"![validation frames](data:image/png;base64,{b64})",
+            "type": "md",
+        }
     for k, v in (getattr(result, "extras", None) or {}).items():
-        md[f"eval_{k}" if not k.startswith("eval") else k] = {"raw_value": v, "type": "json"} if not isinstance(
-            v, (str, int, float, bool)) else v
+        md[f"eval_{k}" if not k.startswith("eval") else k] = (
+            {"raw_value": v, "type": "json"} if not isinstance(v, (str, int, float, bool)) else v
+        )
     return md
 
 
@@ -130,8 +160,12 @@ def open_store(store: dict):
     cache = os.environ.get("ANIME_PIPELINE_CACHE_DIR", "").strip()
     root = Path(cache).expanduser() if cache else default_cache_dir(store["data_uri"])
     root.mkdir(parents=True, exist_ok=True)
-    return open_data_store(store["data_uri"], root, endpoint_url=store.get("endpoint_url"),
-                           region=store.get("region") or DEFAULT_REGION)
+    return open_data_store(
+        store["data_uri"],
+        root,
+        endpoint_url=store.get("endpoint_url"),
+        region=store.get("region") or DEFAULT_REGION,
+    )
 
 
 def execute(job: dict, log: Callable[[str], None], *, publish: bool = True) -> dict:
@@ -154,7 +188,7 @@ def execute(job: dict, log: Callable[[str], None], *, publish: bool = True) -> d
     prefix = str(root) + "/"
     for k, v in list(md.items()):
         if isinstance(v, str) and v.startswith(prefix):
-            md[k] = store.uri(v[len(prefix):])
+            md[k] = store.uri(v[len(prefix) :])
     md["worker_data_dir"] = str(root)
     md["worker_started_empty"] = started_empty
     return md
@@ -170,11 +204,13 @@ def main(argv: list[str] | None = None) -> int:
         execute(job, lambda _msg: None, publish=False)
         return 0
     with open_dagster_pipes() as pipes:
-        job = (pipes.extras or {}).get("gpu_job")
-        if not isinstance(job, dict):
-            raise SystemExit("gpu_job: the Pipes extras hold no `gpu_job` (launch it through the gpu_launcher resource)")
-        md = execute(job, pipes.log.info)
-        pipes.report_asset_materialization(metadata=md, asset_key=job.get("asset_key"))
+        spec = (pipes.extras or {}).get("gpu_job")
+        if not isinstance(spec, dict):
+            raise SystemExit(
+                "gpu_job: the Pipes extras hold no `gpu_job` (launch it through the gpu_launcher resource)"
+            )
+        md = execute(spec, pipes.log.info)
+        pipes.report_asset_materialization(metadata=md, asset_key=spec.get("asset_key"))
     return 0
 
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal, Mapping, Sequence
+from typing import Literal
 
 TRAINING_MODULE = "anime_pipeline.training"
 GPU_JOB_MODULE = "anime_pipeline.gpu_job"  # what the gpu_launcher resource runs: fetch, train/eval, publish
@@ -115,9 +116,10 @@ def training_command(
     master_port = _count("master_port", master_port, minimum=1)
     if master_port > 65535:
         raise LaunchError(f"master_port must be ≤ 65535, got {master_port}")
-    if nodes > 1:
-        if not master_addr or not _HOST_RE.match(master_addr):
-            raise LaunchError(f"nodes={nodes} needs master_addr, the rendezvous host name or IP (got {master_addr!r})")
+    if nodes > 1 and (not master_addr or not _HOST_RE.match(master_addr)):
+        raise LaunchError(
+            f"nodes={nodes} needs master_addr, the rendezvous host name or IP (got {master_addr!r})"
+        )
     if node_rank is not None:
         node_rank = _count("node_rank", node_rank, minimum=0)
         if node_rank >= nodes:
@@ -131,10 +133,14 @@ def training_command(
             if not re.match(r"^[A-Za-z0-9_-]+$", rdzv_id or ""):
                 raise LaunchError(f"rdzv_id must be [A-Za-z0-9_-]+, got {rdzv_id!r}")
             cmd += [
-                "--nnodes", str(nodes),
-                "--rdzv-backend", "c10d",
-                "--rdzv-endpoint", f"{master_addr}:{master_port}",
-                "--rdzv-id", rdzv_id,
+                "--nnodes",
+                str(nodes),
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                f"{master_addr}:{master_port}",
+                "--rdzv-id",
+                rdzv_id,
             ]
             if node_rank is not None:
                 cmd += ["--node-rank", str(node_rank)]
@@ -150,9 +156,12 @@ def training_command(
         if node_rank is None:
             raise LaunchError(f"accelerate with nodes={nodes} needs this node's node_rank")
         cmd += [
-            "--machine_rank", str(node_rank),
-            "--main_process_ip", str(master_addr),
-            "--main_process_port", str(master_port),
+            "--machine_rank",
+            str(node_rank),
+            "--main_process_ip",
+            str(master_addr),
+            "--main_process_port",
+            str(master_port),
         ]
     # The training loop manages precision itself; say so instead of letting accelerate guess.
     cmd += ["--mixed_precision", "no", "--dynamo_backend", "no"]
@@ -247,7 +256,9 @@ def k8s_pod_spec_for_training(
     pod_volumes = [dict(v) for v in volumes]
     mounts = [dict(v) for v in volume_mounts]
     if shm_size is not None:
-        pod_volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": _quantity("shm_size", shm_size)}})
+        pod_volumes.append(
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": _quantity("shm_size", shm_size)}}
+        )
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     if mounts:
         container["volumeMounts"] = mounts
@@ -294,7 +305,11 @@ def ecs_run_task_params(
     (Secrets Manager / SSM ARNs), never here: these parameters end up in the ECS API and Dagster logs.
     `PipesECSClient.run(run_task_params=…)` adds the Pipes environment to every container override.
     """
-    for name, value in (("cluster", cluster), ("task_definition", task_definition), ("container_name", container_name)):
+    for name, value in (
+        ("cluster", cluster),
+        ("task_definition", task_definition),
+        ("container_name", container_name),
+    ):
         if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
             raise LaunchError(f"{name} must be a non-empty name or ARN, got {value!r}")
     gpus = _count("gpus", gpus, minimum=0)

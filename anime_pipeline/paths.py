@@ -7,9 +7,9 @@ import os
 import re
 import tempfile
 import unicodedata
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_COMPONENT = 100

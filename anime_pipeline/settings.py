@@ -23,6 +23,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 DEFAULT_BASE_MODEL = "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"
 PROFILES = ("demo", "live")
@@ -118,7 +119,7 @@ class GpuSettings:
     ecs_capacity_provider: str | None = None
 
     @classmethod
-    def from_env(cls, env: dict[str, str]) -> "GpuSettings":
+    def from_env(cls, env: dict[str, str]) -> GpuSettings:
         launcher = _choice(env, "ANIME_PIPELINE_GPU_LAUNCHER", "subprocess", GPU_LAUNCHERS)
         image = env.get("ANIME_PIPELINE_GPU_IMAGE", "").strip() or None
         if image and any(c.isspace() for c in image):
@@ -144,20 +145,30 @@ class GpuSettings:
     def validate(self) -> None:
         if self.launcher == "k8s":
             if not self.image:
-                raise SettingsError("ANIME_PIPELINE_GPU_LAUNCHER=k8s needs ANIME_PIPELINE_GPU_IMAGE (the training image)")
-            for var, names in (("ANIME_PIPELINE_K8S_SECRETS", self.k8s_secrets),
-                               ("ANIME_PIPELINE_K8S_CONFIG_MAPS", self.k8s_config_maps),
-                               ("ANIME_PIPELINE_K8S_NAMESPACE", (self.k8s_namespace,))):
+                raise SettingsError(
+                    "ANIME_PIPELINE_GPU_LAUNCHER=k8s needs ANIME_PIPELINE_GPU_IMAGE (the training image)"
+                )
+            for var, names in (
+                ("ANIME_PIPELINE_K8S_SECRETS", self.k8s_secrets),
+                ("ANIME_PIPELINE_K8S_CONFIG_MAPS", self.k8s_config_maps),
+                ("ANIME_PIPELINE_K8S_NAMESPACE", (self.k8s_namespace,)),
+            ):
                 for n in names:
                     if not _K8S_NAME_RE.match(n):
-                        raise SettingsError(f"{var}: {n!r} is not a Kubernetes name (lowercase alphanumerics and '-')")
+                        raise SettingsError(
+                            f"{var}: {n!r} is not a Kubernetes name (lowercase alphanumerics and '-')"
+                        )
         if self.launcher == "ecs":
-            for var, value in (("ANIME_PIPELINE_ECS_CLUSTER", self.ecs_cluster),
-                               ("ANIME_PIPELINE_ECS_TASK_DEFINITION", self.ecs_task_definition)):
+            for var, value in (
+                ("ANIME_PIPELINE_ECS_CLUSTER", self.ecs_cluster),
+                ("ANIME_PIPELINE_ECS_TASK_DEFINITION", self.ecs_task_definition),
+            ):
                 if not value:
                     raise SettingsError(f"ANIME_PIPELINE_GPU_LAUNCHER=ecs needs {var}")
             if self.ecs_security_groups and not self.ecs_subnets:
-                raise SettingsError("ANIME_PIPELINE_ECS_SECURITY_GROUPS needs ANIME_PIPELINE_ECS_SUBNETS (awsvpc)")
+                raise SettingsError(
+                    "ANIME_PIPELINE_ECS_SECURITY_GROUPS needs ANIME_PIPELINE_ECS_SUBNETS (awsvpc)"
+                )
 
 
 @dataclass(frozen=True)
@@ -172,7 +183,7 @@ class AutomationSettings:
     training_schedule: bool = False
 
     @classmethod
-    def from_env(cls, env: dict[str, str], *, demo: bool) -> "AutomationSettings":
+    def from_env(cls, env: dict[str, str], *, demo: bool) -> AutomationSettings:
         return cls(
             catalog_cron=_cron(env, "ANIME_PIPELINE_CATALOG_CRON", "0 3 * * *"),
             catalog_schedule=_switch(env, "ANIME_PIPELINE_CATALOG_SCHEDULE", demo),
@@ -199,8 +210,11 @@ def default_cache_dir(uri: str) -> Path:
         import shutil
         import uuid
 
-        path = (Path(tempfile.gettempdir()) / "anime_pipeline-cache"
-                / f"{hashlib.sha256(uri.encode()).hexdigest()[:12]}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        path = (
+            Path(tempfile.gettempdir())
+            / "anime_pipeline-cache"
+            / f"{hashlib.sha256(uri.encode()).hexdigest()[:12]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        )
         atexit.register(shutil.rmtree, path, ignore_errors=True)
         _PROCESS_CACHES[uri] = path
     return _PROCESS_CACHES[uri]
@@ -219,7 +233,9 @@ class Settings:
     anilist_url: str = "https://graphql.anilist.co"
     mal_url: str = "https://api.myanimelist.net/v2"
     jikan_url: str = "https://api.jikan.moe/v4"
-    user_agent: str = "anime_pipeline/0.1 (+https://github.com/anime-pipeline; contact: set ANIME_PIPELINE_USER_AGENT)"
+    user_agent: str = (
+        "anime_pipeline/0.1 (+https://github.com/anime-pipeline; contact: set ANIME_PIPELINE_USER_AGENT)"
+    )
     # None: `home` is the data dir itself. Else the object-store URI of the data, `home` its local cache.
     data_uri: str | None = None
     s3_endpoint_url: str | None = None
@@ -229,7 +245,7 @@ class Settings:
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
         for old in ("ANIME_PIPELINE_S3_BUCKET", "ANIME_PIPELINE_S3_PREFIX"):
             if env.get(old, "").strip():
@@ -247,9 +263,15 @@ class Settings:
             home = Path(raw_home).expanduser().resolve()
         endpoint = env.get("ANIME_PIPELINE_S3_ENDPOINT_URL", "").strip().rstrip("/") or None
         if endpoint and not re.match(r"^https?://[^/\s]+$", endpoint):
-            raise SettingsError(f"ANIME_PIPELINE_S3_ENDPOINT_URL={endpoint!r} must be http(s)://host[:port] without a path")
+            raise SettingsError(
+                f"ANIME_PIPELINE_S3_ENDPOINT_URL={endpoint!r} must be http(s)://host[:port] without a path"
+            )
         region = next(
-            (env[v].strip() for v in ("ANIME_PIPELINE_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION") if env.get(v, "").strip()),
+            (
+                env[v].strip()
+                for v in ("ANIME_PIPELINE_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION")
+                if env.get(v, "").strip()
+            ),
             "us-east-1",
         )
         profile = _choice(env, "ANIME_PIPELINE_PROFILE", "demo", PROFILES)
@@ -264,7 +286,7 @@ class Settings:
             source = _choice(env, "ANIME_PIPELINE_EPISODE_SOURCE", "demo", EPISODE_SOURCES)
         video_dir = env.get("ANIME_PIPELINE_VIDEO_DIR")
         manifest = env.get("ANIME_PIPELINE_MANIFEST")
-        kw = {}
+        kw: dict[str, Any] = {}
         for attr, var in (
             ("shikimori_url", "ANIME_PIPELINE_SHIKIMORI_URL"),
             ("anilist_url", "ANIME_PIPELINE_ANILIST_URL"),

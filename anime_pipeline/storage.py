@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from typing import Any
 
 from anime_pipeline.paths import UnsafePathError, atomic_path, file_sha256, within
 
@@ -54,8 +55,6 @@ class Published:
     size: int
     sha256: str
     uploaded: bool  # False: the remote object already had this size and sha256 (nothing sent)
-
-
 
 
 def relative_key(relative_path: str | os.PathLike[str]) -> str:
@@ -162,7 +161,11 @@ class ObjectStore:
 
     def list_paths(self, relative_dir: str | os.PathLike[str] = "") -> list[str]:
         """Relative paths of every object under `relative_dir` (the whole prefix when empty), sorted."""
-        base = self.key(relative_dir) + "/" if os.fspath(relative_dir) else (self.prefix + "/" if self.prefix else "")
+        base = (
+            self.key(relative_dir) + "/"
+            if os.fspath(relative_dir)
+            else (self.prefix + "/" if self.prefix else "")
+        )
         strip = len(self.prefix) + 1 if self.prefix else 0
         out = []
         for page in self.s3().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
@@ -214,14 +217,16 @@ class ObjectStore:
             if local.is_file():
                 return local
             raise FileNotFoundError(f"{self.uri(rel)} does not exist")
-        if local.is_file() and local.stat().st_size == remote["size"] and (
-            remote["sha256"] is None or file_sha256(local) == remote["sha256"]
+        if (
+            local.is_file()
+            and local.stat().st_size == remote["size"]
+            and (remote["sha256"] is None or file_sha256(local) == remote["sha256"])
         ):
             return local
         with atomic_path(local, suffix=".part") as tmp:
             self.s3().download_file(self.bucket, self.key(rel), str(tmp))
             if remote["sha256"] is not None and file_sha256(tmp) != remote["sha256"]:
-                raise IOError(f"{self.uri(rel)}: downloaded content does not match its recorded sha256")
+                raise OSError(f"{self.uri(rel)}: downloaded content does not match its recorded sha256")
         return local
 
     def fetch_tree(self, relative_dir: str | os.PathLike[str], home: Path) -> list[Path]:
@@ -326,7 +331,9 @@ class LocalDataStore:
         if not base.is_dir():
             return []
         return sorted(
-            p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
         )
 
 
@@ -373,7 +380,9 @@ class ObjectDataStore:
             if not keys:
                 if missing_ok:
                     continue
-                raise FileNotFoundError(f"{self.objects.uri(rel)} does not exist (neither an object nor a folder)")
+                raise FileNotFoundError(
+                    f"{self.objects.uri(rel)} does not exist (neither an object nor a folder)"
+                )
             for key in keys:
                 self.objects.fetch(key, self.root, verify=True)
             out.append(self.path(rel))
@@ -404,7 +413,7 @@ DataStore = LocalDataStore | ObjectDataStore
 
 def open_data_store(
     data_uri: str | None, cache_dir: Path, *, endpoint_url: str | None = None, region: str = DEFAULT_REGION
-) -> "DataStore":
+) -> DataStore:
     """The data store of a deployment: `data_uri` None → the local dir `cache_dir` is the data dir;
     `s3://bucket/prefix` → that bucket, with `cache_dir` as the local cache."""
     if not data_uri:
@@ -413,11 +422,15 @@ def open_data_store(
     if scheme != "s3":
         raise StorageConfigError(f"unsupported data store {data_uri!r}: only s3:// URIs")
     bucket, _, prefix = rest.partition("/")
-    return ObjectDataStore(ObjectStore(bucket=bucket, prefix=prefix, endpoint_url=endpoint_url, region=region), cache_dir)
+    return ObjectDataStore(
+        ObjectStore(bucket=bucket, prefix=prefix, endpoint_url=endpoint_url, region=region), cache_dir
+    )
 
 
-def data_store_from_settings(settings) -> "DataStore":
-    return open_data_store(settings.data_uri, settings.home, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
+def data_store_from_settings(settings) -> DataStore:
+    return open_data_store(
+        settings.data_uri, settings.home, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region
+    )
 
 
 # Command line: stage files in and out of a worker that shares no disk with the others -------------
@@ -434,8 +447,11 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
 
     from anime_pipeline.settings import Settings
 
-    parser = argparse.ArgumentParser(prog="python -m anime_pipeline.storage", description=main.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m anime_pipeline.storage",
+        description=main.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("action", choices=("fetch", "publish"))
     parser.add_argument("paths", nargs="+", help="paths relative to the data home (files or folders)")
     args = parser.parse_args(argv)

@@ -1,4 +1,3 @@
-
 import pytest
 
 from anime_pipeline.paths import UnsafePathError, atomic_path, safe_component, within
@@ -55,7 +54,16 @@ def test_bad_values_name_the_variable(var, value):
 
 @pytest.mark.parametrize(
     "hostile",
-    ["../../etc/passwd", "a/b\\c", "nul\x00byte", "..", "", "ｆｕｌｌｗｉｄｔｈ/..", "進撃の巨人" * 200, "-rf"],
+    [
+        "../../etc/passwd",
+        "a/b\\c",
+        "nul\x00byte",
+        "..",
+        "",
+        "ｆｕｌｌｗｉｄｔｈ/..",
+        "進撃の巨人" * 200,
+        "-rf",
+    ],
 )
 def test_safe_component_stays_inside_root(tmp_path, hostile):
     name = safe_component(hostile)
@@ -72,10 +80,9 @@ def test_within_rejects_escape(tmp_path):
 
 def test_atomic_path_leaves_nothing_on_error(tmp_path):
     final = tmp_path / "out" / "x.bin"
-    with pytest.raises(RuntimeError):
-        with atomic_path(final) as tmp:
-            tmp.write_bytes(b"partial")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), atomic_path(final) as tmp:
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("boom")
     assert not final.exists()
     assert list(final.parent.iterdir()) == []
     with atomic_path(final) as tmp:
@@ -133,18 +140,50 @@ def test_deployment_variables_are_read(tmp_path):
     }
     s = Settings.from_env(env)
     assert (s.data_uri, s.home, s.s3_endpoint_url, s.s3_region, s.remote) == (
-        "s3://anime-data/prod", (tmp_path / "cache").resolve(), "http://127.0.0.1:9000", "eu-west-1", True)
+        "s3://anime-data/prod",
+        (tmp_path / "cache").resolve(),
+        "http://127.0.0.1:9000",
+        "eu-west-1",
+        True,
+    )
     g = s.gpu
-    assert (g.launcher, g.gpus, g.ecs_cluster, g.ecs_task_definition, g.ecs_container) == ("ecs", 2, "gpu", "train:3", "trainer")
-    assert (g.ecs_subnets, g.ecs_security_groups, g.ecs_capacity_provider) == (("subnet-a", "subnet-b"), ("sg-1",), "gpu-asg")
+    assert (g.launcher, g.gpus, g.ecs_cluster, g.ecs_task_definition, g.ecs_container) == (
+        "ecs",
+        2,
+        "gpu",
+        "train:3",
+        "trainer",
+    )
+    assert (g.ecs_subnets, g.ecs_security_groups, g.ecs_capacity_provider) == (
+        ("subnet-a", "subnet-b"),
+        ("sg-1",),
+        "gpu-asg",
+    )
     a = s.automation
-    assert (a.catalog_cron, a.catalog_schedule, a.media_sensor, a.catalog_max_runtime_s) == ("0 4 * * *", False, False, 60)
+    assert (a.catalog_cron, a.catalog_schedule, a.media_sensor, a.catalog_max_runtime_s) == (
+        "0 4 * * *",
+        False,
+        False,
+        60,
+    )
     assert (a.training_cron, a.training_schedule) == ("0 6 * * 1", True)
-    k8s = Settings.from_env({"ANIME_PIPELINE_HOME": "s3://anime-data", "ANIME_PIPELINE_GPU_LAUNCHER": "k8s",
-                             "ANIME_PIPELINE_GPU_IMAGE": "img:1", "ANIME_PIPELINE_K8S_NAMESPACE": "gpu",
-                             "ANIME_PIPELINE_K8S_SECRETS": "aws", "ANIME_PIPELINE_K8S_CONFIG_MAPS": "cfg",
-                             "ANIME_PIPELINE_K8S_SERVICE_ACCOUNT": "trainer"}).gpu
+    k8s = Settings.from_env(
+        {
+            "ANIME_PIPELINE_HOME": "s3://anime-data",
+            "ANIME_PIPELINE_GPU_LAUNCHER": "k8s",
+            "ANIME_PIPELINE_GPU_IMAGE": "img:1",
+            "ANIME_PIPELINE_K8S_NAMESPACE": "gpu",
+            "ANIME_PIPELINE_K8S_SECRETS": "aws",
+            "ANIME_PIPELINE_K8S_CONFIG_MAPS": "cfg",
+            "ANIME_PIPELINE_K8S_SERVICE_ACCOUNT": "trainer",
+        }
+    ).gpu
     assert (k8s.image, k8s.k8s_namespace, k8s.k8s_secrets, k8s.k8s_config_maps, k8s.k8s_service_account) == (
-        "img:1", "gpu", ("aws",), ("cfg",), "trainer")
+        "img:1",
+        "gpu",
+        ("aws",),
+        ("cfg",),
+        "trainer",
+    )
     local = Settings.from_env({"ANIME_PIPELINE_HOME": str(tmp_path)})
     assert (local.data_uri, local.store_uri, local.remote) == (None, str(tmp_path.resolve()), False)

@@ -22,10 +22,12 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
-SYNOPSIS = ("A quiet courier crosses a flooded city to deliver letters nobody expects, and learns why they "
-            "were never sent. Title number {i} follows her first week on the job.")
+SYNOPSIS = (
+    "A quiet courier crosses a flooded city to deliver letters nobody expects, and learns why they "
+    "were never sent. Title number {i} follows her first week on the job."
+)
 
 
 def main(argv=None) -> int:
@@ -55,28 +57,50 @@ def main(argv=None) -> int:
         server.shikimori_titles = []
         for i in range(a.titles):
             add_title(server, 50_001 + i)
-        env = {"ANIME_PIPELINE_HOME": str(Path(td) / "data"), "ANIME_PIPELINE_PROFILE": "live",
-               "ANIME_PIPELINE_SHIKIMORI_URL": server.shikimori_url, "ANIME_PIPELINE_ANILIST_URL": server.anilist_url,
-               "ANIME_PIPELINE_MAL_URL": server.mal_url, "ANIME_PIPELINE_JIKAN_URL": server.jikan_url,
-               "ANIME_PIPELINE_USER_AGENT": "anime_pipeline-bench/0.1 (bench@example.invalid)"}
+        env = {
+            "ANIME_PIPELINE_HOME": str(Path(td) / "data"),
+            "ANIME_PIPELINE_PROFILE": "live",
+            "ANIME_PIPELINE_SHIKIMORI_URL": server.shikimori_url,
+            "ANIME_PIPELINE_ANILIST_URL": server.anilist_url,
+            "ANIME_PIPELINE_MAL_URL": server.mal_url,
+            "ANIME_PIPELINE_JIKAN_URL": server.jikan_url,
+            "ANIME_PIPELINE_USER_AGENT": "anime_pipeline-bench/0.1 (bench@example.invalid)",
+        }
         resources = build_resources(env=env, settings=Settings.from_env(env))
         with dg.instance_for_test() as instance:
+
             def run(label: str) -> dict:
                 before, before_304 = len(server.requests), server.not_modified
                 # The schedule's own run config (listing fetched afresh), plus the title cap.
-                run_config = {"ops": {"titles": {"config": {
-                    **CATALOG_SCHEDULE_RUN_CONFIG["ops"]["titles"]["config"], "max_titles": a.titles + 10}}}}
+                run_config = {
+                    "ops": {
+                        "titles": {
+                            "config": {
+                                **CATALOG_SCHEDULE_RUN_CONFIG["ops"]["titles"]["config"],
+                                "max_titles": a.titles + 10,
+                            }
+                        }
+                    }
+                }
                 with C.Timer() as t:
-                    res = dg.materialize([titles, synopses], resources=resources, instance=instance,
-                                         run_config=run_config)
+                    res = dg.materialize(
+                        [titles, synopses], resources=resources, instance=instance, run_config=run_config
+                    )
                 assert res.success, label
-                meta = {e.asset_key.to_user_string(): e.step_materialization_data.materialization.metadata
-                        for e in res.get_asset_materialization_events()}
-                row = {"run": label, "http_requests": len(server.requests) - before,
-                       "not_modified_304": server.not_modified - before_304, "wall_s": t.s,
-                       "titles": meta["titles"]["num_titles"].value, "synopses": meta["synopses"]["num_synopses"].value,
-                       "new_partitions": meta["synopses"]["new_partitions"].value,
-                       "partitions": len(instance.get_dynamic_partitions(MAL_ID_PARTITIONS_NAME))}
+                meta = {
+                    e.asset_key.to_user_string(): e.step_materialization_data.materialization.metadata
+                    for e in res.get_asset_materialization_events()
+                }
+                row = {
+                    "run": label,
+                    "http_requests": len(server.requests) - before,
+                    "not_modified_304": server.not_modified - before_304,
+                    "wall_s": t.s,
+                    "titles": meta["titles"]["num_titles"].value,
+                    "synopses": meta["synopses"]["num_synopses"].value,
+                    "new_partitions": meta["synopses"]["new_partitions"].value,
+                    "partitions": len(instance.get_dynamic_partitions(MAL_ID_PARTITIONS_NAME)),
+                }
                 print(f"done {label}", file=sys.stderr, flush=True)
                 return row
 
@@ -89,18 +113,42 @@ def main(argv=None) -> int:
     req_ratio = r2["http_requests"] / r1["http_requests"] if r1["http_requests"] else float("nan")
     time_ratio = r2["wall_s"] / r1["wall_s"]
     print(f"\ncatalog job (titles + synopses, live profile, loopback fixture server, {a.titles} titles)\n")
-    print(C.table(rows, ["run", "http_requests", "not_modified_304", "wall_s", "titles", "synopses",
-                         "new_partitions", "partitions"]))
+    print(
+        C.table(
+            rows,
+            [
+                "run",
+                "http_requests",
+                "not_modified_304",
+                "wall_s",
+                "titles",
+                "synopses",
+                "new_partitions",
+                "partitions",
+            ],
+        )
+    )
     print(f"\nrun 2 / run 1: requests {req_ratio:.3g}, wall time {time_ratio:.3g}")
     change = None
     if len(rows) > 2:
         change = rows[2]["new_partitions"] > 0
-        print("run 3 after adding one title: " + ("the new title was discovered" if change else
-              "the new title was NOT discovered"))
-    C.emit({"benchmark": "incremental", "titles": a.titles, "requests": [r["http_requests"] for r in rows],
+        print(
+            "run 3 after adding one title: "
+            + ("the new title was discovered" if change else "the new title was NOT discovered")
+        )
+    C.emit(
+        {
+            "benchmark": "incremental",
+            "titles": a.titles,
+            "requests": [r["http_requests"] for r in rows],
             "not_modified": [r["not_modified_304"] for r in rows],
-            "request_ratio": C.r3(req_ratio) if r1["http_requests"] else None, "wall_ratio": C.r3(time_ratio),
-            "change_detected": change, "machine": C.machine()}, a.out)
+            "request_ratio": C.r3(req_ratio) if r1["http_requests"] else None,
+            "wall_ratio": C.r3(time_ratio),
+            "change_detected": change,
+            "machine": C.machine(),
+        },
+        a.out,
+    )
     return 0
 
 

@@ -1,6 +1,5 @@
 """Catalog stage: `titles` and `synopses` (group `catalog`)."""
 
-
 import time
 
 import dagster as dg
@@ -35,7 +34,9 @@ CATALOG_SOURCE = dg.AssetSpec(
 
 
 class TitlesConfig(dg.Config):
-    max_titles: int = Field(default=614, description="Most titles to discover (live); the reference dataset had 614.")
+    max_titles: int = Field(
+        default=614, description="Most titles to discover (live); the reference dataset had 614."
+    )
     min_score: float = Field(default=7.0, description="Minimum catalog score (live).")
     page_size: int = Field(default=50, description="Titles per catalog page (the APIs allow at most 50).")
     listing_max_age_s: float = Field(
@@ -142,7 +143,11 @@ def titles(
 
     out = s.catalog_dir / "titles.parquet"
     kept = retain_titles(
-        pl.read_parquet(out) if out.exists() else None, df, rejected, catalog=source, max_titles=config.max_titles
+        pl.read_parquet(out) if out.exists() else None,
+        df,
+        rejected,
+        catalog=source,
+        max_titles=config.max_titles,
     )
     df, rejected = kept.titles, kept.rejected
     size = write_parquet(df, out)
@@ -163,7 +168,9 @@ def titles(
             "size_mb": mb(size),
             "compute_s": seconds(time.monotonic() - started),
             "path": path_meta(data_store.uri("catalog/titles.parquet")),
-            "preview": preview_table(df.select("mal_id", "name", "score", "genres")),  # few columns: the panel is narrow
+            "preview": preview_table(
+                df.select("mal_id", "name", "score", "genres")
+            ),  # few columns: the panel is narrow
             "rejected_preview": preview_table(rejected.select("mal_id", "name", "reason")),
             **table_metadata(schemas.TITLES, df.height),
         }
@@ -216,7 +223,11 @@ def synopses(
         pull_http_cache(data_store, catalog_api)
         with make_http_client(catalog_api, s) as client:
             result = fetch_synopses(
-                client, titles_df, sources=sources, min_chars=config.min_chars, outage_threshold=config.outage_threshold
+                client,
+                titles_df,
+                sources=sources,
+                min_chars=config.min_chars,
+                outage_threshold=config.outage_threshold,
             )
             requests = client.requests_sent
         push_http_cache(data_store, catalog_api)
@@ -249,7 +260,8 @@ def synopses(
             "num_rejected": rejected.height,
             "num_kept_previous": len(kept.kept_previous),
             "by_source": records_table(
-                [{"source": k, "synopses": v} for k, v in sorted(by_source.items())], [("source", "string"), ("synopses", "int")]
+                [{"source": k, "synopses": v} for k, v in sorted(by_source.items())],
+                [("source", "string"), ("synopses", "int")],
             ),
             "new_partitions": len(new_keys),
             "http_requests": requests,
@@ -263,7 +275,9 @@ def synopses(
     )
 
 
-@dg.asset_check(asset=titles, blocking=True, description="Every title has a MAL id and no MAL id appears twice.")
+@dg.asset_check(
+    asset=titles, blocking=True, description="Every title has a MAL id and no MAL id appears twice."
+)
 def titles_unique_mal_ids(pipeline: PipelineResource, data_store: DataStoreResource) -> dg.AssetCheckResult:
     data_store.pull("catalog/titles.parquet")
     df = pl.read_parquet(pipeline.settings().catalog_dir / "titles.parquet")
@@ -272,11 +286,15 @@ def titles_unique_mal_ids(pipeline: PipelineResource, data_store: DataStoreResou
 
 
 @dg.asset_check(
-    asset=synopses, blocking=True, description="Synopses are non-empty, unique per title and free of attribution text."
+    asset=synopses,
+    blocking=True,
+    description="Synopses are non-empty, unique per title and free of attribution text.",
 )
 def synopses_clean(pipeline: PipelineResource, data_store: DataStoreResource) -> dg.AssetCheckResult:
     data_store.pull("catalog/synopses.parquet")
     df = pl.read_parquet(pipeline.settings().catalog_dir / "synopses.parquet")
     ok, detail = catalog_checks.check_synopses_clean(df)
     ok_ids, detail_ids = catalog_checks.check_unique_mal_ids(df)
-    return dg.AssetCheckResult(passed=ok and ok_ids, metadata={"detail": f"{detail}; {detail_ids}", "rows": df.height})
+    return dg.AssetCheckResult(
+        passed=ok and ok_ids, metadata={"detail": f"{detail}; {detail_ids}", "rows": df.height}
+    )

@@ -1,8 +1,6 @@
 """Dataset stage: `train_val_split` (group `dataset`)."""
 
-
 import time
-from typing import Optional
 
 import dagster as dg
 import polars as pl
@@ -10,7 +8,13 @@ from pydantic import Field
 
 from anime_pipeline import schemas
 from anime_pipeline.dataset.checks import check_samples_well_formed, check_split_disjoint
-from anime_pipeline.dataset.split import build_samples, content_hash, read_media_failures, split_stats, write_split
+from anime_pipeline.dataset.split import (
+    build_samples,
+    content_hash,
+    read_media_failures,
+    split_stats,
+    write_split,
+)
 from anime_pipeline.defs._meta import (
     OWNERS,
     asset_definition_metadata,
@@ -34,12 +38,14 @@ LIVE_VAL_FRACTION = 0.05
 
 
 class SplitConfig(dg.Config):
-    val_fraction: Optional[float] = Field(
+    val_fraction: float | None = Field(
         default=None,
         description=f"Share of titles in validation, by a hash of the MAL id. Unset: {LIVE_VAL_FRACTION} live, "
         f"{DEMO_VAL_FRACTION} in the demo (24 titles).",
     )
-    salt: str = Field(default="anime_pipeline-v1", description="Hash salt; changing it reshuffles every title.")
+    salt: str = Field(
+        default="anime_pipeline-v1", description="Hash salt; changing it reshuffles every title."
+    )
 
 
 SPLIT_FILES = ("splits/train.parquet", "splits/val.parquet")
@@ -53,8 +59,13 @@ def pull_media_records(data_store: DataStoreResource, mal_ids) -> None:
     if not store.remote:
         return
     rels = [r for r in store.list("frames") if r.split("/")[1].removeprefix("mal_id=") in wanted]
-    rels += [r for r in store.list("episodes") if len(r.split("/")) == 3 and r.split("/")[1] in wanted
-             and r.rsplit("/", 1)[-1] in ("probe.json", "error.json")]
+    rels += [
+        r
+        for r in store.list("episodes")
+        if len(r.split("/")) == 3
+        and r.split("/")[1] in wanted
+        and r.rsplit("/", 1)[-1] in ("probe.json", "error.json")
+    ]
     store.pull(*rels)
 
 
@@ -89,7 +100,10 @@ def split_data_version(home) -> str:
     metadata=asset_definition_metadata(schemas.SAMPLES),
 )
 def train_val_split(
-    context: dg.AssetExecutionContext, config: SplitConfig, pipeline: PipelineResource, data_store: DataStoreResource
+    context: dg.AssetExecutionContext,
+    config: SplitConfig,
+    pipeline: PipelineResource,
+    data_store: DataStoreResource,
 ) -> dg.MaterializeResult:
     """Train and validation sample tables, split by title with a stable hash of the MAL id.
 
@@ -99,8 +113,10 @@ def train_val_split(
     """
     s = pipeline.settings()
     started = time.monotonic()
-    val_fraction = config.val_fraction if config.val_fraction is not None else (
-        DEMO_VAL_FRACTION if s.profile == "demo" else LIVE_VAL_FRACTION
+    val_fraction = (
+        config.val_fraction
+        if config.val_fraction is not None
+        else (DEMO_VAL_FRACTION if s.profile == "demo" else LIVE_VAL_FRACTION)
     )
     data_store.pull("catalog/titles.parquet", "catalog/synopses.parquet")
     titles_df = pl.read_parquet(s.catalog_dir / "titles.parquet")
@@ -116,7 +132,7 @@ def train_val_split(
         raise dg.Failure(
             description=f"no training samples: {shards.height} frame shards, {synopses_df.height} synopses under {s.home}"
         )
-    paths = write_split(result, s.splits_dir)
+    write_split(result, s.splits_dir)
     data_store.push(*SPLIT_FILES)
     stats = split_stats(result.train, result.val)
     version = split_data_version(s.home)
@@ -140,7 +156,9 @@ def train_val_split(
     )
 
 
-@dg.asset_check(asset=train_val_split, blocking=True, description="No title appears in both train and validation.")
+@dg.asset_check(
+    asset=train_val_split, blocking=True, description="No title appears in both train and validation."
+)
 def split_disjoint_by_title(pipeline: PipelineResource, data_store: DataStoreResource) -> dg.AssetCheckResult:
     data_store.pull(*SPLIT_FILES)
     train, val = (pl.read_parquet(p) for p in split_paths(pipeline.settings().home))
@@ -149,7 +167,9 @@ def split_disjoint_by_title(pipeline: PipelineResource, data_store: DataStoreRes
 
 
 @dg.asset_check(
-    asset=train_val_split, blocking=True, description="Every sample has a prompt, a synopsis and a safe frames path."
+    asset=train_val_split,
+    blocking=True,
+    description="Every sample has a prompt, a synopsis and a safe frames path.",
 )
 def samples_well_formed(pipeline: PipelineResource, data_store: DataStoreResource) -> dg.AssetCheckResult:
     data_store.pull(*SPLIT_FILES)
@@ -160,7 +180,9 @@ def samples_well_formed(pipeline: PipelineResource, data_store: DataStoreResourc
 
 class ExportConfig(dg.Config):
     shard_target_mb: int = Field(default=500, description="Target size of one release shard, in MB.")
-    pretty_name: str = Field(default="Anime first episodes with synopses", description="Dataset name in the card.")
+    pretty_name: str = Field(
+        default="Anime first episodes with synopses", description="Dataset name in the card."
+    )
 
 
 @dg.asset(
@@ -172,7 +194,10 @@ class ExportConfig(dg.Config):
     tags=asset_tags("dataset", release="huggingface"),
 )
 def dataset_export(
-    context: dg.AssetExecutionContext, config: ExportConfig, pipeline: PipelineResource, data_store: DataStoreResource
+    context: dg.AssetExecutionContext,
+    config: ExportConfig,
+    pipeline: PipelineResource,
+    data_store: DataStoreResource,
 ) -> dg.MaterializeResult:
     """A self-contained dataset release at `<data dir>/release/`: Parquet shards that Hugging Face `datasets`
     loads as they are (`train` and `validation` splits, one row per title with names, genres, characters,
@@ -197,7 +222,11 @@ def dataset_export(
         s.home,
         s.home / "release",
         shard_target_bytes=config.shard_target_mb * 1_000_000,
-        versions={"data_version": split_data_version(s.home), "code_version": "dataset_export-v1", "git_commit": git_commit()},
+        versions={
+            "data_version": split_data_version(s.home),
+            "code_version": "dataset_export-v1",
+            "git_commit": git_commit(),
+        },
         pretty_name=config.pretty_name,
     )
     data_store.push("release")
@@ -207,7 +236,8 @@ def dataset_export(
     return dg.MaterializeResult(
         metadata={
             "rows_per_split": records_table(
-                [{"split": k, "rows": v} for k, v in result.rows_per_split.items()], [("split", "string"), ("rows", "int")]
+                [{"split": k, "rows": v} for k, v in result.rows_per_split.items()],
+                [("split", "string"), ("rows", "int")],
             ),
             "shards_written": len(result.shards_written),
             "shards_unchanged": len(result.shards_unchanged),
@@ -230,5 +260,8 @@ def _release_table_metadata(result) -> dict:
     return table_metadata(
         pl.read_parquet_schema(shards[0]),
         sum(result.rows_per_split.values()),
-        docs={"frames": "The title's sampled frames (HF `Image` list)", "timestamps_s": "Time of each frame, seconds"},
+        docs={
+            "frames": "The title's sampled frames (HF `Image` list)",
+            "timestamps_s": "Time of each frame, seconds",
+        },
     )

@@ -1,6 +1,5 @@
 """Evaluation stage: `caption_eval` (group `evaluation`): base model vs fine-tuned adapter on validation."""
 
-
 import json
 import time
 from pathlib import Path
@@ -27,7 +26,9 @@ from anime_pipeline.defs.training import finetuned_adapter
 
 
 class EvalConfig(dg.Config):
-    max_new_tokens: int = Field(default=96, description="Longest generated caption, in tokens (greedy decoding).")
+    max_new_tokens: int = Field(
+        default=96, description="Longest generated caption, in tokens (greedy decoding)."
+    )
     batch_size: int = Field(default=4, description="Validation samples per generation batch.")
     examples: int = Field(default=3, description="Examples (with contact sheets) shown in the metadata.")
 
@@ -102,7 +103,9 @@ def caption_eval(
     data_store.pull(f"{out_rel}/captions.parquet")  # published by the worker
     captions = pl.read_parquet(s.home / out_rel / "captions.parquet")
     reported = {k: v for k, v in md.items() if k not in ("contact_sheet", "examples")}  # replaced below
-    tables = eval_metadata(reported, captions)  # one base-vs-fine-tuned table, an example row per validation title
+    tables = eval_metadata(
+        reported, captions
+    )  # one base-vs-fine-tuned table, an example row per validation title
     md = {**tables, **readable({k: v for k, v in reported.items() if k not in tables})}
     md.update(
         {
@@ -152,5 +155,9 @@ def finetuned_not_worse_than_base(context: dg.AssetCheckExecutionContext) -> dg.
     return dg.AssetCheckResult(
         passed=tuned <= base,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"val_loss_base": round(base, 4), "val_loss_finetuned": round(tuned, 4), "change": round(tuned - base, 4)},
+        metadata={
+            "val_loss_base": round(base, 4),
+            "val_loss_finetuned": round(tuned, 4),
+            "change": round(tuned - base, 4),
+        },
     )

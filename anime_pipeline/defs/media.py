@@ -1,10 +1,8 @@
 """Media stage: `episodes` and `frame_shards` (group `media`), one partition per MAL id."""
 
-
 import json
 import time
 from pathlib import Path
-from typing import Optional
 
 import dagster as dg
 import polars as pl
@@ -35,22 +33,29 @@ LIVE_FRAMES = 64
 
 
 class EpisodesConfig(dg.Config):
-    force: bool = Field(default=False, description="Acquire again even if a probed episode file is already present.")
+    force: bool = Field(
+        default=False, description="Acquire again even if a probed episode file is already present."
+    )
 
 
 class FramesConfig(dg.Config):
-    num_frames: Optional[int] = Field(
-        default=None, description=f"Frames per title (uniform). Unset: {LIVE_FRAMES} live, {DEMO_FRAMES} in the demo."
+    num_frames: int | None = Field(
+        default=None,
+        description=f"Frames per title (uniform). Unset: {LIVE_FRAMES} live, {DEMO_FRAMES} in the demo.",
     )
-    strategy: str = Field(default="uniform", description="`uniform` (num_frames spread) or `fps` (a fixed rate).")
+    strategy: str = Field(
+        default="uniform", description="`uniform` (num_frames spread) or `fps` (a fixed rate)."
+    )
     fps: float = Field(default=0.5, description="Frames per second for the `fps` strategy.")
-    skip_s: float = Field(default=1.0, description="Seconds skipped at both ends (openings often start black).")
+    skip_s: float = Field(
+        default=1.0, description="Seconds skipped at both ends (openings often start black)."
+    )
     max_side: int = Field(
         default=512,
         description="Longest side of stored frames in pixels (display aspect kept: a non-square sample aspect "
         "ratio is applied, so anamorphic 720x480 SAR 32:27 is stored at 512x288).",
     )
-    mode: Optional[str] = Field(
+    mode: str | None = Field(
         default=None,
         description="`exact` decodes the exact frame; `keyframe` takes the keyframe nearest each target inside "
         "[skip_s, duration - skip_s] (about 85x faster than a full decode on a 24-min episode, drift ≤ half a "
@@ -119,21 +124,44 @@ def episodes(
     rel = f"episodes/{mal_id}"
     data_store.pull(f"{rel}/probe.json", missing_ok=True)
     recorded = json.loads(probe_file.read_text()) if probe_file.exists() else None
-    if recorded and not config.force and (
-        episode_file(probe_file, recorded).exists() or data_store.exists(f"{rel}/{Path(str(recorded.get('path'))).name}")
+    if (
+        recorded
+        and not config.force
+        and (
+            episode_file(probe_file, recorded).exists()
+            or data_store.exists(f"{rel}/{Path(str(recorded.get('path'))).name}")
+        )
     ):
         meta = json.loads(probe_file.read_text())
-        context.log.info(f"episode for {mal_id} already present ({meta['path']}); set force=true to re-acquire")
+        context.log.info(
+            f"episode for {mal_id} already present ({meta['path']}); set force=true to re-acquire"
+        )
         reused = True
     else:
         try:
-            got = acquire_episode(source, mal_id, dest, video_dir=s.video_dir, manifest=s.manifest,
-                                  ytdlp=YtDlpOptions(user_agent=catalog_api.user_agent))
+            got = acquire_episode(
+                source,
+                mal_id,
+                dest,
+                video_dir=s.video_dir,
+                manifest=s.manifest,
+                ytdlp=YtDlpOptions(user_agent=catalog_api.user_agent),
+            )
         except MediaError as e:
-            _record(dest / "error.json", {"mal_id": mal_id, "stage": "episodes", "source": source, "error": str(e)})
+            _record(
+                dest / "error.json",
+                {"mal_id": mal_id, "stage": "episodes", "source": source, "error": str(e)},
+            )
             data_store.push(f"{rel}/error.json")
-            raise dg.Failure(description=f"episode for MAL id {mal_id}: {e}", metadata={"source": source}) from e
-        meta = {**got.probe.as_metadata(), "path": str(got.path), "source": got.source, "origin": str(got.origin)}
+            raise dg.Failure(
+                description=f"episode for MAL id {mal_id}: {e}", metadata={"source": source}
+            ) from e
+        meta = {
+            **got.probe.as_metadata(),
+            "path": str(got.path),
+            "source": got.source,
+            "origin": str(got.origin),
+        }
         _record(probe_file, meta)
         (dest / "error.json").unlink(missing_ok=True)
         data_store.push(rel)
@@ -168,7 +196,10 @@ def episodes(
     metadata=asset_definition_metadata(schemas.FRAMES),
 )
 def frame_shards(
-    context: dg.AssetExecutionContext, config: FramesConfig, pipeline: PipelineResource, data_store: DataStoreResource
+    context: dg.AssetExecutionContext,
+    config: FramesConfig,
+    pipeline: PipelineResource,
+    data_store: DataStoreResource,
 ) -> dg.MaterializeResult:
     """Frames sampled from episode 1 by seeking (PyAV, decord fallback), resized and JPEG-encoded into a
     Parquet shard at `frames/mal_id=<id>/part-0.parquet` (mal_id, episode, frame_index, timestamp_s,
@@ -183,8 +214,10 @@ def frame_shards(
     mal_id = partition_mal_id(context.partition_key)
     probe_file = s.episodes_dir / str(mal_id) / "probe.json"
     if not data_store.pull(f"episodes/{mal_id}", missing_ok=True) or not probe_file.exists():
-        raise dg.Failure(description=f"no episode for MAL id {mal_id}: materialize `episodes` for this partition first")
-    video = str(episode_file(probe_file, json.loads(probe_file.read_text())))
+        raise dg.Failure(
+            description=f"no episode for MAL id {mal_id}: materialize `episodes` for this partition first"
+        )
+    video = episode_file(probe_file, json.loads(probe_file.read_text()))
     num_frames = config.num_frames or (DEMO_FRAMES if s.profile == "demo" else LIVE_FRAMES)
     cfg = SamplingConfig(
         strategy=config.strategy,
@@ -200,7 +233,9 @@ def frame_shards(
     try:
         # The probe the `episodes` asset recorded (re-probed only if the file changed): no re-hash.
         probe = VideoProbe.from_metadata(json.loads(probe_file.read_text()))
-        info = extract_frame_shard(video, mal_id=mal_id, episode=1, dest=dest, cfg=cfg, probe=probe, jpeg_quality=config.jpeg_quality)
+        info = extract_frame_shard(
+            video, mal_id=mal_id, episode=1, dest=dest, cfg=cfg, probe=probe, jpeg_quality=config.jpeg_quality
+        )
     except MediaError as e:
         _record(dest.parent / "error.json", {"mal_id": mal_id, "stage": "frame_shards", "error": str(e)})
         data_store.push(f"frames/mal_id={mal_id}/error.json")
@@ -212,7 +247,8 @@ def frame_shards(
 
     data_store.pull("catalog/titles.parquet", missing_ok=True)  # the title's name for the UI
     title = title_label(mal_id, title_name(s.catalog_dir / "titles.parquet", mal_id))
-    sheet = frames_sheet(df["image"].to_list(), df["timestamp_s"].to_list())
+    stamps: list[float] = df["timestamp_s"].to_list()
+    sheet = frames_sheet(df["image"].to_list(), stamps)
     shard_rel = f"frames/mal_id={mal_id}/part-0.parquet"
     data_store.push(shard_rel)
     return dg.MaterializeResult(
@@ -222,8 +258,8 @@ def frame_shards(
             "size_mb": mb(info.bytes),
             "frame_size": f"{info.width}x{info.height}",
             "video_duration_s": round(float(probe.duration_s), 2),
-            "first_frame_s": round(float(df["timestamp_s"].min()), 2),
-            "last_frame_s": round(float(df["timestamp_s"].max()), 2),
+            "first_frame_s": round(min(stamps), 2),
+            "last_frame_s": round(max(stamps), 2),
             "compute_s": seconds(elapsed),
             "sampling": f"{cfg.strategy}, {num_frames} frames, {cfg.mode} seek, {cfg.skip_s:g} s skipped at both ends",
             "path": path_meta(data_store.uri(shard_rel)),
@@ -281,13 +317,21 @@ def episode_manifest_rows(
 
     s = pipeline.settings()
     if s.resolved_episode_source != "manifest" or s.manifest is None:
-        return dg.AssetCheckResult(passed=True, metadata={"detail": f"source {s.resolved_episode_source!r}: no manifest"})
+        return dg.AssetCheckResult(
+            passed=True, metadata={"detail": f"source {s.resolved_episode_source!r}: no manifest"}
+        )
     report = read_manifest(s.manifest)
     data_store.pull("catalog/titles.parquet", missing_ok=True)
     titles_file = s.catalog_dir / "titles.parquet"
-    title_ids = set(pl.read_parquet(titles_file, columns=["mal_id"])["mal_id"].to_list()) if titles_file.exists() else None
+    title_ids = (
+        set(pl.read_parquet(titles_file, columns=["mal_id"])["mal_id"].to_list())
+        if titles_file.exists()
+        else None
+    )
     problems = report.problems(title_ids)
-    table = pl.DataFrame([p.as_dict() for p in problems], schema={"row": pl.Int64, "mal_id": pl.Int64, "reason": pl.String})
+    table = pl.DataFrame(
+        [p.as_dict() for p in problems], schema={"row": pl.Int64, "mal_id": pl.Int64, "reason": pl.String}
+    )
     return dg.AssetCheckResult(
         passed=not problems,
         severity=dg.AssetCheckSeverity.WARN,
@@ -298,8 +342,13 @@ def episode_manifest_rows(
             "this_title": partition_mal_id(context.partition_key),
             "problems": dg.MetadataValue.table(
                 records=[dg.TableRecord(r) for r in table.to_dicts()],
-                schema=dg.TableSchema(columns=[dg.TableColumn("row", "int"), dg.TableColumn("mal_id", "int"),
-                                               dg.TableColumn("reason", "string")]),
+                schema=dg.TableSchema(
+                    columns=[
+                        dg.TableColumn("row", "int"),
+                        dg.TableColumn("mal_id", "int"),
+                        dg.TableColumn("reason", "string"),
+                    ]
+                ),
             ),
         },
     )

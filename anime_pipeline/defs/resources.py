@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
@@ -32,20 +32,26 @@ class PipelineResource(dg.ConfigurableResource):
         description="Local data dir (ANIME_PIPELINE_HOME), or the local cache of an object-store data home "
         "(ANIME_PIPELINE_CACHE_DIR); stages read and write here between `data_store` pulls and pushes."
     )
-    profile: str = Field(default="demo", description="`demo` (offline, bundled) or `live` (real catalog APIs).")
-    base_model: Optional[str] = Field(
+    profile: str = Field(
+        default="demo", description="`demo` (offline, bundled) or `live` (real catalog APIs)."
+    )
+    base_model: str | None = Field(
         default=None,
         description="Model id or local dir (ANIME_PIPELINE_BASE_MODEL). Unset: tiny local model in demo, "
         "HuggingFaceTB/SmolVLM2-500M-Video-Instruct in live.",
     )
     catalog: str = Field(
-        default="shikimori", description="Title catalog: shikimori | anilist (live); `demo` (the bundled one) in the demo."
+        default="shikimori",
+        description="Title catalog: shikimori | anilist (live); `demo` (the bundled one) in the demo.",
     )
-    episode_source: Optional[str] = Field(
-        default=None, description="Episode source: demo | local | manifest. Unset: demo in demo, local in live."
+    episode_source: str | None = Field(
+        default=None,
+        description="Episode source: demo | local | manifest. Unset: demo in demo, local in live.",
     )
-    video_dir: Optional[str] = Field(default=None, description="Folder of episodes you already have (local source).")
-    manifest: Optional[str] = Field(
+    video_dir: str | None = Field(
+        default=None, description="Folder of episodes you already have (local source)."
+    )
+    manifest: str | None = Field(
         default=None, description="CSV/YAML of mal_id,url[,episode] you may download (manifest source)."
     )
 
@@ -68,9 +74,12 @@ class CatalogApiResource(dg.ConfigurableResource):
     anilist_url: str = Field(default=Settings.anilist_url, description="AniList GraphQL endpoint.")
     mal_url: str = Field(default=Settings.mal_url, description="MyAnimeList API v2 base URL.")
     jikan_url: str = Field(default=Settings.jikan_url, description="Jikan v4 base URL.")
-    user_agent: str = Field(default=Settings.user_agent, description="User-Agent naming the app and a contact.")
-    mal_client_id: Optional[str] = Field(
-        default=None, description="MAL API client id (secret, MAL_CLIENT_ID). Unset: MAL is skipped, Jikan used."
+    user_agent: str = Field(
+        default=Settings.user_agent, description="User-Agent naming the app and a contact."
+    )
+    mal_client_id: str | None = Field(
+        default=None,
+        description="MAL API client id (secret, MAL_CLIENT_ID). Unset: MAL is skipped, Jikan used.",
     )
     read_timeout_s: float = Field(default=30.0, description="Read timeout per request, seconds.")
     connect_timeout_s: float = Field(default=10.0, description="Connect timeout per request, seconds.")
@@ -131,8 +140,12 @@ class S3DataStoreResource(DataStoreResource):
     """
 
     data_uri: str = Field(description="s3://bucket/prefix (ANIME_PIPELINE_HOME).")
-    cache_dir: str = Field(description="Local cache of the store (ANIME_PIPELINE_CACHE_DIR); may start empty.")
-    endpoint_url: Optional[str] = Field(default=None, description="S3-compatible endpoint (ANIME_PIPELINE_S3_ENDPOINT_URL).")
+    cache_dir: str = Field(
+        description="Local cache of the store (ANIME_PIPELINE_CACHE_DIR); may start empty."
+    )
+    endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (ANIME_PIPELINE_S3_ENDPOINT_URL)."
+    )
     region: str = Field(default="us-east-1", description="Bucket region (ANIME_PIPELINE_S3_REGION).")
 
     def open(self):
@@ -152,7 +165,10 @@ class GpuLauncherResource(dg.ConfigurableResource):
     """Runs a GPU job (`python -m anime_pipeline.gpu_job`: fetch inputs from the store, train or evaluate,
     publish outputs) through Dagster Pipes; subclasses choose where the process runs."""
 
-    gpus: int = Field(default=1, description="GPUs for the job (ANIME_PIPELINE_GPUS); >1 runs torchrun, one process per GPU.")
+    gpus: int = Field(
+        default=1,
+        description="GPUs for the job (ANIME_PIPELINE_GPUS); >1 runs torchrun, one process per GPU.",
+    )
 
     def command(self, python: str = "python") -> list[str]:
         from anime_pipeline.launch import GPU_JOB_MODULE, training_command
@@ -160,7 +176,9 @@ class GpuLauncherResource(dg.ConfigurableResource):
         bin_dir = str(Path(python).parent) if os.sep in python else None
         if self.gpus <= 1:
             return [python, "-m", GPU_JOB_MODULE]
-        return training_command(None, gpus=self.gpus, launcher="torchrun", bin_dir=bin_dir, module=GPU_JOB_MODULE)
+        return training_command(
+            None, gpus=self.gpus, launcher="torchrun", bin_dir=bin_dir, module=GPU_JOB_MODULE
+        )
 
     def run(self, context: dg.AssetExecutionContext, job: dict) -> Any:
         """Launch `job` (see `anime_pipeline.gpu_job`) and wait; the Pipes invocation (its materialize result)."""
@@ -175,7 +193,7 @@ class SubprocessGpuLauncher(GpuLauncherResource):
     """A subprocess on this machine (`dg.PipesSubprocessClient`). With an object-store data home the
     process gets its own empty cache dir, as a pod would: it shares nothing on disk with the run."""
 
-    def _env(self, job: dict) -> tuple[dict[str, str], Optional[str]]:
+    def _env(self, job: dict) -> tuple[dict[str, str], str | None]:
         if not job["store"].get("data_uri"):
             return {}, None
         cache = tempfile.mkdtemp(prefix="anime-gpu-job-")
@@ -210,11 +228,21 @@ class K8sGpuLauncher(GpuLauncherResource):
     """A pod on a GPU node (dagster-k8s `PipesK8sClient`): `nvidia.com/gpu` limit, the GPU toleration,
     `/dev/shm`, environment from Secrets/ConfigMaps by name (credentials never inline)."""
 
-    image: str = Field(description="Training image (ANIME_PIPELINE_GPU_IMAGE), e.g. built from deploy/Dockerfile.")
-    namespace: str = Field(default="default", description="Namespace of the pod (ANIME_PIPELINE_K8S_NAMESPACE).")
-    secrets: list[str] = Field(default=[], description="Secrets whose keys become env vars (ANIME_PIPELINE_K8S_SECRETS).")
-    config_maps: list[str] = Field(default=[], description="ConfigMaps whose keys become env vars (ANIME_PIPELINE_K8S_CONFIG_MAPS).")
-    service_account: Optional[str] = Field(default=None, description="Pod service account, e.g. IRSA (ANIME_PIPELINE_K8S_SERVICE_ACCOUNT).")
+    image: str = Field(
+        description="Training image (ANIME_PIPELINE_GPU_IMAGE), e.g. built from deploy/Dockerfile."
+    )
+    namespace: str = Field(
+        default="default", description="Namespace of the pod (ANIME_PIPELINE_K8S_NAMESPACE)."
+    )
+    secrets: list[str] = Field(
+        default=[], description="Secrets whose keys become env vars (ANIME_PIPELINE_K8S_SECRETS)."
+    )
+    config_maps: list[str] = Field(
+        default=[], description="ConfigMaps whose keys become env vars (ANIME_PIPELINE_K8S_CONFIG_MAPS)."
+    )
+    service_account: str | None = Field(
+        default=None, description="Pod service account, e.g. IRSA (ANIME_PIPELINE_K8S_SERVICE_ACCOUNT)."
+    )
 
     def pod_spec(self, job: dict) -> dict:
         from anime_pipeline.launch import k8s_pod_spec_for_training
@@ -237,7 +265,10 @@ class K8sGpuLauncher(GpuLauncherResource):
             pod_name="anime-pipeline-gpu-job",
             image=self.image,
             command=self.command(),
-            env_vars={"DAGSTER_PIPES_CONTEXT": "<set by the Pipes client>", "DAGSTER_PIPES_MESSAGES": "<set by the Pipes client>"},
+            env_vars={
+                "DAGSTER_PIPES_CONTEXT": "<set by the Pipes client>",
+                "DAGSTER_PIPES_MESSAGES": "<set by the Pipes client>",
+            },
             base_pod_meta=None,
             base_pod_spec=self.pod_spec(job),
         )
@@ -267,12 +298,17 @@ class EcsGpuLauncher(GpuLauncherResource):
     """An ECS task on GPU capacity (dagster-aws `PipesECSClient`); secrets live in the task definition."""
 
     cluster: str = Field(description="ECS cluster (ANIME_PIPELINE_ECS_CLUSTER).")
-    task_definition: str = Field(description="Task definition with the training container (ANIME_PIPELINE_ECS_TASK_DEFINITION).")
+    task_definition: str = Field(
+        description="Task definition with the training container (ANIME_PIPELINE_ECS_TASK_DEFINITION)."
+    )
     container: str = Field(default="training", description="Container to run (ANIME_PIPELINE_ECS_CONTAINER).")
     subnets: list[str] = Field(default=[], description="awsvpc subnets (ANIME_PIPELINE_ECS_SUBNETS).")
-    security_groups: list[str] = Field(default=[], description="awsvpc security groups (ANIME_PIPELINE_ECS_SECURITY_GROUPS).")
-    capacity_provider: Optional[str] = Field(
-        default=None, description="GPU capacity provider (ANIME_PIPELINE_ECS_CAPACITY_PROVIDER); unset: launch type EC2."
+    security_groups: list[str] = Field(
+        default=[], description="awsvpc security groups (ANIME_PIPELINE_ECS_SECURITY_GROUPS)."
+    )
+    capacity_provider: str | None = Field(
+        default=None,
+        description="GPU capacity provider (ANIME_PIPELINE_ECS_CAPACITY_PROVIDER); unset: launch type EC2.",
     )
 
     def run_task_params(self, job: dict) -> dict:
@@ -317,13 +353,21 @@ def gpu_launcher_resource(s: Settings) -> GpuLauncherResource:
     g = s.gpu
     if g.launcher == "k8s":
         return K8sGpuLauncher(
-            gpus=g.gpus, image=g.image or "", namespace=g.k8s_namespace, secrets=list(g.k8s_secrets),
-            config_maps=list(g.k8s_config_maps), service_account=g.k8s_service_account,
+            gpus=g.gpus,
+            image=g.image or "",
+            namespace=g.k8s_namespace,
+            secrets=list(g.k8s_secrets),
+            config_maps=list(g.k8s_config_maps),
+            service_account=g.k8s_service_account,
         )
     if g.launcher == "ecs":
         return EcsGpuLauncher(
-            gpus=g.gpus, cluster=g.ecs_cluster or "", task_definition=g.ecs_task_definition or "",
-            container=g.ecs_container, subnets=list(g.ecs_subnets), security_groups=list(g.ecs_security_groups),
+            gpus=g.gpus,
+            cluster=g.ecs_cluster or "",
+            task_definition=g.ecs_task_definition or "",
+            container=g.ecs_container,
+            subnets=list(g.ecs_subnets),
+            security_groups=list(g.ecs_security_groups),
             capacity_provider=g.ecs_capacity_provider,
         )
     return SubprocessGpuLauncher(gpus=g.gpus)
@@ -336,7 +380,7 @@ def build_resources(env: dict[str, str] | None = None, settings: Settings | None
     """
     env = dict(os.environ if env is None else env)
     s = settings or Settings.from_env(env)
-    catalog_kwargs = dict(
+    catalog_kwargs: dict[str, Any] = dict(
         shikimori_url=s.shikimori_url,
         anilist_url=s.anilist_url,
         mal_url=s.mal_url,

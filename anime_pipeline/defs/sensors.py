@@ -22,7 +22,9 @@ def build_sensors(automation: AutomationSettings, media_job) -> list[dg.SensorDe
         name="new_titles_sensor",
         job=media_job,
         minimum_interval_seconds=60,
-        default_status=dg.DefaultSensorStatus.RUNNING if automation.media_sensor else dg.DefaultSensorStatus.STOPPED,
+        default_status=dg.DefaultSensorStatus.RUNNING
+        if automation.media_sensor
+        else dg.DefaultSensorStatus.STOPPED,
         description="Launches media_job (episodes → frame_shards) for each new title partition (one run per title, "
         "once: the run key is the MAL id, so a title that failed is not retried automatically; re-run it from the UI).",
     )

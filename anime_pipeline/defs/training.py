@@ -1,10 +1,8 @@
 """Training stage: `finetuned_adapter` (group `training`), launched out of process through Dagster Pipes."""
 
-
 import json
 import subprocess
 from pathlib import Path
-from typing import Optional
 
 import dagster as dg
 from pydantic import Field
@@ -21,8 +19,20 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # Each profile's training defaults, in one place: the launchpad shows them prefilled (resolved for the
 # profile the code location was loaded with), and a field set to null falls back to them at run time.
 TRAINING_DEFAULTS = {
-    "demo": {"epochs": 60.0, "learning_rate": 3e-3, "batch_size": 4, "max_frames": DEMO_FRAMES, "max_length": 0},
-    "live": {"epochs": 3.0, "learning_rate": 1e-4, "batch_size": 1, "max_frames": LIVE_FRAMES, "max_length": 0},
+    "demo": {
+        "epochs": 60.0,
+        "learning_rate": 3e-3,
+        "batch_size": 4,
+        "max_frames": DEMO_FRAMES,
+        "max_length": 0,
+    },
+    "live": {
+        "epochs": 3.0,
+        "learning_rate": 1e-4,
+        "batch_size": 1,
+        "max_frames": LIVE_FRAMES,
+        "max_length": 0,
+    },
 }
 
 
@@ -40,36 +50,49 @@ _DEFAULTS = _location_defaults()
 class FinetuneConfig(dg.Config):
     """Hyperparameters; the main ones default to the profile's values (tiny and quick in the demo)."""
 
-    epochs: Optional[float] = Field(default=_DEFAULTS["epochs"], description="Passes over the train split (demo 60, live 3).")
-    max_steps: Optional[int] = Field(default=None, description="Stop after this many optimizer steps (overrides epochs).")
-    learning_rate: Optional[float] = Field(
+    epochs: float | None = Field(
+        default=_DEFAULTS["epochs"], description="Passes over the train split (demo 60, live 3)."
+    )
+    max_steps: int | None = Field(
+        default=None, description="Stop after this many optimizer steps (overrides epochs)."
+    )
+    learning_rate: float | None = Field(
         default=_DEFAULTS["learning_rate"], description="Peak AdamW learning rate (demo 3e-3, live 1e-4)."
     )
-    batch_size: Optional[int] = Field(default=_DEFAULTS["batch_size"], description="Samples per device step (demo 4, live 1).")
+    batch_size: int | None = Field(
+        default=_DEFAULTS["batch_size"], description="Samples per device step (demo 4, live 1)."
+    )
     grad_accum: int = Field(default=1, description="Device steps per optimizer step.")
     lora_r: int = Field(default=16, description="LoRA rank.")
     lora_alpha: int = Field(default=32, description="LoRA alpha (scaling = alpha / r).")
     lora_dropout: float = Field(default=0.05, description="Dropout on the LoRA branch.")
     use_dora: bool = Field(default=False, description="Weight-decomposed LoRA (DoRA) instead of plain LoRA.")
     qlora: bool = Field(default=False, description="Load the base model in 4-bit (bitsandbytes; CUDA only).")
-    max_frames: Optional[int] = Field(
+    max_frames: int | None = Field(
         default=_DEFAULTS["max_frames"],
         description=f"Frames per sample fed to the model, spread uniformly (demo {DEMO_FRAMES}, live {LIVE_FRAMES}: "
         "the frames a shard holds by default); 0: every frame in the shard.",
     )
-    max_length: Optional[int] = Field(
+    max_length: int | None = Field(
         default=_DEFAULTS["max_length"],
         description="Token budget per sample; frames are dropped uniformly to fit, the answer never. 0: no limit.",
     )
-    num_workers: Optional[int] = Field(
+    num_workers: int | None = Field(
         default=None, description="DataLoader worker processes decoding frames (demo 0: tiny frames, live 2)."
     )
-    feature_cache: bool = Field(default=False, description="Cache the frozen vision tower's features across epochs/runs.")
-    save_steps: int = Field(default=50, description="Checkpoint every N optimizer steps (a run resumes from the last).")
+    feature_cache: bool = Field(
+        default=False, description="Cache the frozen vision tower's features across epochs/runs."
+    )
+    save_steps: int = Field(
+        default=50, description="Checkpoint every N optimizer steps (a run resumes from the last)."
+    )
     seed: int = Field(default=0, description="Random seed.")
-    log_every: int = Field(default=10, description="Report step, loss and samples/s to the run log every N steps.")
-    torch_threads: Optional[int] = Field(
-        default=None, description="CPU threads for torch (demo 1: the tiny model's ops are too small to split; live: torch's default)."
+    log_every: int = Field(
+        default=10, description="Report step, loss and samples/s to the run log every N steps."
+    )
+    torch_threads: int | None = Field(
+        default=None,
+        description="CPU threads for torch (demo 1: the tiny model's ops are too small to split; live: torch's default).",
     )
 
 
@@ -121,7 +144,7 @@ def build_train_config(config: FinetuneConfig, settings, run_dir: Path, base_mod
         epochs=config.epochs if config.epochs is not None else d["epochs"],
         max_steps=config.max_steps,
         lr=config.learning_rate if config.learning_rate is not None else d["learning_rate"],
-        batch_size=config.batch_size or d["batch_size"],
+        batch_size=config.batch_size or int(d["batch_size"]),
         warmup_steps=10 if demo else 50,
         grad_accum=config.grad_accum,
         lora_r=config.lora_r,
@@ -129,7 +152,8 @@ def build_train_config(config: FinetuneConfig, settings, run_dir: Path, base_mod
         lora_dropout=config.lora_dropout,
         use_dora=config.use_dora,
         qlora=config.qlora,
-        max_frames=(config.max_frames if config.max_frames is not None else d["max_frames"]) or None,  # 0: all
+        max_frames=(config.max_frames if config.max_frames is not None else int(d["max_frames"]))
+        or None,  # 0: all
         max_length=config.max_length or None,  # 0 / null: no limit
         num_workers=config.num_workers if config.num_workers is not None else (0 if demo else 2),
         feature_cache=config.feature_cache,
@@ -171,7 +195,9 @@ def finetuned_adapter(
     # Deterministic run dir (data version + config hash): a retry / re-execution resumes its checkpoints.
     from anime_pipeline.training.config import run_name as training_run_name
 
-    run_name = training_run_name(build_train_config(config, s, s.models_dir, base_model), data_version, CODE_VERSION)
+    run_name = training_run_name(
+        build_train_config(config, s, s.models_dir, base_model), data_version, CODE_VERSION
+    )
     run_dir = s.models_dir / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = build_train_config(config, s, run_dir, base_model)
@@ -224,7 +250,9 @@ def finetuned_adapter(
             "adapter_mb": mb(dir_bytes(adapter_dir)),
         }
     )
-    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(f"{data_version[:12]}-{run_name}"))
+    return dg.MaterializeResult(
+        metadata=metadata, data_version=dg.DataVersion(f"{data_version[:12]}-{run_name}")
+    )
 
 
 def _frames_of_split(home: Path) -> list[str]:

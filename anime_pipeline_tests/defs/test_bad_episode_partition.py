@@ -18,15 +18,26 @@ def test_bad_file_fails_only_its_partition(tmp_path):
     good, bad = "990001", "990002"
     make_clip(videos / f"{good}.mp4", seconds=3.0, width=96, height=64, fps=8, gop=8)
     (videos / f"{bad}.mp4").write_text("this is not a video\n")
-    env = {"ANIME_PIPELINE_HOME": str(home), "ANIME_PIPELINE_EPISODE_SOURCE": "local",
-           "ANIME_PIPELINE_VIDEO_DIR": str(videos)}
+    env = {
+        "ANIME_PIPELINE_HOME": str(home),
+        "ANIME_PIPELINE_EPISODE_SOURCE": "local",
+        "ANIME_PIPELINE_VIDEO_DIR": str(videos),
+    }
     resources = build_resources(env=env)
     assets = list(defs.assets) + list(defs.asset_checks)
     with dg.instance_for_test() as instance:
-        assert dg.materialize(assets, selection=["titles", "synopses"], instance=instance, resources=resources).success
+        assert dg.materialize(
+            assets, selection=["titles", "synopses"], instance=instance, resources=resources
+        ).success
         results = {
-            key: dg.materialize(assets, selection=["episodes", "frame_shards"], partition_key=key, instance=instance,
-                                resources=resources, raise_on_error=False)
+            key: dg.materialize(
+                assets,
+                selection=["episodes", "frame_shards"],
+                partition_key=key,
+                instance=instance,
+                resources=resources,
+                raise_on_error=False,
+            )
             for key in (bad, good)
         }
         assert results[good].success and not results[bad].success
@@ -35,11 +46,18 @@ def test_bad_file_fails_only_its_partition(tmp_path):
         assert f"{bad}.mp4" in message and "MAL id 990002" in message
         assert instance.get_materialized_partitions(dg.AssetKey("frame_shards")) == {good}
         # failures as data: the split names the title left out and the error its episode recorded
-        split = dg.materialize(assets, selection=["train_val_split"], instance=instance, resources=resources,
-                               run_config={"ops": {"train_val_split": {"config": {"val_fraction": 0.0}}}})
+        split = dg.materialize(
+            assets,
+            selection=["train_val_split"],
+            instance=instance,
+            resources=resources,
+            run_config={"ops": {"train_val_split": {"config": {"val_fraction": 0.0}}}},
+        )
         meta = split.get_asset_materialization_events()[0].step_materialization_data.materialization.metadata
         assert meta["num_train"].value == 1 and meta["num_media_failures"].value == 1
-        assert bad in str(meta["excluded"].value) and "no frame shard (episodes failed:" in str(meta["excluded"].value)
+        assert bad in str(meta["excluded"].value) and "no frame shard (episodes failed:" in str(
+            meta["excluded"].value
+        )
     record = json.loads((home / "episodes" / bad / "error.json").read_text())
     assert record["stage"] == "episodes" and f"{bad}.mp4" in record["error"]
     assert not list((home / "episodes" / bad).glob("ep01.*"))  # nothing partial left behind

@@ -1,7 +1,6 @@
 """The whole graph on the demo profile, in a temp data dir, through the same entry point as ./scripts/demo."""
 
 import io
-import json
 
 import dagster as dg
 import polars as pl
@@ -38,7 +37,7 @@ def test_runs_belong_to_the_projects_jobs_and_re_execute(demo_run, monkeypatch):
 
     from anime_pipeline.cli import REPO_ROOT
 
-    s, instance, summary, _ = demo_run
+    s, instance, _, _ = demo_run
     runs = instance.get_runs()
     names = [r.job_name for r in runs]
     assert sorted(set(names)) == ["catalog_job", "media_job", "training_job"]
@@ -48,7 +47,9 @@ def test_runs_belong_to_the_projects_jobs_and_re_execute(demo_run, monkeypatch):
     job = ReconstructableRepository.for_module(
         "anime_pipeline.definitions", "defs", working_directory=str(REPO_ROOT)
     ).get_reconstructable_job("catalog_job")
-    result = dg.execute_job(job, instance=instance, reexecution_options=dg.ReexecutionOptions(catalog_run.run_id))
+    result = dg.execute_job(
+        job, instance=instance, reexecution_options=dg.ReexecutionOptions(catalog_run.run_id)
+    )
     assert result.success
     assert instance.get_run_by_id(result.run_id).parent_run_id == catalog_run.run_id
 
@@ -96,7 +97,13 @@ def test_adapter_loads_with_peft(demo_run):
 def test_eval_metrics_present(demo_run):
     _, instance, summary, _ = demo_run
     md = instance.get_latest_materialization_event(dg.AssetKey("caption_eval")).asset_materialization.metadata
-    for key in ("val_loss_base", "val_loss_finetuned", "bleu_finetuned", "rouge_l_finetuned", "cider_finetuned"):
+    for key in (
+        "val_loss_base",
+        "val_loss_finetuned",
+        "bleu_finetuned",
+        "rouge_l_finetuned",
+        "cider_finetuned",
+    ):
         assert key in md, key
     captions = pl.read_parquet(str(summary["eval"]))
     assert captions.height >= 2
@@ -105,7 +112,9 @@ def test_eval_metrics_present(demo_run):
 
 def test_lineage_metadata_of_adapter(demo_run):
     _, instance, *_ = demo_run
-    md = instance.get_latest_materialization_event(dg.AssetKey("finetuned_adapter")).asset_materialization.metadata
+    md = instance.get_latest_materialization_event(
+        dg.AssetKey("finetuned_adapter")
+    ).asset_materialization.metadata
     for key in ("base_model", "data_version", "code_version", "git_commit", "hyperparameters", "adapter_mb"):
         assert key in md, key
     assert md["adapter_mb"].value > 0
@@ -159,6 +168,8 @@ def test_model_card_in_adapter_dir(demo_run):
     front = yaml.safe_load(card.split("---")[1])
     assert front["library_name"] == "peft"
     metrics = {m["type"]: m["value"] for m in front["model-index"][0]["results"][0]["metrics"]}
-    assert metrics["val_loss"] == pytest.approx(summary["val_loss_finetuned"], abs=1e-4)  # metadata: 4 decimals
+    assert metrics["val_loss"] == pytest.approx(
+        summary["val_loss_finetuned"], abs=1e-4
+    )  # metadata: 4 decimals
     assert "data_version" in card.lower().replace(" ", "_") or "data version" in card.lower()
     assert "huggingface.co//" not in card

@@ -34,7 +34,9 @@ def tick_catalog(defs, instance):
     schedule = defs.get_schedule_def("catalog_daily")
     ctx = dg.build_schedule_context(instance=instance)
     (request,) = schedule.evaluate_tick(ctx).run_requests
-    result = defs.resolve_job_def(schedule.job_name).execute_in_process(instance=instance, run_config=request.run_config)
+    result = defs.resolve_job_def(schedule.job_name).execute_in_process(
+        instance=instance, run_config=request.run_config
+    )
     assert result.success
     assert instance.get_run_by_id(result.run_id).job_name == "catalog_job"
 
@@ -55,8 +57,11 @@ def tick_sensor(defs, instance, cursor):
 def split(defs, instance, home):
     run_config = {"ops": {"train_val_split": {"config": {"val_fraction": 0.4}}}}
     assert dg.materialize(
-        list(defs.assets) + list(defs.asset_checks), selection=["train_val_split"], instance=instance,
-        resources=defs.resources, run_config=run_config,
+        list(defs.assets) + list(defs.asset_checks),
+        selection=["train_val_split"],
+        instance=instance,
+        resources=defs.resources,
+        run_config=run_config,
     ).success
     train = pl.read_parquet(home / "splits" / "train.parquet")
     val = pl.read_parquet(home / "splits" / "val.parquet")
@@ -112,7 +117,8 @@ def test_second_tick_runs_only_new_titles_and_refetches_nothing_unchanged(tmp_pa
         # No old partition was recomputed: each has exactly one materialization of its episode.
         for mal_id in V1_IDS:
             records = instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=dg.AssetKey("episodes"), asset_partitions=[str(mal_id)]), limit=10
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey("episodes"), asset_partitions=[str(mal_id)]),
+                limit=10,
             ).records
             assert len(records) == 1, mal_id
 

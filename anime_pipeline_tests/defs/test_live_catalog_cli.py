@@ -41,12 +41,25 @@ def test_live_profile_from_the_command_line(tmp_path):
             MAL_CLIENT_ID=secret,
         )
         out = subprocess.run(
-            [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "anime_pipeline.definitions",
-             "--select", "titles,synopses"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+            [
+                str(Path(sys.executable).parent / "dagster"),
+                "asset",
+                "materialize",
+                "-m",
+                "anime_pipeline.definitions",
+                "--select",
+                "titles,synopses",
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        assert any(r.headers.get("X-MAL-CLIENT-ID") == secret for r in server.requests if r.path.startswith("/mal/"))
+        assert any(
+            r.headers.get("X-MAL-CLIENT-ID") == secret for r in server.requests if r.path.startswith("/mal/")
+        )
     titles = pl.read_parquet(home / "catalog" / "titles.parquet")
     assert titles["mal_id"].to_list() == [11]
     assert titles["name_native"].to_list() == ["進撃の巨人"]

@@ -25,7 +25,16 @@ def test_dagster_dev_serves_asset_graph(tmp_path):
     (tmp_path / "dagster").mkdir()
     (tmp_path / "dagster" / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "dev",
+            "-w",
+            "workspace.yaml",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -52,7 +61,15 @@ def test_dagster_dev_serves_asset_graph(tmp_path):
             time.sleep(1)
         assert nodes, "no asset nodes from the GraphQL API"
         groups = {"/".join(n["assetKey"]["path"]): n["groupName"] for n in nodes}
-        for key in ("titles", "synopses", "episodes", "frame_shards", "train_val_split", "finetuned_adapter", "caption_eval"):
+        for key in (
+            "titles",
+            "synopses",
+            "episodes",
+            "frame_shards",
+            "train_val_split",
+            "finetuned_adapter",
+            "caption_eval",
+        ):
             assert key in groups
         assert groups["finetuned_adapter"] == "training"
     finally:

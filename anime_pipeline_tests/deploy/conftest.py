@@ -37,7 +37,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float, what: str, log: Path | None = None) -> None:
+def _wait_for_port(
+    port: int, proc: subprocess.Popen, timeout: float, what: str, log: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -85,7 +87,9 @@ def object_store(env: dict[str, str]):
     from anime_pipeline.storage import ObjectStore
 
     _, bucket, prefix = parse_store_uri(env["ANIME_PIPELINE_HOME"])
-    return ObjectStore(bucket=bucket, prefix=prefix, endpoint_url=env["ANIME_PIPELINE_S3_ENDPOINT_URL"], region="us-east-1")
+    return ObjectStore(
+        bucket=bucket, prefix=prefix, endpoint_url=env["ANIME_PIPELINE_S3_ENDPOINT_URL"], region="us-east-1"
+    )
 
 
 def _moto_server_bin() -> str | None:
@@ -122,8 +126,14 @@ def s3_server(tmp_path_factory):
 @pytest.fixture
 def aws_env(monkeypatch, tmp_path):
     """Fake credentials through the standard AWS env chain; no ~/.aws file, no profile, no IMDS."""
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ROLE_ARN",
-                "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
+    for var in (
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
@@ -139,9 +149,9 @@ def s3_env(s3_server, aws_env):
     import boto3
 
     bucket = f"anime-{uuid.uuid4().hex[:12]}"
-    boto3.client(
-        "s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1"
-    ).create_bucket(Bucket=bucket)
+    boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1").create_bucket(
+        Bucket=bucket
+    )
     return s3_server.env(bucket, prefix="datasets/v1")
 
 
@@ -192,7 +202,9 @@ def postgres_server():
     """
     bin_dir = _pg_bin_dir()
     if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl, createdb, postgres) not found: apt-get install -y postgresql")
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, pg_ctl, createdb, postgres) not found: apt-get install -y postgresql"
+        )
     prefix: list[str] = []
     # a fresh dir straight under the system temp dir (world-traversable), not pytest's 0700 tree
     base = Path(tempfile.mkdtemp(prefix="anime-pg-"))
@@ -227,15 +239,33 @@ def postgres_server():
     started = False
     try:
         # password auth (scram) even on loopback, so the yaml's password really is used
-        run(str(bin_dir / "initdb"), "-D", str(data), "-U", "dagster", "--pwfile", str(pwfile),
-            "-A", "scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync")
+        run(
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "dagster",
+            "--pwfile",
+            str(pwfile),
+            "-A",
+            "scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
         opts = f"-h 127.0.0.1 -p {port} -k {base} -F -c fsync=off -c full_page_writes=off"
         run(str(bin_dir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(log), "-w", "-t", "60", "start")
         started = True
         run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "dagster", "dagster")
-        yield PostgresServer(host="127.0.0.1", port=port, user="dagster", password=password, db_name="dagster")
+        yield PostgresServer(
+            host="127.0.0.1", port=port, user="dagster", password=password, db_name="dagster"
+        )
     finally:
         if started:
-            subprocess.run([*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
-                           capture_output=True, timeout=60)
+            subprocess.run(
+                [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                capture_output=True,
+                timeout=60,
+            )
         shutil.rmtree(base, ignore_errors=True)

@@ -17,8 +17,10 @@ IDS = [101, 102, 103]
 
 
 def synopsis(mal_id: int) -> str:
-    return (f"Title {mal_id} follows a group of friends through their first summer in a quiet harbour town, "
-            "where a mystery slowly unfolds. [Written by MAL Rewrite]")
+    return (
+        f"Title {mal_id} follows a group of friends through their first summer in a quiet harbour town, "
+        "where a mystery slowly unfolds. [Written by MAL Rewrite]"
+    )
 
 
 def test_catalog_runs_in_fresh_dirs_share_the_http_cache_through_the_bucket(s3_env, tmp_path):
@@ -37,7 +39,9 @@ def test_catalog_runs_in_fresh_dirs_share_the_http_cache_through_the_bucket(s3_e
         }
 
         def run(n: int):
-            defs = build_defs(Settings.from_env({**env, "ANIME_PIPELINE_CACHE_DIR": str(tmp_path / f"run-{n}")}), env={})
+            defs = build_defs(
+                Settings.from_env({**env, "ANIME_PIPELINE_CACHE_DIR": str(tmp_path / f"run-{n}")}), env={}
+            )
             assert run_job(defs, "catalog_job", instance=instance).success
 
         run(1)

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 PG_ENV = {
@@ -31,7 +30,10 @@ def load(rel: str):
 def test_every_yaml_under_deploy_parses():
     files = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml"))
     assert {p.relative_to(DEPLOY).as_posix() for p in files} >= {
-        "dagster-postgres.yaml", "ecs/dagster.yaml", "k8s/values.yaml", "k8s/training-pod.yaml"
+        "dagster-postgres.yaml",
+        "ecs/dagster.yaml",
+        "k8s/values.yaml",
+        "k8s/training-pod.yaml",
     }
     for p in files:
         docs = list(yaml.safe_load_all(p.read_text()))
@@ -50,7 +52,7 @@ def _validate_instance_yaml(path: Path, monkeypatch) -> dict:
 
     for k, v in PG_ENV.items():
         monkeypatch.setenv(k, v)
-    config, custom = dagster_instance_config(str(path.parent), path.name)
+    _, custom = dagster_instance_config(str(path.parent), path.name)
     assert custom is None
     raw = yaml.safe_load(path.read_text())
     # the storage section is what dagster-postgres will be given
@@ -98,24 +100,50 @@ def test_ecs_instance_yaml(monkeypatch):
     launcher = raw["run_launcher"]["config"]
     # the password is never copied as a plain variable; it reaches run tasks as a secret
     assert "DAGSTER_PG_PASSWORD" not in launcher["env_vars"]
-    assert {"DAGSTER_PG_HOST", "ANIME_PIPELINE_HOME", "ANIME_PIPELINE_GPU_LAUNCHER"} <= set(launcher["env_vars"])
+    assert {"DAGSTER_PG_HOST", "ANIME_PIPELINE_HOME", "ANIME_PIPELINE_GPU_LAUNCHER"} <= set(
+        launcher["env_vars"]
+    )
     assert raw["concurrency"]["runs"]["max_concurrent_runs"] >= 1
 
 
 # Helm --------------------------------------------------------------------------------------------
 # Keys accepted by the chart's schema (helm/dagster/schema/.../subschema/*.py in dagster-io/dagster).
 K8S_RUN_LAUNCHER_KEYS = {
-    "image", "imagePullPolicy", "jobNamespace", "loadInclusterConfig", "kubeconfigFile", "envConfigMaps",
-    "envSecrets", "envVars", "volumeMounts", "volumes", "labels", "failPodOnRunFailure", "resources",
-    "schedulerName", "securityContext", "runK8sConfig",
+    "image",
+    "imagePullPolicy",
+    "jobNamespace",
+    "loadInclusterConfig",
+    "kubeconfigFile",
+    "envConfigMaps",
+    "envSecrets",
+    "envVars",
+    "volumeMounts",
+    "volumes",
+    "labels",
+    "failPodOnRunFailure",
+    "resources",
+    "schedulerName",
+    "securityContext",
+    "runK8sConfig",
 }
 POSTGRESQL_KEYS = {
-    "image", "enabled", "postgresqlHost", "postgresqlUsername", "postgresqlPassword", "postgresqlDatabase",
-    "postgresqlParams", "postgresqlScheme", "service",
+    "image",
+    "enabled",
+    "postgresqlHost",
+    "postgresqlUsername",
+    "postgresqlPassword",
+    "postgresqlDatabase",
+    "postgresqlParams",
+    "postgresqlScheme",
+    "service",
 }
 QUEUED_RUN_COORDINATOR_KEYS = {
-    "maxConcurrentRuns", "tagConcurrencyLimits", "dequeueIntervalSeconds", "dequeueNumWorkers",
-    "dequeueUseThreads", "blockOpConcurrencyLimitedRuns",
+    "maxConcurrentRuns",
+    "tagConcurrencyLimits",
+    "dequeueIntervalSeconds",
+    "dequeueNumWorkers",
+    "dequeueUseThreads",
+    "blockOpConcurrencyLimitedRuns",
 }
 
 
@@ -132,7 +160,11 @@ def test_helm_values():
     assert "nvidia.com/gpu" not in str(k8s.get("resources"))
 
     pg = v["postgresql"]
-    assert set(pg) <= POSTGRESQL_KEYS and pg["enabled"] is False and pg["postgresqlScheme"] == "postgresql+psycopg2"
+    assert (
+        set(pg) <= POSTGRESQL_KEYS
+        and pg["enabled"] is False
+        and pg["postgresqlScheme"] == "postgresql+psycopg2"
+    )
     assert v["generatePostgresqlPasswordSecret"] is False and pg["postgresqlPassword"] == ""
 
     rc = v["dagsterDaemon"]["runCoordinator"]
@@ -163,8 +195,14 @@ def test_training_pod_manifest_is_what_the_k8s_launcher_submits():
     v = load("k8s/values.yaml")
     env_vars = dict(e.split("=", 1) for e in v["runLauncher"]["config"]["k8sRunLauncher"]["envVars"])
     launcher = build_resources(env={}, settings=Settings.from_env(env_vars))["gpu_launcher"]
-    job = train_job(store={"data_uri": env_vars["ANIME_PIPELINE_HOME"], "region": "us-east-1"}, train_config={},
-                    home=Path("/unused"), inputs=[], run_dir="models/example", asset_key="finetuned_adapter")
+    job = train_job(
+        store={"data_uri": env_vars["ANIME_PIPELINE_HOME"], "region": "us-east-1"},
+        train_config={},
+        home=Path("/unused"),
+        inputs=[],
+        run_dir="models/example",
+        asset_key="finetuned_adapter",
+    )
     doc = load("k8s/training-pod.yaml")
     assert (doc["apiVersion"], doc["kind"]) == ("v1", "Pod")
     assert doc["spec"] == launcher.pod_spec(job)

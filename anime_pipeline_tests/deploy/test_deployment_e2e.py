@@ -41,7 +41,12 @@ def deployment(s3_env, postgres_server, tmp_path, monkeypatch):
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
     shutil.copy(PG_YAML, dagster_home / "dagster.yaml")
-    env = {**s3_env, **postgres_server.env(), "DAGSTER_HOME": str(dagster_home), "ANIME_PIPELINE_PROFILE": "demo"}
+    env = {
+        **s3_env,
+        **postgres_server.env(),
+        "DAGSTER_HOME": str(dagster_home),
+        "ANIME_PIPELINE_PROFILE": "demo",
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("ANIME_PIPELINE_CACHE_DIR", raising=False)
@@ -52,7 +57,11 @@ def deployment(s3_env, postgres_server, tmp_path, monkeypatch):
 def _start(env: dict, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "anime_pipeline", "job", *args, "--multiprocess"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -92,12 +101,12 @@ def test_demo_dag_on_s3_and_postgres_with_every_step_in_its_own_process(deployme
 
     # Runs belong to the project's jobs, all stored in PostgreSQL.
     runs = instance.get_runs()
-    assert sorted(r.job_name for r in runs) == sorted(["catalog_job", "training_job"] + ["media_job"] * TITLES)
+    assert sorted(r.job_name for r in runs) == sorted(
+        ["catalog_job", "training_job"] + ["media_job"] * TITLES
+    )
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
     # Every step ran in a process of its own.
-    starts = [
-        e for r in runs for e in instance.all_logs(r.run_id, of_type=dg.DagsterEventType.STEP_START)
-    ]
+    starts = [e for r in runs for e in instance.all_logs(r.run_id, of_type=dg.DagsterEventType.STEP_START)]
     assert len(starts) >= 4 + 3 * TITLES + 4
     assert len({e.dagster_event.pid for e in starts}) == len(starts)
     # Each step's local dir was its own and is gone: nothing on local disk outlived a step.
@@ -107,10 +116,20 @@ def test_demo_dag_on_s3_and_postgres_with_every_step_in_its_own_process(deployme
     # Every output is in the bucket.
     store = object_store(s3_env)
     objects = set(store.list_paths(""))
-    expected = {"catalog/titles.parquet", "catalog/synopses.parquet", "catalog/rejected.parquet",
-                "splits/train.parquet", "splits/val.parquet", "release/README.md"}
+    expected = {
+        "catalog/titles.parquet",
+        "catalog/synopses.parquet",
+        "catalog/rejected.parquet",
+        "splits/train.parquet",
+        "splits/val.parquet",
+        "release/README.md",
+    }
     for key in keys[:TITLES]:
-        expected |= {f"episodes/{key}/probe.json", f"episodes/{key}/ep01.mp4", f"frames/mal_id={key}/part-0.parquet"}
+        expected |= {
+            f"episodes/{key}/probe.json",
+            f"episodes/{key}/ep01.mp4",
+            f"frames/mal_id={key}/part-0.parquet",
+        }
     assert expected <= objects, expected - objects
     assert any(o.startswith("release/") and o.endswith(".parquet") for o in objects)
     adapter_meta = _meta(instance, "finetuned_adapter")
@@ -121,7 +140,9 @@ def test_demo_dag_on_s3_and_postgres_with_every_step_in_its_own_process(deployme
     assert f"models/{run}/lineage.json" in objects
     assert f"eval/{run}/captions.parquet" in objects and f"eval/{run}/metrics.json" in objects
     assert adapter_meta["adapter_path"] == store.uri(adapter_key)
-    frames = pl.scan_parquet(store.uri("frames/**/*.parquet"), storage_options=store.polars_storage_options()).collect()
+    frames = pl.scan_parquet(
+        store.uri("frames/**/*.parquet"), storage_options=store.polars_storage_options()
+    ).collect()
     assert frames["mal_id"].n_unique() == TITLES
 
     # The fine-tune and the eval ran through the Pipes subprocess client, each in its own empty dir.
@@ -131,7 +152,13 @@ def test_demo_dag_on_s3_and_postgres_with_every_step_in_its_own_process(deployme
         assert "anime-gpu-job-" in md["worker_data_dir"] and not Path(md["worker_data_dir"]).exists()
     assert adapter_meta["worker_data_dir"] != eval_meta["worker_data_dir"]
     # Metrics are recorded, and point at the bucket.
-    for key in ("val_loss_base", "val_loss_finetuned", "bleu_finetuned", "rouge_l_finetuned", "cider_finetuned"):
+    for key in (
+        "val_loss_base",
+        "val_loss_finetuned",
+        "bleu_finetuned",
+        "rouge_l_finetuned",
+        "cider_finetuned",
+    ):
         assert isinstance(eval_meta[key], float), key
     assert eval_meta["captions_path"] == store.uri(f"eval/{run}/captions.parquet")
     captions = pl.read_parquet(eval_meta["captions_path"], storage_options=store.polars_storage_options())

@@ -62,8 +62,11 @@ def _job(defs) -> dict:
     home = Path(defs.resources["pipeline"].home)
     return train_job(
         store=defs.resources["data_store"].worker_store(),
-        train_config={"base_model": str(home / "tiny-model"), "output_dir": str(home / "models" / "r1"),
-                      "train_samples": str(home / "splits" / "train.parquet")},
+        train_config={
+            "base_model": str(home / "tiny-model"),
+            "output_dir": str(home / "models" / "r1"),
+            "train_samples": str(home / "splits" / "train.parquet"),
+        },
         home=home,
         inputs=["splits/train.parquet"],
         run_dir="models/r1",
@@ -80,7 +83,9 @@ def _job(defs) -> dict:
         ("s3", ECS, S3DataStoreResource, EcsGpuLauncher),
     ],
 )
-def test_definitions_load_with_the_resources_the_settings_ask_for(tmp_path, home, launcher_env, store_cls, launcher_cls):
+def test_definitions_load_with_the_resources_the_settings_ask_for(
+    tmp_path, home, launcher_env, store_cls, launcher_cls
+):
     extra = dict(launcher_env)
     if home == "s3":
         extra.update(ANIME_PIPELINE_HOME=S3_HOME, ANIME_PIPELINE_CACHE_DIR=str(tmp_path / "cache"))
@@ -104,7 +109,12 @@ def test_definitions_load_with_the_resources_the_settings_ask_for(tmp_path, home
 
 
 def test_k8s_pod_spec_requests_gpus_runs_the_image_and_references_secrets(tmp_path):
-    env = _env(tmp_path, ANIME_PIPELINE_HOME=S3_HOME, ANIME_PIPELINE_S3_ENDPOINT_URL="http://minio.internal:9000", **K8S)
+    env = _env(
+        tmp_path,
+        ANIME_PIPELINE_HOME=S3_HOME,
+        ANIME_PIPELINE_S3_ENDPOINT_URL="http://minio.internal:9000",
+        **K8S,
+    )
     defs = build_defs(Settings.from_env(env), env=env)
     out = defs.resources["gpu_launcher"].render(_job(defs))
     assert out["namespace"] == "training"
@@ -122,7 +132,9 @@ def test_k8s_pod_spec_requests_gpus_runs_the_image_and_references_secrets(tmp_pa
     assert "DAGSTER_PIPES_CONTEXT" in env_vars
     assert not {"AWS_SECRET_ACCESS_KEY", "MAL_CLIENT_ID"} & set(env_vars)
     assert [e["secretRef"]["name"] for e in container["envFrom"]] == ["aws-credentials", "mal-api"]
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"][
+        "tolerations"
+    ]
 
 
 def test_ecs_task_params_request_gpus_and_carry_no_secrets(tmp_path):
@@ -142,15 +154,30 @@ def test_ecs_task_params_request_gpus_and_carry_no_secrets(tmp_path):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        ({"ANIME_PIPELINE_GPU_LAUNCHER": "slurm"}, r"ANIME_PIPELINE_GPU_LAUNCHER='slurm' is not one of subprocess, k8s, ecs"),
+        (
+            {"ANIME_PIPELINE_GPU_LAUNCHER": "slurm"},
+            r"ANIME_PIPELINE_GPU_LAUNCHER='slurm' is not one of subprocess, k8s, ecs",
+        ),
         ({"ANIME_PIPELINE_HOME": "gs://bucket/x"}, r"ANIME_PIPELINE_HOME=.*must start with one of s3://"),
         ({"ANIME_PIPELINE_HOME": "s3://Bad_Bucket/x"}, r"ANIME_PIPELINE_HOME=.*not a valid bucket name"),
-        ({"ANIME_PIPELINE_MEDIA_SENSOR": "maybe"}, r"ANIME_PIPELINE_MEDIA_SENSOR='maybe' is not one of on, off"),
+        (
+            {"ANIME_PIPELINE_MEDIA_SENSOR": "maybe"},
+            r"ANIME_PIPELINE_MEDIA_SENSOR='maybe' is not one of on, off",
+        ),
         ({"ANIME_PIPELINE_CATALOG_CRON": "daily"}, r"ANIME_PIPELINE_CATALOG_CRON='daily' is not a cron"),
-        ({"ANIME_PIPELINE_CATALOG_MAX_RUNTIME_S": "soon"}, r"ANIME_PIPELINE_CATALOG_MAX_RUNTIME_S='soon' is not an integer"),
-        ({"ANIME_PIPELINE_GPU_LAUNCHER": "k8s", "ANIME_PIPELINE_HOME": S3_HOME}, r"needs ANIME_PIPELINE_GPU_IMAGE"),
+        (
+            {"ANIME_PIPELINE_CATALOG_MAX_RUNTIME_S": "soon"},
+            r"ANIME_PIPELINE_CATALOG_MAX_RUNTIME_S='soon' is not an integer",
+        ),
+        (
+            {"ANIME_PIPELINE_GPU_LAUNCHER": "k8s", "ANIME_PIPELINE_HOME": S3_HOME},
+            r"needs ANIME_PIPELINE_GPU_IMAGE",
+        ),
         ({**K8S}, r"ANIME_PIPELINE_HOME must be an object-store URI"),
-        ({"ANIME_PIPELINE_GPU_LAUNCHER": "ecs", "ANIME_PIPELINE_HOME": S3_HOME}, r"needs ANIME_PIPELINE_ECS_CLUSTER"),
+        (
+            {"ANIME_PIPELINE_GPU_LAUNCHER": "ecs", "ANIME_PIPELINE_HOME": S3_HOME},
+            r"needs ANIME_PIPELINE_ECS_CLUSTER",
+        ),
         ({"ANIME_PIPELINE_S3_BUCKET": "anime-data"}, r"ANIME_PIPELINE_S3_BUCKET is no longer read.*s3://"),
         ({"ANIME_PIPELINE_PROFILE": "prod"}, r"ANIME_PIPELINE_PROFILE='prod' is not one of demo, live"),
     ],
@@ -165,10 +192,15 @@ def test_schedules_and_sensors_follow_the_same_settings(tmp_path):
     demo = build_defs(env=_env(tmp_path))
     assert demo.get_schedule_def("catalog_daily").default_status == dg.DefaultScheduleStatus.RUNNING
     assert demo.get_sensor_def("new_titles_sensor").default_status == dg.DefaultSensorStatus.RUNNING
-    live = build_defs(env=_env(
-        tmp_path, ANIME_PIPELINE_PROFILE="live", ANIME_PIPELINE_CATALOG_CRON="15 4 * * 1",
-        ANIME_PIPELINE_TRAINING_SCHEDULE="on", ANIME_PIPELINE_CATALOG_MAX_RUNTIME_S="600",
-    ))
+    live = build_defs(
+        env=_env(
+            tmp_path,
+            ANIME_PIPELINE_PROFILE="live",
+            ANIME_PIPELINE_CATALOG_CRON="15 4 * * 1",
+            ANIME_PIPELINE_TRAINING_SCHEDULE="on",
+            ANIME_PIPELINE_CATALOG_MAX_RUNTIME_S="600",
+        )
+    )
     assert live.get_schedule_def("catalog_daily").default_status == dg.DefaultScheduleStatus.STOPPED
     assert live.get_schedule_def("catalog_daily").cron_schedule == "15 4 * * 1"
     assert live.get_sensor_def("new_titles_sensor").default_status == dg.DefaultSensorStatus.STOPPED
@@ -180,10 +212,26 @@ def test_dagster_refuses_to_load_an_invalid_setting(tmp_path):
     """The real loader (`dagster definitions validate`) fails and names the variable and the allowed values."""
     import os
 
-    env = {**os.environ, "ANIME_PIPELINE_HOME": str(tmp_path / "data"), "ANIME_PIPELINE_GPU_LAUNCHER": "lambda"}
+    env = {
+        **os.environ,
+        "ANIME_PIPELINE_HOME": str(tmp_path / "data"),
+        "ANIME_PIPELINE_GPU_LAUNCHER": "lambda",
+    }
     out = subprocess.run(
-        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-m", "anime_pipeline.definitions"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "definitions",
+            "validate",
+            "-m",
+            "anime_pipeline.definitions",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode != 0
-    assert "ANIME_PIPELINE_GPU_LAUNCHER='lambda' is not one of subprocess, k8s, ecs" in out.stdout + out.stderr
+    assert (
+        "ANIME_PIPELINE_GPU_LAUNCHER='lambda' is not one of subprocess, k8s, ecs" in out.stdout + out.stderr
+    )

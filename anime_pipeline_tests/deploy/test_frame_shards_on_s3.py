@@ -20,8 +20,9 @@ def _defs(s3_env, cache):
 
 def _materialize(defs, instance, selection, partition_key=None):
     assets = list(defs.assets) + list(defs.asset_checks)
-    result = dg.materialize(assets, selection=selection, instance=instance, resources=defs.resources,
-                            partition_key=partition_key)
+    result = dg.materialize(
+        assets, selection=selection, instance=instance, resources=defs.resources, partition_key=partition_key
+    )
     assert result.success
     return result
 
@@ -37,14 +38,21 @@ def test_media_stage_works_from_the_bucket_with_empty_local_dirs(s3_env, tmp_pat
         assert not (tmp_path / "step-2" / "frames").exists()
         _materialize(_defs(s3_env, tmp_path / "step-3"), instance, ["frame_shards"], key)
         assert (tmp_path / "step-3" / "episodes" / key / "ep01.mp4").exists()  # fetched, not shared
-        md = instance.get_latest_materialization_event(dg.AssetKey("frame_shards")).asset_materialization.metadata
+        md = instance.get_latest_materialization_event(
+            dg.AssetKey("frame_shards")
+        ).asset_materialization.metadata
         # episodes again, in a fourth empty dir: the episode is in the bucket, so it is reused, not downloaded
         _materialize(_defs(s3_env, tmp_path / "step-4"), instance, ["episodes"], key)
         ep = instance.get_latest_materialization_event(dg.AssetKey("episodes")).asset_materialization.metadata
-        assert ep["reused"].value is True and not (tmp_path / "step-4" / "episodes" / key / "ep01.mp4").exists()
+        assert (
+            ep["reused"].value is True and not (tmp_path / "step-4" / "episodes" / key / "ep01.mp4").exists()
+        )
     uri = f"{s3_env['ANIME_PIPELINE_HOME']}/frames/mal_id={key}/part-0.parquet"
     assert md["path"].value == uri
     remote = pl.read_parquet(uri, storage_options=store.polars_storage_options())
     assert remote.height == 8 and remote["mal_id"].unique().to_list() == [int(key)]
-    assert (tmp_path / "step-3" / "frames" / f"mal_id={key}" / "part-0.parquet").read_bytes() == store.s3().get_object(
-        Bucket=store.bucket, Key=store.key(f"frames/mal_id={key}/part-0.parquet"))["Body"].read()
+    assert (
+        tmp_path / "step-3" / "frames" / f"mal_id={key}" / "part-0.parquet"
+    ).read_bytes() == store.s3().get_object(
+        Bucket=store.bucket, Key=store.key(f"frames/mal_id={key}/part-0.parquet")
+    )["Body"].read()

@@ -2,7 +2,6 @@
 parameters handed to the production Pipes clients (checked against botocore's ECS model, dagster-aws's
 PipesECSClient and dagster-k8s's pod builder)."""
 
-
 import copy
 import json
 import os
@@ -35,20 +34,53 @@ def test_one_gpu_is_a_plain_python_module_run():
 
 def test_several_gpus_use_torchrun_by_default():
     assert training_command(CFG, gpus=4) == [
-        "torchrun", "--standalone", "--nnodes", "1", "--nproc-per-node", "4",
-        "-m", "anime_pipeline.training", "--config", CFG,
+        "torchrun",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        "4",
+        "-m",
+        "anime_pipeline.training",
+        "--config",
+        CFG,
     ]
     assert training_command(CFG, gpus=8, nodes=2, master_addr="trainer-0.trainer", master_port=29400) == [
-        "torchrun", "--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", "trainer-0.trainer:29400",
-        "--rdzv-id", "anime-pipeline-finetune", "--nproc-per-node", "8",
-        "-m", "anime_pipeline.training", "--config", CFG,
+        "torchrun",
+        "--nnodes",
+        "2",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        "trainer-0.trainer:29400",
+        "--rdzv-id",
+        "anime-pipeline-finetune",
+        "--nproc-per-node",
+        "8",
+        "-m",
+        "anime_pipeline.training",
+        "--config",
+        CFG,
     ]
 
 
 def test_accelerate_counts_processes_over_all_machines():
     assert training_command(CFG, gpus=4, launcher="accelerate") == [
-        "accelerate", "launch", "--multi_gpu", "--num_processes", "4", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "anime_pipeline.training", "--config", CFG,
+        "accelerate",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "4",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "anime_pipeline.training",
+        "--config",
+        CFG,
     ]
     cmd = training_command(CFG, gpus=4, nodes=2, launcher="accelerate", master_addr="10.0.0.5", node_rank=1)
     assert cmd[cmd.index("--num_processes") + 1] == "8"
@@ -89,7 +121,9 @@ def test_config_path_must_be_a_path(bad):
 
 
 def _help(argv: list[str]) -> str:
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HOME": os.devnull})
+    r = subprocess.run(
+        argv, capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HOME": os.devnull}
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout
 
@@ -107,7 +141,10 @@ def test_every_emitted_flag_is_accepted_by_the_real_cli(launcher):
     flags = {a for cmd in commands for a in cmd[: cmd.index("-m")] if a.startswith("-")}
     assert flags, commands
     for flag in flags:
-        assert f"{flag} " in help_text or f"{flag}," in help_text or f"{flag}\n" in help_text, (flag, launcher)
+        assert f"{flag} " in help_text or f"{flag}," in help_text or f"{flag}\n" in help_text, (
+            flag,
+            launcher,
+        )
     assert "-m, --module" in help_text
 
 
@@ -127,7 +164,12 @@ def test_launcher_starts_one_process_per_gpu_with_the_arguments(launcher, tmp_pa
         )
     )
     cmd = training_command(CFG, gpus=2, launcher=launcher, bin_dir=BIN, module="launch_probe")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "HF_HOME": str(tmp_path / "hf"), "CUDA_VISIBLE_DEVICES": ""}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tmp_path),
+        "HF_HOME": str(tmp_path / "hf"),
+        "CUDA_VISIBLE_DEVICES": "",
+    }
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     seen = [json.loads(line[6:]) for line in r.stdout.splitlines() if line.startswith("PROBE ")]
@@ -148,29 +190,58 @@ def test_the_training_entry_point_takes_the_emitted_arguments():
 
 # The GPU job (what the gpu_launcher resource runs) -------------------------------------------------
 def test_gpu_job_command_has_no_config_file_the_job_comes_through_pipes():
-    assert training_command(None, gpus=1, module="anime_pipeline.gpu_job") == ["python", "-m", "anime_pipeline.gpu_job"]
+    assert training_command(None, gpus=1, module="anime_pipeline.gpu_job") == [
+        "python",
+        "-m",
+        "anime_pipeline.gpu_job",
+    ]
     assert training_command(None, gpus=2, launcher="torchrun", module="anime_pipeline.gpu_job")[-2:] == [
-        "-m", "anime_pipeline.gpu_job"]
+        "-m",
+        "anime_pipeline.gpu_job",
+    ]
 
 
 def test_gpu_job_paths_are_relative_to_each_machines_data_dir(tmp_path):
     from anime_pipeline.gpu_job import eval_job, from_ref, to_ref, train_job
 
     here, there = tmp_path / "orchestrator", tmp_path / "gpu-pod"
-    cfg = {"base_model": str(here / "tiny-model"), "output_dir": str(here / "models" / "r1"),
-           "data_home": str(here), "lora_r": 16, "feature_cache_dir": None, "other": "HuggingFaceTB/SmolVLM2"}
-    job = train_job(store={"data_uri": "s3://b/p"}, train_config=cfg, home=here, inputs=["splits/train.parquet"],
-                    run_dir="models/r1", asset_key="finetuned_adapter")
+    cfg = {
+        "base_model": str(here / "tiny-model"),
+        "output_dir": str(here / "models" / "r1"),
+        "data_home": str(here),
+        "lora_r": 16,
+        "feature_cache_dir": None,
+        "other": "HuggingFaceTB/SmolVLM2",
+    }
+    job = train_job(
+        store={"data_uri": "s3://b/p"},
+        train_config=cfg,
+        home=here,
+        inputs=["splits/train.parquet"],
+        run_dir="models/r1",
+        asset_key="finetuned_adapter",
+    )
     assert job["config"]["output_dir"] == "{home}/models/r1" and job["config"]["data_home"] == "{home}"
     assert str(here) not in json.dumps(job)
-    assert job["inputs"] == ["splits/train.parquet", "tiny-model"]  # a base model inside the data home travels too
-    assert job["outputs"] == ["models/r1"] and job["optional_inputs"] == ["models/r1"]  # resume from checkpoints
+    assert job["inputs"] == [
+        "splits/train.parquet",
+        "tiny-model",
+    ]  # a base model inside the data home travels too
+    assert job["outputs"] == ["models/r1"] and job["optional_inputs"] == [
+        "models/r1"
+    ]  # resume from checkpoints
     resolved = from_ref(job["config"], there)
     assert resolved["output_dir"] == str((there / "models" / "r1").resolve())
     assert resolved["other"] == "HuggingFaceTB/SmolVLM2" and resolved["lora_r"] == 16
     assert to_ref(resolved, there) == job["config"]
-    hub = eval_job(store={}, eval_args={"base_model": "HuggingFaceTB/SmolVLM2"}, home=here, inputs=[], outputs=[],
-                   asset_key="caption_eval")
+    hub = eval_job(
+        store={},
+        eval_args={"base_model": "HuggingFaceTB/SmolVLM2"},
+        home=here,
+        inputs=[],
+        outputs=[],
+        asset_key="caption_eval",
+    )
     assert hub["inputs"] == []  # a hub model id is not fetched from the store
 
 
@@ -197,7 +268,10 @@ def test_k8s_pod_spec_shape():
     )
     assert spec["restartPolicy"] == "Never"
     (c,) = spec["containers"]
-    assert c["resources"] == {"limits": {GPU_RESOURCE: "2", "memory": "64Gi"}, "requests": {"cpu": "8", "memory": "64Gi"}}
+    assert c["resources"] == {
+        "limits": {GPU_RESOURCE: "2", "memory": "64Gi"},
+        "requests": {"cpu": "8", "memory": "64Gi"},
+    }
     assert c["envFrom"] == [
         {"secretRef": {"name": "anime-pipeline-aws"}},
         {"secretRef": {"name": "anime-pipeline-mal"}},
@@ -288,7 +362,10 @@ def test_ecs_run_task_params_shape_is_valid_for_boto3():
 
     by_provider = ecs_run_task_params("c", "td", gpus=1, launch_type=None, capacity_provider="gpu-asg")
     _validate_run_task(by_provider)
-    assert "launchType" not in by_provider and by_provider["capacityProviderStrategy"][0]["capacityProvider"] == "gpu-asg"
+    assert (
+        "launchType" not in by_provider
+        and by_provider["capacityProviderStrategy"][0]["capacityProvider"] == "gpu-asg"
+    )
 
 
 @pytest.mark.parametrize(
@@ -320,15 +397,28 @@ def test_pipes_ecs_client_sends_our_params_with_the_pipes_environment(aws_env, m
 
     ecs = boto3.client("ecs", region_name="us-east-1")
     sent: list[dict] = []
-    ecs.meta.events.register("provide-client-params.ecs.RunTask", lambda params, **kw: sent.append(copy.deepcopy(params)))
+    ecs.meta.events.register(
+        "provide-client-params.ecs.RunTask", lambda params, **kw: sent.append(copy.deepcopy(params))
+    )
     stub = Stubber(ecs)
-    log_config = {"logDriver": "awslogs", "options": {"awslogs-group": "/anime", "awslogs-stream-prefix": "train"}}
+    log_config = {
+        "logDriver": "awslogs",
+        "options": {"awslogs-group": "/anime", "awslogs-stream-prefix": "train"},
+    }
     stub.add_response(
         "describe_task_definition",
-        {"taskDefinition": {"containerDefinitions": [{"name": "training", "image": "img:1", "logConfiguration": log_config}]}},
+        {
+            "taskDefinition": {
+                "containerDefinitions": [
+                    {"name": "training", "image": "img:1", "logConfiguration": log_config}
+                ]
+            }
+        },
         {"taskDefinition": "anime-pipeline-train:7"},
     )
-    stub.add_client_error("run_task", service_error_code="ClientException", service_message="stubbed: stop here")
+    stub.add_client_error(
+        "run_task", service_error_code="ClientException", service_message="stubbed: stop here"
+    )
 
     @dg.asset
     def finetuned_adapter_on_ecs(context: dg.AssetExecutionContext, pipes_ecs: PipesECSClient):
@@ -339,7 +429,9 @@ def test_pipes_ecs_client_sends_our_params_with_the_pipes_environment(aws_env, m
 
     with stub:
         result = dg.materialize(
-            [finetuned_adapter_on_ecs], resources={"pipes_ecs": PipesECSClient(client=ecs)}, raise_on_error=False
+            [finetuned_adapter_on_ecs],
+            resources={"pipes_ecs": PipesECSClient(client=ecs)},
+            raise_on_error=False,
         )
     assert not result.success
     assert "stubbed: stop here" in str(result.get_step_failure_events()[0].event_specific_data.error)

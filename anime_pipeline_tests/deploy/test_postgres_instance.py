@@ -63,19 +63,28 @@ def test_titles_materialization_is_stored_in_postgres(pg_instance, postgres_serv
     assert event is not None and event.run_id == result.run_id
     meta = event.asset_materialization.metadata
     assert meta["num_titles"].value > 0
-    assert pg_instance.get_latest_materialization_event(dg.AssetKey("ping")).asset_materialization.metadata[
-        "answer"
-    ].value == 42
+    assert (
+        pg_instance.get_latest_materialization_event(dg.AssetKey("ping"))
+        .asset_materialization.metadata["answer"]
+        .value
+        == 42
+    )
     assert pg_instance.get_run_by_id(result.run_id).status == dg.DagsterRunStatus.SUCCESS
     assert (home / "catalog" / "titles.parquet").exists()
 
     # and straight from the database, with its own connection
     import psycopg2
 
-    with psycopg2.connect(
-        host=postgres_server.host, port=postgres_server.port, user=postgres_server.user,
-        password=postgres_server.password, dbname=postgres_server.db_name,
-    ) as conn, conn.cursor() as cur:
+    with (
+        psycopg2.connect(
+            host=postgres_server.host,
+            port=postgres_server.port,
+            user=postgres_server.user,
+            password=postgres_server.password,
+            dbname=postgres_server.db_name,
+        ) as conn,
+        conn.cursor() as cur,
+    ):
         cur.execute(
             "SELECT count(*) FROM event_logs WHERE run_id = %s AND dagster_event_type = 'ASSET_MATERIALIZATION'"
             " AND asset_key = %s",

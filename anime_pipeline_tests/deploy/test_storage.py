@@ -43,20 +43,31 @@ def test_an_s3_home_is_the_store_and_the_local_dir_only_a_cache(tmp_path):
     }
     s = Settings.from_env(env)
     assert (s.data_uri, s.home, s.s3_endpoint_url, s.s3_region) == (
-        "s3://anime-data/prod/v1", (tmp_path / "cache").resolve(), "http://127.0.0.1:9000", "eu-west-1"
+        "s3://anime-data/prod/v1",
+        (tmp_path / "cache").resolve(),
+        "http://127.0.0.1:9000",
+        "eu-west-1",
     )
     store = data_store_from_settings(s)
     assert isinstance(store, ObjectDataStore) and store.remote and store.root == s.home
     objects = store.objects
     assert (objects.bucket, objects.prefix, objects.endpoint_url, objects.region) == (
-        "anime-data", "prod/v1", "http://127.0.0.1:9000", "eu-west-1"
+        "anime-data",
+        "prod/v1",
+        "http://127.0.0.1:9000",
+        "eu-west-1",
     )
     assert objects.allow_http
-    assert store.uri("frames/mal_id=1/part-0.parquet") == "s3://anime-data/prod/v1/frames/mal_id=1/part-0.parquet"
+    assert (
+        store.uri("frames/mal_id=1/part-0.parquet")
+        == "s3://anime-data/prod/v1/frames/mal_id=1/part-0.parquet"
+    )
     assert objects.uri("frames/**/*.parquet") == "s3://anime-data/prod/v1/frames/**/*.parquet"
     assert objects.arrow_path("splits/train.parquet") == "anime-data/prod/v1/splits/train.parquet"
     # the explicit variable wins over AWS_REGION; us-east-1 otherwise
-    assert Settings.from_env({**env, "ANIME_PIPELINE_S3_REGION": "ap-northeast-1"}).s3_region == "ap-northeast-1"
+    assert (
+        Settings.from_env({**env, "ANIME_PIPELINE_S3_REGION": "ap-northeast-1"}).s3_region == "ap-northeast-1"
+    )
     bare = Settings.from_env({"ANIME_PIPELINE_HOME": "s3://anime-data"})
     assert (bare.s3_region, bare.s3_endpoint_url, bare.data_uri) == ("us-east-1", None, "s3://anime-data")
     # without ANIME_PIPELINE_CACHE_DIR each process gets its own fresh local dir
@@ -102,7 +113,9 @@ def test_repr_has_no_credentials(aws_env):
 # A real S3-compatible server ----------------------------------------------------------------------
 def write_real_shard(home: Path, mal_id: int, n: int = 4) -> Path:
     frames = [
-        SampledFrame(frame_index=i, timestamp_s=1.0 + i, image=Image.new("RGB", (64, 36), (40 * i, 90, 200 - 40 * i)))
+        SampledFrame(
+            frame_index=i, timestamp_s=1.0 + i, image=Image.new("RGB", (64, 36), (40 * i, 90, 200 - 40 * i))
+        )
         for i in range(n)
     ]
     dest = home / "frames" / f"mal_id={mal_id}" / "part-0.parquet"
@@ -167,7 +180,10 @@ def test_publish_scan_and_fetch_on_a_second_worker(s3_env, tmp_path, caplog):
     got.write_bytes(b"stale")
     assert store.fetch("frames/mal_id=20/part-0.parquet", home2).read_bytes() == b"stale"
     # verify=True notices the difference and downloads again (atomically)
-    assert store.fetch("frames/mal_id=20/part-0.parquet", home2, verify=True).read_bytes() == shards[1].read_bytes()
+    assert (
+        store.fetch("frames/mal_id=20/part-0.parquet", home2, verify=True).read_bytes()
+        == shards[1].read_bytes()
+    )
     assert not [p for p in got.parent.iterdir() if p.name.startswith(".")]
 
     with pytest.raises(FileNotFoundError):
@@ -181,7 +197,9 @@ def test_polars_and_pyarrow_write_and_large_publish_is_multipart(s3_env, tmp_pat
     store = object_store(s3_env)
     df = pl.DataFrame({"mal_id": [1, 2, 3], "split": ["train", "train", "val"]})
     df.write_parquet(store.uri("splits/train.parquet"), storage_options=store.polars_storage_options())
-    assert pl.read_parquet(store.uri("splits/train.parquet"), storage_options=store.polars_storage_options()).equals(df)
+    assert pl.read_parquet(
+        store.uri("splits/train.parquet"), storage_options=store.polars_storage_options()
+    ).equals(df)
 
     fs = store.pyarrow_filesystem()
     pq.write_table(df.to_arrow(), store.arrow_path("splits/val.parquet"), filesystem=fs)
@@ -221,8 +239,12 @@ def test_publish_tree_skips_temp_files_and_unchanged_objects(s3_env, tmp_path):
 
 def test_data_store_pull_and_push_between_two_empty_local_dirs(s3_env, tmp_path):
     """Two processes' stores on one bucket: what one pushes the other pulls into its own empty dir."""
-    a = data_store_from_settings(Settings.from_env({**s3_env, "ANIME_PIPELINE_CACHE_DIR": str(tmp_path / "a")}))
-    b = data_store_from_settings(Settings.from_env({**s3_env, "ANIME_PIPELINE_CACHE_DIR": str(tmp_path / "b")}))
+    a = data_store_from_settings(
+        Settings.from_env({**s3_env, "ANIME_PIPELINE_CACHE_DIR": str(tmp_path / "a")})
+    )
+    b = data_store_from_settings(
+        Settings.from_env({**s3_env, "ANIME_PIPELINE_CACHE_DIR": str(tmp_path / "b")})
+    )
     write_real_shard(a.root, 5)
     (a.root / "catalog").mkdir(parents=True)
     (a.root / "catalog" / "titles.parquet").write_bytes(b"titles-v1")
@@ -275,7 +297,9 @@ def test_a_process_killed_mid_upload_leaves_no_object_and_the_next_run_completes
     video.parent.mkdir(parents=True)
     video.write_bytes(os.urandom(20 * 1024 * 1024))  # 20 MiB: a multipart upload of 8 MiB parts
     rel = "episodes/9/ep01.mp4"
-    child = subprocess.run([sys.executable, "-c", KILL_CHILD, rel], env=env, capture_output=True, text=True, timeout=300)
+    child = subprocess.run(
+        [sys.executable, "-c", KILL_CHILD, rel], env=env, capture_output=True, text=True, timeout=300
+    )
     assert child.returncode == -signal.SIGKILL, child.stdout + child.stderr
     assert "finished" not in child.stdout
 
@@ -287,7 +311,10 @@ def test_a_process_killed_mid_upload_leaves_no_object_and_the_next_run_completes
 
     # the next run completes: the object appears whole, with its sha256
     done = subprocess.run(
-        [sys.executable, "-m", "anime_pipeline.storage", "publish", rel], env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "anime_pipeline.storage", "publish", rel],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
