@@ -18,10 +18,11 @@ import base64
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import dagster as dg
 import polars as pl
+from polars.datatypes import DataTypeClass
 
 # The UI renders markdown inline below this many characters (MetadataEntry.tsx in dagster-webserver).
 INLINE_MARKDOWN_CHARS = 1000
@@ -31,6 +32,9 @@ MAX_IMAGE_WIDTH_PX = 720
 MAX_WORD_CHARS = 24
 # Owners shown on every asset (the team that answers for the pipeline).
 OWNERS = ["team:anime-dataset"]
+# A polars dtype as schemas hold it: an instance (`pl.List(pl.String)`) or a bare class (`pl.Int64`);
+# polars' own `PolarsDataType`, spelled from its public names.
+DType: TypeAlias = "pl.DataType | DataTypeClass"
 
 
 def asset_tags(stage: str, **extra: str) -> dict[str, str]:
@@ -38,7 +42,7 @@ def asset_tags(stage: str, **extra: str) -> dict[str, str]:
     return {"pipeline": "anime_pipeline", "stage": stage, **extra}
 
 
-def asset_definition_metadata(schema: Mapping[str, pl.DataType] | None = None) -> dict[str, Any]:
+def asset_definition_metadata(schema: Mapping[str, DType] | None = None) -> dict[str, Any]:
     """Definition-time metadata: the column schema, so "Columns" shows before the first materialization."""
     return {"dagster/column_schema": column_schema(schema)} if schema is not None else {}
 
@@ -132,7 +136,7 @@ def human_duration(s: float) -> str:
 
 
 # Tables --------------------------------------------------------------------------------------------
-def dtype_name(dtype: pl.DataType) -> str:
+def dtype_name(dtype: DType) -> str:
     """A short type name for the UI: int64, float64, string, bool, binary, timestamp, list[string]."""
     if isinstance(dtype, pl.List):
         return f"list[{dtype_name(dtype.inner)}]"
@@ -142,7 +146,7 @@ def dtype_name(dtype: pl.DataType) -> str:
     return {"utf8": "string", "boolean": "bool"}.get(name, name)
 
 
-def column_schema(schema: Mapping[str, pl.DataType], docs: Mapping[str, str] | None = None) -> dg.TableSchema:
+def column_schema(schema: Mapping[str, DType], docs: Mapping[str, str] | None = None) -> dg.TableSchema:
     """A Dagster `TableSchema` from a polars schema, each column described from `docs` (or COLUMN_DOCS)."""
     docs = COLUMN_DOCS if docs is None else {**COLUMN_DOCS, **docs}
     return dg.TableSchema(
@@ -153,7 +157,7 @@ def column_schema(schema: Mapping[str, pl.DataType], docs: Mapping[str, str] | N
 
 
 def table_metadata(
-    schema: Mapping[str, pl.DataType],
+    schema: Mapping[str, DType],
     row_count: int,
     *,
     docs: Mapping[str, str] | None = None,
@@ -394,7 +398,7 @@ def training_metadata(reported: Mapping[str, Any], hyperparameters: Mapping[str,
             continue
         md[k] = rounded(v) if isinstance(v, float) else v
     # the tables a reader looks for first, then the scalars, then the full list of settings
-    first = {k: md.pop(k) for k in ("losses", "parameters") if k in md}
+    first: dict[str, Any] = {k: md.pop(k) for k in ("losses", "parameters") if k in md}
     last = {"hyperparameters": md.pop("hyperparameters")}
     return {**first, **md, **last}
 
@@ -502,14 +506,14 @@ def eval_metadata(
         has_content = "content_finetuned" in captions.columns
         examples = []
         for row in captions.sort("mal_id").iter_rows(named=True):
-            tuned = "fine-tuned"
+            tuned_by = "fine-tuned"
             if has_content and row.get("content_finetuned") is not None:
-                tuned += " ✓" if row["content_finetuned"] else " ✗"
+                tuned_by += " ✓" if row["content_finetuned"] else " ✗"
             title = title_label(row["mal_id"], row.get("name"))
             for by, key in (
                 ("reference", "reference"),
                 ("base", "caption_base"),
-                (tuned, "caption_finetuned"),
+                (tuned_by, "caption_finetuned"),
             ):
                 examples.append({"title": title if by == "reference" else "", "by": by, "text": row.get(key)})
         md["examples"] = records_table(
@@ -526,7 +530,7 @@ def eval_metadata(
             ],
             max_chars=max_chars,
         )
-    tables = {k: md.pop(k) for k in ("metrics", "examples") if k in md}
+    tables: dict[str, Any] = {k: md.pop(k) for k in ("metrics", "examples") if k in md}
     return {**tables, **md}  # the tables first: what a reader opens the asset for
 
 
@@ -568,5 +572,5 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def path_meta(path: Path) -> dg.MetadataValue:
+def path_meta(path: str | Path) -> dg.MetadataValue:
     return dg.MetadataValue.path(str(path))

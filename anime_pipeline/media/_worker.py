@@ -86,7 +86,10 @@ def main() -> int:
         try:
             job = pickle.loads(raw)
             quality = job.pop("jpeg_quality", None)
-            payload = ("ok", sampling.pack_frames(sampling.decode_targets(**job), quality))
+            payload: tuple[str, object] = (
+                "ok",
+                sampling.pack_frames(sampling.decode_targets(**job), quality),
+            )
         except Exception as e:  # reported to the parent as MediaError
             payload = ("error", str(e) if type(e).__name__ == "MediaError" else f"{type(e).__name__}: {e}")
         write_message(result_fd, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))

@@ -74,7 +74,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypedDict
 
 from PIL import Image
 
@@ -137,14 +137,19 @@ class SampledFrame:
         if self.image is None and self.jpeg is None:
             raise ValueError("a sampled frame needs an image or its JPEG bytes")
         if self.size == (0, 0):
-            size = self.image.size if self.image is not None else Image.open(io.BytesIO(self.jpeg)).size
+            size = self.image.size if self.image is not None else Image.open(io.BytesIO(self._jpeg())).size
             object.__setattr__(self, "size", tuple(size))
+
+    def _jpeg(self) -> bytes:
+        if self.jpeg is None:  # only reached when `image` is None too, which __post_init__ rejects
+            raise ValueError("a sampled frame needs an image or its JPEG bytes")
+        return self.jpeg
 
     def rgb(self) -> Image.Image:
         """The frame as an RGB image (decoded from `jpeg` when no image was kept)."""
         if self.image is not None:
             return self.image
-        img = Image.open(io.BytesIO(self.jpeg))
+        img = Image.open(io.BytesIO(self._jpeg()))
         img.load()
         return img.convert("RGB")
 
@@ -301,9 +306,12 @@ class _PyAVReader:
             raise MediaError(f"{path}: no video stream")
         self.stream = s = streams[0]
         s.thread_type = "AUTO"
-        self.tb = s.time_base
-        self.tbf = float(s.time_base)
-        self.origin = float(s.start_time * s.time_base) if s.start_time is not None else 0.0
+        tb = s.time_base
+        if tb is None:
+            raise MediaError(f"{path}: the video stream has no time base (timestamps cannot be read)")
+        self.tb = tb
+        self.tbf = float(tb)
+        self.origin = float(s.start_time * tb) if s.start_time is not None else 0.0
         rate = float(s.average_rate or s.guessed_rate or 0) or 1.0
         self.frame_s = 1.0 / rate  # nominal frame duration
         ratio = s.codec_context.sample_aspect_ratio or s.sample_aspect_ratio
@@ -321,9 +329,10 @@ class _PyAVReader:
     def close(self) -> None:
         self.container.close()
 
-    def _time(self, frame) -> float | None:
+    def _time(self, frame) -> float:
+        # every frame handed out here has a pts (frames without one are filtered out where decoded)
         if frame.pts is None:
-            return None
+            raise MediaError(f"{self.path}: a decoded frame has no timestamp")
         return float(frame.pts * self.tb) - self.origin
 
     def _seek(self, t: float, *, backward: bool = True) -> None:
@@ -400,7 +409,7 @@ class _PyAVReader:
             pos = max(0.0, t - back)
             self._seek(pos)
             before = after = None
-            before_t = 0.0
+            before_t = after_t = 0.0
             for packet in self.container.demux(self.stream):
                 pt = self._packet_time(packet)
                 if pt is None:
@@ -412,7 +421,7 @@ class _PyAVReader:
                 if pt <= t + _EPS:
                     before, before_t = packet, pt
                 else:
-                    after = packet
+                    after, after_t = packet, pt
                     break
             if before is None and pos > 0.0:
                 # no keyframe at or before t seen: the seek landed after t or mid-GOP (MPEG-TS seeks by
@@ -424,11 +433,11 @@ class _PyAVReader:
         if (
             before is not None and after is not None
         ):  # consecutive keyframes: later targets between them need no seek
-            self.bracket = (before_t, self._packet_time(after))
-        cands = [p for p in (before, after) if p is not None]
+            self.bracket = (before_t, after_t)
+        cands = [(p, pt) for p, pt in ((before, before_t), (after, after_t)) if p is not None]
         if not cands:
             return None
-        packet = cands[_pick_nearest([self._packet_time(p) for p in cands], t)]
+        packet = cands[_pick_nearest([pt for _, pt in cands], t)][0]
         return self._decode_one(packet)
 
     def index_keyframes(self) -> list[float]:
@@ -500,8 +509,10 @@ class _PyAVReader:
             and pos is not None
             and self._decode_on(pos, t)
         )
-        if not linear:
-            self.gen, first = self.seek_before(t)
+        gen = self.gen if linear else None
+        if gen is None:
+            gen, first = self.seek_before(t)
+            self.gen = gen
             if first is None:
                 raise MediaError(f"{self.path}: no decodable frame at {t:.3f} s (file truncated or corrupt?)")
             self.cur, self.look = first, None
@@ -511,7 +522,7 @@ class _PyAVReader:
             self.cur, self.look = self.look, None
         if self._time(self.cur) > t + _EPS:  # target before the first frame of the stream
             return self.cur
-        for f in self.gen:
+        for f in gen:
             if self._time(f) <= t + _EPS:
                 self.cur = f
             else:
@@ -624,6 +635,23 @@ def _backends(decoder: str, mode: str, vfr: bool, container: str = "") -> list[s
     return ["pyav", "decord"]  # PyAV first in both modes: decord measured slower (module docstring)
 
 
+class DecodeJob(TypedDict):
+    """The arguments of one `decode_targets` call, as `sample_frames` builds them (and pickles them to the
+    worker, which adds "jpeg_quality")."""
+
+    path: str
+    targets: list[float]
+    mode: str
+    decoder: str
+    max_side: int
+    vfr: bool
+    duration_s: float
+    frame_pixels: int
+    container: str
+    window: tuple[float, float] | None
+    sar: float | None
+
+
 def decode_targets(
     path: str,
     targets: list[float],
@@ -725,6 +753,13 @@ class DecoderWorker:
             start_new_session=True,
             bufsize=0,
         )
+        if self.proc.stdin is None or self.proc.stdout is None:  # never: both are PIPE above
+            self.proc.kill()
+            self.proc.wait()
+            self._stderr.close()
+            raise RuntimeError(f"decoder worker {self.argv}: started without its stdin/stdout pipes")
+        self._to_worker: IO[bytes] = self.proc.stdin
+        self._from_worker: IO[bytes] = self.proc.stdout
         self.pid_owner = os.getpid()
 
     def alive(self) -> bool:
@@ -739,7 +774,7 @@ class DecoderWorker:
             except OSError:
                 with contextlib.suppress(OSError):
                     self.proc.kill()
-        for f in (self.proc.stdin, self.proc.stdout):
+        for f in (self._to_worker, self._from_worker):
             with contextlib.suppress(OSError):
                 f.close()
         with contextlib.suppress(subprocess.TimeoutExpired):  # SIGKILL: only a hung kernel call delays it
@@ -788,11 +823,11 @@ class DecoderWorker:
         try:
             view = memoryview(_HEADER.pack(len(raw)) + raw)
             while view:  # an unbuffered pipe write may be partial
-                view = view[self.proc.stdin.write(view) :]
+                view = view[self._to_worker.write(view) :]
         except (BrokenPipeError, OSError, ValueError):
             raise self._died(before_reply=True) from None
         self.jobs += 1
-        fd = self.proc.stdout.fileno()
+        fd = self._from_worker.fileno()
         header = self._read(fd, _HEADER.size, deadline, first=True)
         (n,) = _HEADER.unpack(header)
         if n > _MAX_REPLY:
@@ -820,7 +855,7 @@ class _WorkerPool:
     """Idle decoder workers of this process, by argv (a worker started before a fork is never reused in the
     child). Thread-safe: a worker serves one caller at a time; more concurrent callers start more workers."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._idle: list[DecoderWorker] = []
         self._pid = os.getpid()
@@ -938,7 +973,7 @@ def sample_frames(
         probe = probe_video(path, sha256=False)
     p = check_regular_file(path)
     targets = plan_timestamps(probe.duration_s, cfg)
-    job = dict(
+    job = DecodeJob(
         path=str(p),
         targets=targets,
         mode=cfg.mode,

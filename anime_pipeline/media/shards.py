@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
+from typing import Final, Literal
 
 import polars as pl
 from PIL import Image
@@ -23,7 +24,9 @@ from .errors import MediaError
 from .probe import VideoProbe, probe_video
 from .sampling import SampledFrame, SamplingConfig, encode_jpeg, prestart_worker, sample_frames
 
-SHARD_COMPRESSION = "zstd"
+# one of the codecs polars' `write_parquet` accepts
+ParquetCompression = Literal["lz4", "uncompressed", "snappy", "gzip", "brotli", "zstd"]
+SHARD_COMPRESSION: Final[ParquetCompression] = "zstd"
 
 
 @dataclass(frozen=True)

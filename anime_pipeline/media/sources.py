@@ -646,7 +646,10 @@ def default_user_agent() -> str:
     the assets, which pass it in `YtDlpOptions.user_agent`)."""
     from anime_pipeline.settings import Settings
 
-    return Settings.__dataclass_fields__["user_agent"].default
+    default = Settings.__dataclass_fields__["user_agent"].default
+    if not isinstance(default, str):  # a default_factory (or no default) would leave MISSING here
+        raise TypeError(f"Settings.user_agent has no plain string default: {default!r}")
+    return default
 
 
 class SizeCapExceeded(Exception):
