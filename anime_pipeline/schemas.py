@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import polars as pl
+from polars.datatypes import DataType, DataTypeClass
 
-TITLES = {
+# A table schema: column name -> polars dtype (an instance such as pl.List(pl.String) or a class such as pl.Int64).
+Schema = dict[str, DataType | DataTypeClass]
+
+TITLES: Schema = {
     "mal_id": pl.Int64,
     "name": pl.String,  # romaji / main name
     "name_english": pl.String,
@@ -24,7 +28,7 @@ TITLES = {
     "description_ru": pl.String,  # Shikimori's description (cleaned text), extra column
 }
 
-SYNOPSES = {
+SYNOPSES: Schema = {
     "mal_id": pl.Int64,
     "synopsis": pl.String,  # cleaned: attribution stripped, whitespace normalised
     "synopsis_ru": pl.String,
@@ -34,14 +38,14 @@ SYNOPSES = {
     "content_sha256": pl.String,
 }
 
-REJECTED = {
+REJECTED: Schema = {
     "mal_id": pl.Int64,  # null when the title had none
     "name": pl.String,
     "stage": pl.String,  # "titles" | "synopses" | "episodes" | "frames"
     "reason": pl.String,
 }
 
-FRAMES = {
+FRAMES: Schema = {
     "mal_id": pl.Int64,
     "episode": pl.Int16,
     "frame_index": pl.Int32,
@@ -52,7 +56,7 @@ FRAMES = {
     "source_sha256": pl.String,
 }
 
-SAMPLES = {
+SAMPLES: Schema = {
     "mal_id": pl.Int64,
     "split": pl.String,  # "train" | "val"
     "name": pl.String,
