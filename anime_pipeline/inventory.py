@@ -20,7 +20,10 @@ SHARDS_SCHEMA = {
 
 
 def shard_path(home: Path, mal_id: int) -> Path:
-    return Path(home) / "frames" / f"mal_id={int(mal_id)}" / SHARD_NAME
+    """Episode 1's frame shard of a title under the data home (the one layout: media.shards.shard_key)."""
+    from anime_pipeline.media.shards import shard_key
+
+    return Path(home) / shard_key(int(mal_id))
 
 
 def scan_shards(home: Path, mal_ids: list[int] | None = None) -> pl.DataFrame:

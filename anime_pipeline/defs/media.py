@@ -208,7 +208,7 @@ def frame_shards(
     """
     from anime_pipeline.media.probe import VideoProbe
     from anime_pipeline.media.sampling import SamplingConfig
-    from anime_pipeline.media.shards import extract_frame_shard, read_frame_shard
+    from anime_pipeline.media.shards import extract_frame_shard, read_frame_shard, shard_key
 
     s = pipeline.settings()
     mal_id = partition_mal_id(context.partition_key)
@@ -228,7 +228,8 @@ def frame_shards(
         mode=config.mode or ("exact" if s.profile == "demo" else "keyframe"),
         timeout_s=config.timeout_s,
     )
-    dest = s.frames_dir / f"mal_id={mal_id}" / "part-0.parquet"
+    shard_rel = shard_key(mal_id)
+    dest = s.home / shard_rel
     started = time.monotonic()
     try:
         # The probe the `episodes` asset recorded (re-probed only if the file changed): no re-hash.
@@ -238,7 +239,7 @@ def frame_shards(
         )
     except MediaError as e:
         _record(dest.parent / "error.json", {"mal_id": mal_id, "stage": "frame_shards", "error": str(e)})
-        data_store.push(f"frames/mal_id={mal_id}/error.json")
+        data_store.push(f"{Path(shard_rel).parent.as_posix()}/error.json")
         raise dg.Failure(description=f"frames for MAL id {mal_id}: {e}") from e
     (dest.parent / "error.json").unlink(missing_ok=True)
     elapsed = time.monotonic() - started
@@ -249,7 +250,6 @@ def frame_shards(
     title = title_label(mal_id, title_name(s.catalog_dir / "titles.parquet", mal_id))
     stamps: list[float] = df["timestamp_s"].to_list()
     sheet = frames_sheet(df["image"].to_list(), stamps)
-    shard_rel = f"frames/mal_id={mal_id}/part-0.parquet"
     data_store.push(shard_rel)
     return dg.MaterializeResult(
         metadata={
@@ -292,12 +292,12 @@ def frame_shards_contract(
     context: dg.AssetCheckExecutionContext, pipeline: PipelineResource, data_store: DataStoreResource
 ) -> dg.AssetCheckResult:
     from anime_pipeline.media.checks import check_frames
-    from anime_pipeline.media.shards import read_frame_shard
+    from anime_pipeline.media.shards import read_frame_shard, shard_key
 
     s = pipeline.settings()
     mal_id = partition_mal_id(context.partition_key)
-    data_store.pull(f"frames/mal_id={mal_id}/part-0.parquet", f"episodes/{mal_id}/probe.json")
-    df = read_frame_shard(s.frames_dir / f"mal_id={mal_id}" / "part-0.parquet")
+    data_store.pull(shard_key(mal_id), f"episodes/{mal_id}/probe.json")
+    df = read_frame_shard(s.home / shard_key(mal_id))
     duration = json.loads((s.episodes_dir / str(mal_id) / "probe.json").read_text()).get("duration_s")
     ok, detail = check_frames(df, duration_s=duration)
     return dg.AssetCheckResult(passed=ok, metadata={"detail": detail, "frames": df.height})

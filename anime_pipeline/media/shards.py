@@ -47,10 +47,19 @@ class ShardInfo:
         }
 
 
+def _shard_parts(mal_id: int, episode: int) -> tuple[str, str]:
+    mal_id, episode = _check_ids(mal_id, episode)
+    return f"mal_id={mal_id}", f"part-{episode - 1}.parquet"
+
+
 def shard_path(frames_dir: Path, mal_id: int, episode: int = 1) -> Path:
     """`<frames_dir>/mal_id=<id>/part-<episode - 1>.parquet` (episode 1 → part-0), proven inside frames_dir."""
-    mal_id, episode = _check_ids(mal_id, episode)
-    return within(Path(frames_dir), f"mal_id={mal_id}", f"part-{episode - 1}.parquet")
+    return within(Path(frames_dir), *_shard_parts(mal_id, episode))
+
+
+def shard_key(mal_id: int, episode: int = 1) -> str:
+    """The shard's key under the data home (local dir or object store): `frames/mal_id=<id>/part-0.parquet`."""
+    return "/".join(("frames", *_shard_parts(mal_id, episode)))
 
 
 def _check_ids(mal_id: int, episode: int) -> tuple[int, int]:

@@ -74,9 +74,22 @@ def test_dagster_dev_serves_asset_graph(tmp_path):
         assert groups["finetuned_adapter"] == "training"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
+        stopped_on_term = True
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
+            stopped_on_term = False
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode is not None
+    assert stopped_on_term, "dagster dev did not stop within 30 s of SIGTERM"
+    # ... and took its webserver, daemon and code server with it (nothing of its process group is left)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("processes of dagster dev's group outlived it by 30 s")
