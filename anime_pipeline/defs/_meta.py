@@ -42,6 +42,24 @@ def asset_tags(stage: str, **extra: str) -> dict[str, str]:
     return {"pipeline": "anime_pipeline", "stage": stage, **extra}
 
 
+def stage_asset(
+    stage: str,
+    *,
+    schema: Mapping[str, DType] | None = None,
+    extra_tags: dict[str, str] | None = None,
+    **kwargs: Any,
+):
+    """`dg.asset` for one of the pipeline's assets: the stage is its group and tag, the team owns it, and a
+    table asset's column schema shows before its first materialization."""
+    return dg.asset(
+        group_name=stage,
+        owners=OWNERS,
+        tags=asset_tags(stage, **(extra_tags or {})),
+        metadata=asset_definition_metadata(schema) if schema is not None else kwargs.pop("metadata", None),
+        **kwargs,
+    )
+
+
 def asset_definition_metadata(schema: Mapping[str, DType] | None = None) -> dict[str, Any]:
     """Definition-time metadata: the column schema, so "Columns" shows before the first materialization."""
     return {"dagster/column_schema": column_schema(schema)} if schema is not None else {}

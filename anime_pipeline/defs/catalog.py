@@ -10,14 +10,12 @@ from anime_pipeline import schemas
 from anime_pipeline.catalog import checks as catalog_checks
 from anime_pipeline.catalog.demo import demo_catalog
 from anime_pipeline.defs._meta import (
-    OWNERS,
-    asset_definition_metadata,
-    asset_tags,
     mb,
     path_meta,
     preview_table,
     records_table,
     seconds,
+    stage_asset,
     table_metadata,
 )
 from anime_pipeline.defs.partitions import MAL_ID_PARTITIONS_NAME
@@ -87,14 +85,12 @@ def make_http_client(api: CatalogApiResource, settings):
     )
 
 
-@dg.asset(
-    group_name="catalog",
+@stage_asset(
+    "catalog",
     deps=[CATALOG_SOURCE],
     kinds={"parquet", "polars"},
     code_version="titles-v1",
-    owners=OWNERS,
-    tags=asset_tags("catalog"),
-    metadata=asset_definition_metadata(schemas.TITLES),
+    schema=schemas.TITLES,
 )
 def titles(
     context: dg.AssetExecutionContext,
@@ -177,14 +173,12 @@ def titles(
     )
 
 
-@dg.asset(
-    group_name="catalog",
+@stage_asset(
+    "catalog",
     deps=[titles],
     kinds={"parquet", "polars"},
     code_version="synopses-v1",
-    owners=OWNERS,
-    tags=asset_tags("catalog"),
-    metadata=asset_definition_metadata(schemas.SYNOPSES),
+    schema=schemas.SYNOPSES,
 )
 def synopses(
     context: dg.AssetExecutionContext,

@@ -16,15 +16,13 @@ from anime_pipeline.dataset.split import (
     write_split,
 )
 from anime_pipeline.defs._meta import (
-    OWNERS,
-    asset_definition_metadata,
-    asset_tags,
     mb,
     path_meta,
     preview_table,
     records_table,
     seconds,
     split_stats_table,
+    stage_asset,
     table_metadata,
 )
 from anime_pipeline.defs.catalog import synopses, titles
@@ -90,14 +88,12 @@ def split_data_version(home) -> str:
     return content_hash(split_paths(home) + shards)
 
 
-@dg.asset(
-    group_name="dataset",
+@stage_asset(
+    "dataset",
     deps=[titles, synopses, frame_shards],
     kinds={"parquet", "polars"},
     code_version="train_val_split-v1",
-    owners=OWNERS,
-    tags=asset_tags("dataset"),
-    metadata=asset_definition_metadata(schemas.SAMPLES),
+    schema=schemas.SAMPLES,
 )
 def train_val_split(
     context: dg.AssetExecutionContext,
@@ -185,13 +181,12 @@ class ExportConfig(dg.Config):
     )
 
 
-@dg.asset(
-    group_name="dataset",
+@stage_asset(
+    "dataset",
     deps=[train_val_split],
     kinds={"parquet", "huggingface"},
     code_version="dataset_export-v1",
-    owners=OWNERS,
-    tags=asset_tags("dataset", release="huggingface"),
+    extra_tags={"release": "huggingface"},
 )
 def dataset_export(
     context: dg.AssetExecutionContext,

@@ -9,8 +9,6 @@ import polars as pl
 from pydantic import Field
 
 from anime_pipeline.defs._meta import (
-    OWNERS,
-    asset_tags,
     eval_metadata,
     frames_sheet,
     image_md,
@@ -18,6 +16,7 @@ from anime_pipeline.defs._meta import (
     plain,
     readable,
     seconds,
+    stage_asset,
     table_metadata,
     title_label,
 )
@@ -41,14 +40,13 @@ def latest_adapter(instance: dg.DagsterInstance) -> dict:
     return plain(ev.asset_materialization.metadata)
 
 
-@dg.asset(
-    group_name="evaluation",
+@stage_asset(
+    "evaluation",
     deps=[finetuned_adapter],
     kinds={"pytorch", "parquet"},
     code_version="caption_eval-v1",
     pool="gpu",
-    owners=OWNERS,
-    tags=asset_tags("evaluation", hardware="gpu"),
+    extra_tags={"hardware": "gpu"},
 )
 def caption_eval(
     context: dg.AssetExecutionContext,

@@ -10,14 +10,12 @@ from pydantic import Field
 
 from anime_pipeline import schemas
 from anime_pipeline.defs._meta import (
-    OWNERS,
-    asset_definition_metadata,
-    asset_tags,
     frames_sheet,
     image_md,
     mb,
     path_meta,
     seconds,
+    stage_asset,
     table_metadata,
     title_label,
     title_name,
@@ -88,14 +86,12 @@ def _record(path, payload: dict) -> None:
         tmp.write_text(json.dumps(payload, indent=2, default=str))
 
 
-@dg.asset(
-    group_name="media",
+@stage_asset(
+    "media",
     deps=[synopses],
     partitions_def=mal_id_partitions,
     kinds={"ffmpeg", "video"},
     code_version="episodes-v1",
-    owners=OWNERS,
-    tags=asset_tags("media"),
 )
 def episodes(
     context: dg.AssetExecutionContext,
@@ -185,15 +181,13 @@ def episodes(
     )
 
 
-@dg.asset(
-    group_name="media",
+@stage_asset(
+    "media",
     deps=[episodes],
     partitions_def=mal_id_partitions,
     kinds={"parquet", "pytorch"},
     code_version="frame_shards-v1",
-    owners=OWNERS,
-    tags=asset_tags("media"),
-    metadata=asset_definition_metadata(schemas.FRAMES),
+    schema=schemas.FRAMES,
 )
 def frame_shards(
     context: dg.AssetExecutionContext,

@@ -7,7 +7,13 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from anime_pipeline.defs._meta import OWNERS, asset_tags, dir_bytes, mb, path_meta, training_metadata
+from anime_pipeline.defs._meta import (
+    dir_bytes,
+    mb,
+    path_meta,
+    stage_asset,
+    training_metadata,
+)
 from anime_pipeline.defs.dataset import SPLIT_FILES, pull_split, split_data_version, train_val_split
 from anime_pipeline.defs.media import DEMO_FRAMES, LIVE_FRAMES
 from anime_pipeline.defs.resources import DataStoreResource, GpuLauncherResource, PipelineResource
@@ -165,14 +171,13 @@ def build_train_config(config: FinetuneConfig, settings, run_dir: Path, base_mod
     )
 
 
-@dg.asset(
-    group_name="training",
+@stage_asset(
+    "training",
     deps=[train_val_split],
     kinds={"pytorch", "peft"},
     code_version=CODE_VERSION,
     pool="gpu",
-    owners=OWNERS,
-    tags=asset_tags("training", hardware="gpu"),
+    extra_tags={"hardware": "gpu"},
 )
 def finetuned_adapter(
     context: dg.AssetExecutionContext,
