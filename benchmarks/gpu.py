@@ -114,13 +114,11 @@ def make_batch(processor, sample: dict, feature_cache=None):
 
 
 def remove_tower_no_grad(model) -> None:
-    from anime_pipeline.training.model import smolvlm_parts
+    from anime_pipeline.training.model import restore_forward, smolvlm_parts
 
     vision, connector, _ = smolvlm_parts(model)
     for m in (vision, connector):
-        if "forward" in m.__dict__:
-            del m.__dict__["forward"]  # back to the class's forward (the wrapper was an instance attribute)
-        m._anime_no_grad_wrapped = False
+        restore_forward(m)  # back to the class's forward
 
 
 def gpu_busy_fraction(step, device) -> float:  # pragma: no cover - GPU only
@@ -256,10 +254,10 @@ def main(argv=None) -> int:
         ap.error("the 500M model is GPU-only here; on CPU use --tiny (--device cpu)")
     cache = a.cache_dir or C.default_cache_dir()
     tiny = C.tiny_model(cache)
-    skipped = {n: r for n in a.variants if (r := skip_reason(n, device))}
+    skipped = {n: why for n in a.variants if (why := skip_reason(n, device))}
     variants = [n for n in a.variants if n not in skipped]
-    for n, r in skipped.items():
-        print(f"skipping {n}: {r}", file=sys.stderr)
+    for n, why in skipped.items():
+        print(f"skipping {n}: {why}", file=sys.stderr)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as td:
         work = Path(td)
@@ -277,7 +275,7 @@ def main(argv=None) -> int:
         if r["frames"] == ep_frames and r["samples_per_s"]:
             r["epoch_min"] = a.epoch_titles / r["samples_per_s"] / 60
     base = {(r["variant"], r["frames"]): r["samples_per_s"] for r in rows}
-    ratios = {}
+    ratios: dict[str, dict[str, float]] = {}
     for r in rows:
         attn = parse_variant(r["variant"])["attn"].split("_")[0]
         ref = base.get(("sdpa" if attn == "sdpa" else "flash", r["frames"]))

@@ -130,8 +130,8 @@ def cider(
     crefs = [[_ngram_counts(cider_tokenize(r), n) for r in rs] for rs in ref_sets]
 
     doc_freq: Counter = Counter()
-    for rs in crefs:
-        doc_freq.update({g for r in rs for g in r})
+    for ref_counts in crefs:
+        doc_freq.update({g for r in ref_counts for g in r})
     ref_len = math.log(float(len(crefs)))
 
     def vectorize(cnts: Counter) -> tuple[list[dict], list[float], int]:
@@ -158,13 +158,13 @@ def cider(
         return out
 
     scores = []
-    for test, rs in zip(ctest, crefs):
+    for test, ref_counts in zip(ctest, crefs):
         vh, nh, lh = vectorize(test)
         total = [0.0] * n
-        for r in rs:
-            vr, nr, lr = vectorize(r)
+        for rc in ref_counts:
+            vr, nr, lr = vectorize(rc)
             total = [a + b for a, b in zip(total, sim(vh, nh, lh, vr, nr, lr))]
-        scores.append(float(sum(total) / n / len(rs) * 10.0))
+        scores.append(float(sum(total) / n / len(ref_counts) * 10.0))
     return float(sum(scores) / len(scores)), scores
 
 

@@ -137,7 +137,7 @@ def render_model_card(info: ModelCardInfo) -> str:
     """The README.md text: YAML front matter, then description, data, training, metrics, lineage, limitations."""
     header = yaml.safe_dump(front_matter(info), sort_keys=False, allow_unicode=True).strip()
     total = info.train_samples + info.val_samples
-    data_rows = [
+    data_rows: list[list[Any]] = [
         ["Train samples (titles)", info.train_samples],
         ["Validation samples (titles)", info.val_samples],
         ["Excluded titles", _fmt(info.excluded_titles)],

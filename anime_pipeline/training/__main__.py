@@ -73,8 +73,10 @@ def make_parser() -> argparse.ArgumentParser:
     """`--config`, `--set` and one optional flag per `TrainConfig` field (HfArgumentParser); a flag that is
     not given is absent from the parsed namespace (the file / extras keep their value)."""
     from transformers import HfArgumentParser
+    from transformers.hf_argparser import DataClassType
 
-    parser = HfArgumentParser(TrainConfig, prog="python -m anime_pipeline.training", description=__doc__,
+    # DataClassType is the stub's NewType over Any (identity at runtime) that HfArgumentParser expects
+    parser = HfArgumentParser(DataClassType(TrainConfig), prog="python -m anime_pipeline.training", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     for action in parser._actions:
         if action.dest in FIELDS:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Sized
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -220,6 +221,8 @@ def make_dataloader(dataset: Dataset, collator=None, *, batch_size: int = 1, shu
     Workers are spawned, not forked: polars (and OpenMP) thread pools deadlock in forked children.
     """
     if sampler is None:
+        if not isinstance(dataset, Sized):
+            raise TypeError(f"dataset {type(dataset).__name__} has no len(): pass a sampler to make_dataloader")
         sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed)
     kw: dict = {}
     if num_workers > 0:

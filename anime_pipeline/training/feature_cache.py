@@ -118,10 +118,12 @@ class FeatureCache:
         # (b, f) positions in the padded frame axis, and their keys
         if frame_ids is not None:
             rows = [[(f, self.id_key(fid)) for f, fid in enumerate(ids)] for ids in frame_ids]
-        else:
-            real = (pixel_values != 0).flatten(2).any(-1)  # (B, F)
+        elif pixel_values is not None:
+            real = torch.ne(pixel_values, 0).flatten(2).any(-1)  # (B, F)
             rows = [[(int(f), frame_key(pixel_values[b, f])) for f in real[b].nonzero().flatten().tolist()]
                     for b in range(pixel_values.shape[0])]
+        else:  # unreachable (checked above); narrows pixel_values for the type checker
+            raise ValueError("need pixel_values or frame_ids")
         per_sample: list[list[torch.Tensor | None]] = []
         missing: dict[str, list[tuple[int, int]]] = {}  # key -> [(sample, j-th frame)]; deduplicated
         first: dict[str, tuple[int, int]] = {}  # key -> (sample, padded frame position) to encode from
@@ -144,14 +146,22 @@ class FeatureCache:
         for start in range(0, len(keys), self.chunk_frames):
             chunk = keys[start:start + self.chunk_frames]
             where = [first[k] for k in chunk]
+            if pixel_values is None:  # unreachable: keys were checked above; narrows the type
+                raise RuntimeError("features of uncached frames are needed and the batch has no pixel_values")
             frames = torch.stack([pixel_values[b, f] for b, f in where]).unsqueeze(1)
             mask = None
             if pixel_attention_mask is not None:
                 mask = torch.stack([pixel_attention_mask[b, f] for b, f in where]).unsqueeze(1)
-            feats = encode_frames(model, frames, mask)  # list of [1, seq, hidden]
-            for key, f in zip(chunk, feats):
-                f = f[0]
-                self._store(key, f)
+            encoded = encode_frames(model, frames, mask)  # list of [1, seq, hidden]
+            for key, enc in zip(chunk, encoded):
+                f_feats = enc[0]
+                self._store(key, f_feats)
                 for b, j in missing[key]:
-                    per_sample[b][j] = f
-        return [torch.stack([t.to(device) for t in row]) for row in per_sample]
+                    per_sample[b][j] = f_feats
+        return [torch.stack([self._filled(t).to(device) for t in row]) for row in per_sample]
+
+    @staticmethod
+    def _filled(t: torch.Tensor | None) -> torch.Tensor:
+        if t is None:  # every missing key was encoded above and written back into its slots
+            raise RuntimeError("frame features missing after encoding (internal error in FeatureCache.get)")
+        return t

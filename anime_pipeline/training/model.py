@@ -22,10 +22,14 @@ import functools
 import importlib.util
 import logging
 import warnings
-from typing import Any
+import weakref
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +83,21 @@ def unwrap(model) -> Any:
     return get() if callable(get) else model
 
 
-def smolvlm_parts(model) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+def smolvlm_parts(model) -> tuple[torch.nn.Module, torch.nn.Module, PreTrainedModel]:
     """(vision_model, connector, text_model) of a SmolVLM (possibly peft-wrapped) model."""
     inner = unwrap(model).model
     return inner.vision_model, inner.connector, inner.text_model
 
 
+# Modules already patched (kept out of the modules themselves: nn.Module's attribute typing is for
+# tensors and submodules, not flags).
+_NO_GRAD_WRAPPED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+_CAST_HOOKED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+
+
 def _run_without_grad_when_frozen(module: torch.nn.Module) -> None:
     """Make `module.forward` run under `torch.no_grad()` while none of its parameters requires grad."""
-    if getattr(module, "_anime_no_grad_wrapped", False):
+    if module in _NO_GRAD_WRAPPED:
         return
     original = module.forward
 
@@ -98,8 +108,14 @@ def _run_without_grad_when_frozen(module: torch.nn.Module) -> None:
         with torch.no_grad():
             return original(*args, **kwargs)
 
-    module.forward = forward
-    module._anime_no_grad_wrapped = True
+    module.forward = forward  # an instance attribute: restore_forward removes it
+    _NO_GRAD_WRAPPED.add(module)
+
+
+def restore_forward(module: torch.nn.Module) -> None:
+    """Undo `_run_without_grad_when_frozen`: `module` runs its class's forward again (with autograd)."""
+    module.__dict__.pop("forward", None)  # the wrapper was an instance attribute
+    _NO_GRAD_WRAPPED.discard(module)
 
 
 def freeze_vision(model) -> None:
@@ -108,14 +124,14 @@ def freeze_vision(model) -> None:
     for module in (vision, connector):
         module.requires_grad_(False)
         _run_without_grad_when_frozen(module)
-    if not getattr(connector, "_anime_cast_hook", False):
+    if connector not in _CAST_HOOKED:
         embed = text.get_input_embeddings()
 
         def cast(_mod, _inp, out):
             return out.to(embed.weight.dtype) if torch.is_tensor(out) and out.is_floating_point() else out
 
         connector.register_forward_hook(cast)
-        connector._anime_cast_hook = True
+        _CAST_HOOKED.add(connector)
 
 
 def enable_text_checkpointing(model) -> None:
@@ -181,7 +197,9 @@ def load_base_model(model_id_or_dir: str, *, device: str | torch.device = "auto"
             raise ModelSetupError(f"qlora=True: {why}; set qlora=false on CPU")
         kwargs["quantization_config"] = qlora_config(dt)
         kwargs["device_map"] = {"": dev.index if dev.index is not None else torch.cuda.current_device()}
-    model = AutoModelForImageTextToText.from_pretrained(str(model_id_or_dir), **kwargs)
+    # typed as nn.Module: transformers' `@wraps(nn.Module.to)` on PreTrainedModel.to leaks `self`
+    # into the stub's signature, so `model.to(dev)` would not type-check as a PreTrainedModel
+    model: torch.nn.Module = AutoModelForImageTextToText.from_pretrained(str(model_id_or_dir), **kwargs)
     if not qlora:
         model.to(dev)
     model.requires_grad_(False)

@@ -73,8 +73,9 @@ class FramesProcessor:
         self._do_rescale = bool(getattr(ip, "do_rescale", True))
         self._do_normalize = bool(getattr(ip, "do_normalize", True))
         self._do_resize = bool(getattr(ip, "do_resize", True))
-        self._resample = int(getattr(ip, "resample", None) if getattr(ip, "resample", None) is not None
-                             else 2)  # the PIL backend's default is BILINEAR; SmolVLM configs say 1 (LANCZOS)
+        resample = getattr(ip, "resample", None)
+        # the PIL backend's default is BILINEAR; SmolVLM configs say 1 (LANCZOS)
+        self._resample = int(resample) if resample is not None else 2
         # uint8 value → normalised float32, per channel, with the image processor's exact arithmetic
         # (rescale in float64 then cast to float32; (x - mean) / std in float32), so a table lookup
         # reproduces its output bit for bit.
@@ -272,12 +273,14 @@ class FramesProcessor:
         n = max(len(s) for s in seqs)
         input_ids = torch.full((len(seqs), n), self.pad_token_id, dtype=torch.long)
         attn = torch.zeros((len(seqs), n), dtype=torch.long)
+        if labels is not None and len(labels) != len(seqs):
+            raise ValueError(f"labels: {len(labels)} sequences for {len(seqs)} input sequences")
         lab = torch.full((len(seqs), n), -100, dtype=torch.long) if labels is not None else None
         for i, s in enumerate(seqs):
             sl = slice(n - len(s), n) if padding_side == "left" else slice(0, len(s))
             input_ids[i, sl] = torch.as_tensor(list(s), dtype=torch.long)
             attn[i, sl] = 1
-            if lab is not None:
+            if lab is not None and labels is not None:
                 lab[i, sl] = torch.as_tensor(list(labels[i]), dtype=torch.long)
         out = {"input_ids": input_ids, "attention_mask": attn}
         if lab is not None:

@@ -99,7 +99,8 @@ def colour_titles() -> tuple[list[dict], list[dict]]:
     """All 30 ordered colour pairs as two-scene titles; 6 held out for val so that every colour still
     appears in both positions in train."""
     names = list(COLOURS)
-    train, val = [], []
+    train: list[dict] = []
+    val: list[dict] = []
     for i, a in enumerate(names):
         for j, b in enumerate(names):
             if a == b:
