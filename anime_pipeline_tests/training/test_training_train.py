@@ -57,7 +57,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_model_dir, col
     with pytest.raises(Interrupt):
         train(_cfg(tiny_model_dir, colour_dataset, out), reporter=stop_at_3)
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert ckpts == ["step-00000002"] and not (out / "adapter").exists()
+    assert ckpts == ["checkpoint-2"] and not (out / "adapter").exists()
     resumed_events: list[dict] = []
     resumed = train(_cfg(tiny_model_dir, colour_dataset, out), reporter=resumed_events.append)
     assert resumed.resumed_from_step == 2 and resumed.steps == 6
@@ -75,8 +75,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_model_dir, col
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000004", "step-00000006"]
-    opt = torch.load(out / "checkpoints/step-00000006/optimizer.pt", weights_only=True)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-4", "checkpoint-6"]
+    opt = torch.load(out / "checkpoints/checkpoint-6/optimizer.pt", weights_only=True)
     assert opt["state"]
     # a finished run resumed again does nothing more
     again = train(_cfg(tiny_model_dir, colour_dataset, out))
