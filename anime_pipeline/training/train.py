@@ -3,7 +3,7 @@
 The loop mechanics are Trainer's: gradient accumulation (the loss of every micro-batch is its summed answer-token
 cross-entropy divided by Trainer's `num_items_in_batch`, the labelled tokens of the whole accumulation window
 summed over all ranks: token-weighted, independent of how tokens fall into micro-batches), gradient clipping,
-AdamW, the learning-rate schedule (`lr_at`, as a `LambdaLR`), DDP under `torchrun` / `accelerate launch`,
+AdamW, the learning-rate schedule (`lr_factor`, as a `LambdaLR`), DDP under `torchrun` / `accelerate launch`,
 checkpoints (`checkpoint-N`: adapter, optimizer, scheduler, per-rank RNG states, trainer state) and
 `resume_from_checkpoint` (the data order fast-forwarded, the RNG streams restored). What stays ours
 (`_SFTTrainer`): the loss (`compute_loss` → `answer_loss` through `LossModule`, so that DDP's hooks see it;
@@ -44,14 +44,15 @@ import resource
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from anime_pipeline.training.config import TrainConfig, TrainResult
 
-__all__ = ["ResumeError", "TrainConfig", "TrainResult", "evaluate", "lr_at", "save_adapter", "train"]
+__all__ = ["ResumeError", "TrainConfig", "TrainResult", "evaluate", "lr_factor", "save_adapter", "train"]
 
 Reporter = Callable[[dict], None]
 RUN_STATE = "run_state.json"
@@ -68,7 +69,8 @@ class ResumeError(RuntimeError):
 
 # Helpers -----------------------------------------------------------------------------------------
 def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
-    """Learning rate for optimizer step `step` (0-based) as a fraction of `cfg.lr`."""
+    """Learning rate for optimizer step `step` (0-based) as a fraction of `cfg.lr`: linear warmup over
+    `warmup_steps` (the first step already at 1/warmup_steps), then constant, linear or cosine decay to 0."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.lr_schedule == "constant":
@@ -78,11 +80,6 @@ def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
     if cfg.lr_schedule == "linear":
         return 1.0 - frac
     return 0.5 * (1.0 + math.cos(math.pi * frac))
-
-
-def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
-    """Learning rate for optimizer step `step` (0-based)."""
-    return cfg.lr * lr_factor(cfg, step, total)
 
 
 def peak_memory(device: torch.device) -> tuple[int, str]:
@@ -270,8 +267,8 @@ def _make_trainer_class():
             from peft import set_peft_model_state_dict
             from safetensors.torch import load_file
 
-            weights = load_file(str(Path(resume_from_checkpoint) / "adapter_model.safetensors"),
-                                device=str(self.args.device))
+            # loaded on the CPU and copied into the adapter parameters (wherever they are)
+            weights = load_file(str(Path(resume_from_checkpoint) / "adapter_model.safetensors"))
             set_peft_model_state_dict(self.peft_model, weights)
 
     return _SFTTrainer
@@ -284,9 +281,10 @@ def _make_progress_callback():
         """Events for the reporter (rank 0), the run's loss history, and `run_state.json` in each checkpoint."""
 
         def __init__(self, cfg: TrainConfig, report: Reporter, run: dict, *, n_train: int, world_size: int,
-                     device: torch.device, val=None, evaluate_before=None):
+                     device: torch.device, start_info: dict, evaluate_before=None):
             self.cfg, self.report, self.run, self.n_train = cfg, report, run, n_train
-            self.world_size, self.device, self.val, self.evaluate_before = world_size, device, val, evaluate_before
+            self.world_size, self.device, self.start_info = world_size, device, start_info
+            self.evaluate_before = evaluate_before  # val loss of the base model, once per run (not on resume)
             self.trainer = None
             self.t0 = time.perf_counter()
             self.run_samples = 0
@@ -294,7 +292,7 @@ def _make_progress_callback():
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.report({"event": "start", "total_steps": state.max_steps, "start_step": state.global_step,
-                         **self.val["start"]})
+                         **self.start_info})
             if self.evaluate_before is not None and self.run["val_loss_before"] is None:
                 self.run["val_loss_before"] = self.evaluate_before()
                 self.report({"event": "eval", "phase": "before", "val_loss": self.run["val_loss_before"]})
@@ -465,9 +463,9 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
         _ddp_ignore_frozen(module)
     progress = _make_progress_callback()(
         cfg, report, run, n_train=len(train_ds), world_size=world_size, device=device,
-        val={"start": {"device": str(device), "dtype": str(dtype).replace("torch.", ""),
-                       "train_samples": len(train_ds), "val_samples": len(val_ds) if val_ds else 0,
-                       "params": params, **({"world_size": world_size} if dp else {})}},
+        start_info={"device": str(device), "dtype": str(dtype).replace("torch.", ""),
+                    "train_samples": len(train_ds), "val_samples": len(val_ds) if val_ds else 0,
+                    "params": params, **({"world_size": world_size} if dp else {})},
         evaluate_before=(lambda: evaluate(model, val_loader, device, cache=cache, processor=processor))
         if val_loader is not None else None)
     trainer = _make_trainer_class()(

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
-
 from anime_pipeline.training.data import EpochSampler
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

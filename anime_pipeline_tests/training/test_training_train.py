@@ -48,6 +48,12 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_model_dir, col
     progress = [e for e in events if e["event"] == "progress"]
     assert [e["step"] for e in progress] == [1, 2, 3, 4, 5, 6]
     assert all(e["samples_per_s"] > 0 and "loss" in e for e in progress)
+    # Trainer steps our schedule: warmup_steps=1 trains the first step at the full lr (not at 0), then cosine
+    from anime_pipeline.training.train import lr_factor
+
+    cfg = _cfg(tiny_model_dir, colour_dataset, tmp_path / "a")
+    assert [e["lr"] for e in progress] == pytest.approx([cfg.lr * lr_factor(cfg, s, 6) for s in range(6)])
+    assert progress[0]["lr"] == pytest.approx(cfg.lr) and progress[-1]["lr"] < 0.1 * cfg.lr
 
     def stop_at_3(event):
         if event["event"] == "progress" and event["step"] == 3:
