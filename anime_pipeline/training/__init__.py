@@ -11,9 +11,8 @@ Modules:
   model          `load_for_training()`, `param_report()`, `answer_loss()`
   feature_cache  post-connector vision features cached as safetensors
   config         `TrainConfig`, `TrainResult`, `run_name()` (data version + config hash) (torch-free)
-  train          `train(cfg, reporter)`: resumable plain training loop (data-parallel under torchrun); the
+  train          `train(cfg, reporter)`: on `transformers.Trainer` (resumable, data-parallel under torchrun); the
                  stable call for launchers (`anime_pipeline.gpu_job`, `python -m anime_pipeline.training`)
-  distributed    process group, rank device, DDP wrapper, collectives for `train()` (WORLD_SIZE > 1)
   inference      `load_model()`, `generate_captions()`, `compute_loss()`
   tiny           `build_tiny_model()`: random-init tiny SmolVLM for the demo profile and tests
   __main__       `python -m anime_pipeline.training --config train.json [--<field> value ...]`

@@ -1,60 +1,61 @@
-"""LoRA/DoRA/QLoRA fine-tuning of SmolVLM2 on video samples: a plain, resumable training loop.
+"""LoRA/DoRA/QLoRA fine-tuning of SmolVLM2 on video samples, on `transformers.Trainer`.
 
-Why a plain loop and not trl's `SFTTrainer`: it keeps the pitfalls out by construction — no
-`max_length=1024` truncation (P1; our collator drops frames instead and never cuts the answer), labels
-built from token offsets (P2), no `prepare_model_for_kbit_training` blanket upcast (P3), the frozen
-vision tower runs under `no_grad` and checkpointing is on the text model only (P4), and no torchvision
-processor (P8).
+The loop mechanics are Trainer's: gradient accumulation (the loss of every micro-batch is its summed answer-token
+cross-entropy divided by Trainer's `num_items_in_batch`, the labelled tokens of the whole accumulation window
+summed over all ranks: token-weighted, independent of how tokens fall into micro-batches), gradient clipping,
+AdamW, the learning-rate schedule (`lr_factor`, as a `LambdaLR`), DDP under `torchrun` / `accelerate launch`,
+checkpoints (`checkpoint-N`: adapter, optimizer, scheduler, per-rank RNG states, trainer state) and
+`resume_from_checkpoint` (the data order fast-forwarded, the RNG streams restored). What stays ours
+(`_SFTTrainer`): the loss (`compute_loss` → `answer_loss` through `LossModule`, so that DDP's hooks see it;
+the frozen vision tower under no_grad, features from the feature cache when on), the deterministic epoch order
+(`EpochSampler` via `_get_train_sampler`; accelerate gives rank r the micro-batches r, r + W, ..., so
+micro-batch k of all ranks together is a contiguous chunk of the one-process order), the adapter-only
+checkpoint weights (`_save` / `_load_from_checkpoint`), and `_Progress`, the callback that reports events
+(start, eval, progress, checkpoint, done; rank 0 only) and writes `run_state.json` (the resume keys, the
+world size and the run's loss history) into each checkpoint.
 
-Per optimizer step: `grad_accum` micro-batches, loss = summed token cross-entropy / labelled tokens in
-the whole window (token-weighted, independent of how tokens fall into micro-batches), gradient clipping,
-torch AdamW over the adapter parameters, warmup + schedule set by hand each step.
+Why not trl's `SFTTrainer`: it keeps the pitfalls out by construction — no `max_length=1024` truncation
+(P1; our collator drops frames instead and never cuts the answer), labels built from token offsets (P2), no
+`prepare_model_for_kbit_training` blanket upcast (P3), the frozen vision tower runs under `no_grad` and
+checkpointing is on the text model only (P4), and no torchvision processor (P8).
 
-Checkpoints (every `save_steps`, and at the end) hold the adapter (safetensors), the optimizer state
-(`torch.save` of tensors/primitives, loaded with `weights_only=True`), the RNG states and a JSON state
-(step, loss history, ...). With `resume=True`, a run continues after the latest complete checkpoint in
-`output_dir/checkpoints`, with the same data order (deterministic per seed and epoch) and RNG streams; a
-checkpoint made with other data, model, adapter or schedule settings (RESUME_KEYS: learning rate, its
-schedule and warmup, epochs, max steps, ...) is refused with a `ResumeError` naming each change. The
-Dagster asset names the output dir after the data version + config hash (`config.run_name`), so a retried
-or re-executed run resumes.
+With `resume=True`, a run continues after the latest complete checkpoint in `output_dir/checkpoints` (one
+holding `run_state.json`, written last); a checkpoint made with other data, model, adapter or schedule
+settings (RESUME_KEYS: learning rate, its schedule and warmup, epochs, max steps, ...) or another world size
+is refused with a `ResumeError` naming each change. The Dagster asset names the output dir after the data
+version + config hash (`config.run_name`), so a retried or re-executed run resumes.
 
 Samples that cannot fit `max_length` even with a single frame (`SampleTooLongError`) are found before
 training (text only, no frame decoded), reported as `skipped` events, listed in `output_dir/skipped.json`
 and left out; the rest trains.
 
-Data parallelism (launched by `torchrun` / `accelerate launch`, `WORLD_SIZE` > 1; see `distributed`):
-one process per device (`cuda:LOCAL_RANK`, or CPU with Gloo), the adapter model wrapped in
-`DistributedDataParallel`, each rank an interleaved slice of the epoch order (padded to the same number
-of steps), the token-weighted loss normalised by the labelled-token count summed over all ranks, and only
-rank 0 writing checkpoints / adapter / results and reporting. Effective batch = batch_size × grad_accum ×
-world size; a checkpoint resumes only with the same world size. With one process nothing changes.
+Effective batch = batch_size × grad_accum × world size. The model is trained in the dtype it is loaded in
+(`TrainConfig.dtype`; bf16 on CUDA): no autocast.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import os
 import random
-import re
 import resource
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
 from anime_pipeline.training.config import TrainConfig, TrainResult
 
-__all__ = ["ResumeError", "TrainConfig", "TrainResult", "evaluate", "lr_at", "save_adapter", "train"]
+__all__ = ["ResumeError", "TrainConfig", "TrainResult", "evaluate", "lr_factor", "save_adapter", "train"]
 
 Reporter = Callable[[dict], None]
-CHECKPOINT_RE = re.compile(r"^step-(\d{8})$")
+RUN_STATE = "run_state.json"
 # Fields that must match for a checkpoint to be resumed: data, model, adapter and the whole optimisation
 # schedule (a resumed run must continue the same learning-rate curve over the same number of steps).
 RESUME_KEYS = ("base_model", "train_samples", "train_split", "lora_r", "lora_alpha", "lora_dropout", "use_dora",
@@ -67,17 +68,18 @@ class ResumeError(RuntimeError):
 
 
 # Helpers -----------------------------------------------------------------------------------------
-def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
-    """Learning rate for optimizer step `step` (0-based)."""
+def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    """Learning rate for optimizer step `step` (0-based) as a fraction of `cfg.lr`: linear warmup over
+    `warmup_steps` (the first step already at 1/warmup_steps), then constant, linear or cosine decay to 0."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+        return (step + 1) / cfg.warmup_steps
     if cfg.lr_schedule == "constant":
-        return cfg.lr
+        return 1.0
     span = max(1, total - cfg.warmup_steps)
     frac = min(1.0, (step - cfg.warmup_steps) / span)
     if cfg.lr_schedule == "linear":
-        return cfg.lr * (1.0 - frac)
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
+        return 1.0 - frac
+    return 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
 def peak_memory(device: torch.device) -> tuple[int, str]:
@@ -88,46 +90,6 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
 
 def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-
-
-def _labelled(batch: dict) -> int:
-    return int((batch["labels"][:, 1:] != -100).sum())
-
-
-def _checkpoints(root: Path) -> list[tuple[int, Path]]:
-    if not root.is_dir():
-        return []
-    out = []
-    for p in root.iterdir():
-        m = CHECKPOINT_RE.match(p.name)
-        if m and (p / "state.json").is_file():
-            out.append((int(m.group(1)), p))
-    return sorted(out)
-
-
-def _rng_state(device: torch.device | None = None) -> tuple[dict, dict]:
-    """RNG states; with `device` (data-parallel ranks) only that CUDA device's, as `cuda`."""
-    tensors = {"torch": torch.get_rng_state()}
-    if device is not None:
-        if device.type == "cuda":
-            tensors["cuda"] = torch.cuda.get_rng_state(device)
-    elif torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"cuda_{i}"] = s
-    py = random.getstate()
-    return tensors, {"python": [py[0], list(py[1]), py[2]]}
-
-
-def _set_rng_state(tensors: dict, meta: dict, device: torch.device | None = None) -> None:
-    torch.set_rng_state(tensors["torch"])
-    if "cuda" in tensors and device is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(tensors["cuda"], device)
-    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda_")), key=lambda k: int(k[5:]))]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-    py = meta.get("python")
-    if py:
-        random.setstate((py[0], tuple(py[1]), py[2]))
 
 
 def _atomic_dir(final: Path, write: Callable[[Path], None]) -> None:
@@ -174,11 +136,35 @@ def cached_features(cache, model, batch: dict):
                      frame_ids=batch.get("frame_ids"))
 
 
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum over ranks (float64: integer counts stay exact); identity on one process."""
+    if not _distributed():
+        return [float(v) for v in values]
+    import torch.distributed as dist
+
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def _barrier() -> None:
+    if _distributed():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 # Evaluation --------------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(model, loader, device: torch.device, *, cache=None, processor=None, world=None) -> float | None:
-    """Mean answer-token loss over a loader of SFT batches (token-weighted). With a data-parallel `world`,
-    each rank's loader holds its shard and the sums are added over ranks (every rank gets the result)."""
+def evaluate(model, loader, device: torch.device, *, cache=None, processor=None) -> float | None:
+    """Mean answer-token loss over a loader of SFT batches (token-weighted). Under data parallelism each
+    rank's loader holds its shard and the sums are added over ranks (every rank gets the result)."""
     from anime_pipeline.training.model import answer_loss
 
     was_training = model.training
@@ -195,11 +181,168 @@ def evaluate(model, loader, device: torch.device, *, cache=None, processor=None,
             count += n
     finally:
         model.train(was_training)
-    if world is not None and world.distributed:
-        from anime_pipeline.training.distributed import all_reduce_sum
-
-        total, count = all_reduce_sum([total, count], world, device)
+    total, count = _all_reduce_sum([total, count], device)
     return total / count if count else None
+
+
+# Trainer pieces ----------------------------------------------------------------------------------
+class LossModule(torch.nn.Module):
+    """`forward(batch, image_features)` → `answer_loss(model, ...)` (summed loss, labelled tokens): the module
+    Trainer wraps in DDP, so that DDP's forward/backward hooks see the loss computation (which calls the
+    base model's parts directly, not the peft wrapper's forward)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict, image_features=None):
+        from anime_pipeline.training.model import answer_loss
+
+        return answer_loss(self.model, batch, image_features=image_features)
+
+
+def _ddp_ignore_frozen(module: torch.nn.Module) -> None:
+    """Keep frozen weights and buffers out of DDP (loaded identically from disk on every rank; also keeps
+    4-bit QLoRA weights out): DDP then neither broadcasts nor tracks them."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ignore = [n for n, p in module.named_parameters() if not p.requires_grad]
+    ignore += [n for n, _ in module.named_buffers()]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, ignore)
+
+
+def _make_trainer_class():
+    from transformers import Trainer
+
+    class _SFTTrainer(Trainer):
+        """Trainer with our loss, sampler, schedule and adapter-only checkpoint weights (see module doc)."""
+
+        def __init__(self, *args, cfg: TrainConfig, peft_model, cache, processor, sampler, **kwargs):
+            self.cfg, self.peft_model, self.cache, self.processor, self.sampler = (cfg, peft_model, cache,
+                                                                                   processor, sampler)
+            self.window = {"loss": 0.0, "samples": 0, "items": 0}  # the current optimizer step, this rank
+            self.frames_dropped = 0
+            super().__init__(*args, **kwargs)
+            # our loss is normalised by `num_items_in_batch` (counted over labels[:, 1:]), so Trainer must
+            # count it and must not divide by the accumulation steps again
+            self.model_accepts_loss_kwargs = True
+            self._loss_shifts_labels = True
+            self.loss_is_scaled_for_ga = True
+
+        def _move_model_to_device(self, model, device):
+            pass  # load_for_training placed it (4-bit weights cannot be moved)
+
+        def _get_train_sampler(self, train_dataset=None):
+            return self.sampler
+
+        def create_scheduler(self, num_training_steps: int, optimizer=None):
+            if self.lr_scheduler is None:
+                cfg = self.cfg
+                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                    optimizer or self.optimizer, lambda step: lr_factor(cfg, step, num_training_steps))
+                self._created_lr_scheduler = True
+            return self.lr_scheduler
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            kept, total = inputs.pop("frames_kept", None), inputs.pop("frames_total", None)
+            if kept is not None:
+                self.frames_dropped += int((total - kept).sum())
+            batch = prepare_batch(inputs, self.args.device, self.processor)
+            feats = cached_features(self.cache, self.peft_model, batch)
+            loss_sum, n = model(batch, feats)
+            items = int(num_items_in_batch) if num_items_in_batch is not None else n
+            self.window["loss"] += float(loss_sum.detach())
+            self.window["samples"] += int(batch["input_ids"].shape[0])
+            self.window["items"] = items
+            # DDP averages gradients over ranks; × world size makes the step's gradient
+            # Σ_ranks Σ token losses / labelled tokens of the whole window
+            loss = loss_sum * self.accelerator.num_processes / max(items, 1)
+            return (loss, None) if return_outputs else loss
+
+        def _save(self, output_dir=None, state_dict=None):
+            if self.args.should_save:
+                self.peft_model.save_pretrained(str(output_dir or self.args.output_dir), safe_serialization=True)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            # loaded on the CPU and copied into the adapter parameters (wherever they are)
+            weights = load_file(str(Path(resume_from_checkpoint) / "adapter_model.safetensors"))
+            set_peft_model_state_dict(self.peft_model, weights)
+
+    return _SFTTrainer
+
+
+def _make_progress_callback():
+    from transformers import TrainerCallback
+
+    class _Progress(TrainerCallback):
+        """Events for the reporter (rank 0), the run's loss history, and `run_state.json` in each checkpoint."""
+
+        def __init__(self, cfg: TrainConfig, report: Reporter, run: dict, *, n_train: int, world_size: int,
+                     device: torch.device, start_info: dict, evaluate_before=None):
+            self.cfg, self.report, self.run, self.n_train = cfg, report, run, n_train
+            self.world_size, self.device, self.start_info = world_size, device, start_info
+            self.evaluate_before = evaluate_before  # val loss of the base model, once per run (not on resume)
+            self.trainer = None
+            self.t0 = time.perf_counter()
+            self.run_samples = 0
+            self.last_loss = float("nan")
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.report({"event": "start", "total_steps": state.max_steps, "start_step": state.global_step,
+                         **self.start_info})
+            if self.evaluate_before is not None and self.run["val_loss_before"] is None:
+                self.run["val_loss_before"] = self.evaluate_before()
+                self.report({"event": "eval", "phase": "before", "val_loss": self.run["val_loss_before"]})
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):  # every rank: collectives
+            w = self.trainer.window
+            loss_sum, samples = _all_reduce_sum([w["loss"], w["samples"]], self.device)
+            self.last_loss = loss_sum / w["items"] if w["items"] else float("nan")
+            self.run["loss_history"].append(self.last_loss)
+            self.run["samples_seen"] += int(samples)
+            self.run_samples += int(samples)
+            self.trainer.window = {"loss": 0.0, "samples": 0, "items": 0}
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            step = state.global_step
+            if "loss" not in logs or not (step % self.cfg.log_every == 0 or step == state.max_steps):
+                return
+            elapsed = time.perf_counter() - self.t0
+            event = {"event": "progress", "step": step, "total_steps": state.max_steps, "loss": self.last_loss,
+                     "lr": logs.get("learning_rate"),
+                     "samples_per_s": self.run_samples / elapsed if elapsed > 0 else 0.0,
+                     "epoch": self.run["samples_seen"] / self.n_train, "elapsed_s": elapsed}
+            if self.cfg.max_grad_norm and logs.get("grad_norm") is not None:
+                event["grad_norm"] = float(logs["grad_norm"])  # before clipping
+            self.report(event)
+
+        def on_save(self, args, state, control, **kwargs):
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if args.should_save:  # written last: marks the checkpoint complete
+                tmp = path / f".{RUN_STATE}.tmp"
+                tmp.write_text(json.dumps({"config": self.cfg.to_dict(), "world_size": self.world_size,
+                                           "state": self.run}))
+                os.replace(tmp, path / RUN_STATE)
+            self.report({"event": "checkpoint", "step": state.global_step, "path": str(path)})
+
+    return _Progress
+
+
+def _checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (`checkpoint-N` holding run_state.json), oldest first."""
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        name, _, num = p.name.partition("-")
+        if name == "checkpoint" and num.isdigit() and (p / RUN_STATE).is_file():
+            out.append((int(num), p))
+    return sorted(out)
 
 
 # Training ----------------------------------------------------------------------------------------
@@ -208,38 +351,41 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
 
     Under `torchrun` / `accelerate launch` (`WORLD_SIZE` > 1) every rank calls this: data-parallel training,
     `reporter` called and files written on rank 0 only (every rank returns the result)."""
-    from anime_pipeline.training.distributed import env_world, init_process_group, rank_device
-
-    world = env_world()
-    device = rank_device(cfg.device, world)
-    created = init_process_group(world, device)
-    try:
-        return _train(cfg, reporter, world, device)
-    finally:
-        if created:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
-def _train(cfg: TrainConfig, reporter: Reporter | None, world, device: torch.device) -> TrainResult:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
+    from transformers import PrinterCallback, TrainingArguments
 
     from anime_pipeline.training.collator import VideoSFTCollator
     from anime_pipeline.training.data import EpochSampler, ShardVideoDataset, make_dataloader
-    from anime_pipeline.training.distributed import all_reduce_sum, barrier, gather_to_main, wrap_ddp
-    from anime_pipeline.training.model import answer_loss, load_for_training, param_report
+    from anime_pipeline.training.model import load_for_training, param_report, resolve_device
     from anime_pipeline.training.processor import load_processor
 
-    dp = world.distributed
-    main = world.is_main
-    report = (reporter or (lambda event: None)) if main else (lambda event: None)
     out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_root = out_dir / "checkpoints"
     if cfg.torch_threads:
         torch.set_num_threads(int(cfg.torch_threads))
+    wanted = resolve_device(cfg.device)
+    workers = int(cfg.num_workers)
+    pin = (wanted.type == "cuda") if cfg.pin_memory is None else bool(cfg.pin_memory)
+    # the launcher's process group (gloo on CPU, nccl on CUDA) is joined here (accelerate's PartialState)
+    args = TrainingArguments(
+        output_dir=str(ckpt_root), per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
+        max_grad_norm=float(cfg.max_grad_norm or 0.0), num_train_epochs=float(cfg.epochs),
+        max_steps=cfg.max_steps or -1, optim="adamw_torch", logging_strategy="steps", logging_steps=1,
+        save_strategy="steps", save_steps=cfg.save_steps or 10**9, save_total_limit=cfg.keep_checkpoints,
+        seed=cfg.seed, use_cpu=wanted.type == "cpu", report_to="none", disable_tqdm=True,
+        remove_unused_columns=False, ddp_find_unused_parameters=False, ddp_broadcast_buffers=False,
+        dataloader_num_workers=workers, dataloader_pin_memory=pin, dataloader_persistent_workers=workers > 0,
+        dataloader_prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
+        # spawned, not forked: polars (and OpenMP) thread pools deadlock in forked children
+        dataloader_multiprocessing_context="spawn" if workers > 0 else None,
+        average_tokens_across_devices=True, bf16=False, fp16=False,
+    )
+    device = args.device
+    rank, world_size = args.process_index, args.world_size
+    main = rank == 0
+    dp = world_size > 1
+    report = (reporter or (lambda event: None)) if main else (lambda event: None)
+    out_dir.mkdir(parents=True, exist_ok=True)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
@@ -268,27 +414,17 @@ def _train(cfg: TrainConfig, reporter: Reporter | None, world, device: torch.dev
         (out_dir / "skipped.json").write_text(json.dumps(skipped, indent=2) + "\n")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    pin = (device.type == "cuda") if cfg.pin_memory is None else cfg.pin_memory
-    # each rank: an interleaved slice of the epoch order, padded so that all ranks take the same steps
-    sampler = EpochSampler(len(train_ds), shuffle=True, seed=cfg.seed, rank=world.rank, world_size=world.size)
-    loader = make_dataloader(train_ds, collator, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                             pin_memory=pin, prefetch_factor=cfg.prefetch_factor, sampler=sampler)
     val_loader = None
     if val_ds is not None:
-        val_sampler = (EpochSampler(len(val_ds), shuffle=False, rank=world.rank, world_size=world.size, pad=False)
-                       if dp else None)
+        val_sampler = EpochSampler(len(val_ds), shuffle=False, rank=rank, world_size=world_size, pad=False)
         val_loader = make_dataloader(val_ds, collator, batch_size=cfg.eval_batch_size, shuffle=False,
-                                     num_workers=cfg.num_workers, pin_memory=pin,
-                                     prefetch_factor=cfg.prefetch_factor, sampler=val_sampler)
-    batches_per_epoch = math.ceil(sampler.shard_size() / cfg.batch_size)  # per rank
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum))
+                                     num_workers=workers, pin_memory=pin, prefetch_factor=cfg.prefetch_factor,
+                                     sampler=val_sampler)
 
     # Model ---------------------------------------------------------------------------------------
-    model = load_for_training(cfg.base_model, dataclasses.replace(cfg, device=str(device)) if dp else cfg)
+    model = load_for_training(cfg.base_model, dataclasses.replace(cfg, device=str(device)))
     params = param_report(model)
     dtype = next(p for p in model.parameters() if p.is_floating_point() and not p.requires_grad).dtype
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     cache = None
     if cfg.feature_cache:
         from anime_pipeline.training.feature_cache import FeatureCache
@@ -298,167 +434,76 @@ def _train(cfg: TrainConfig, reporter: Reporter | None, world, device: torch.dev
                              preprocessing=processor.preprocessing_id())
         collator.feature_cache = cache  # before any loader iterates: workers get it with the collator
 
-    # Resume (every rank loads the checkpoint) ------------------------------------------------------
-    state: dict[str, Any] = {"step": 0, "micro": 0, "samples_seen": 0, "loss_history": [],
-                             "val_loss_before": None}
-    resumed_from = None
+    # Resume (every rank reads the checkpoint) ------------------------------------------------------
+    run: dict[str, Any] = {"samples_seen": 0, "loss_history": [], "val_loss_before": None}
+    resume_from = None
     existing = _checkpoints(ckpt_root)
     if existing and cfg.resume:
         step_no, ck = existing[-1]
-        saved = json.loads((ck / "state.json").read_text())
+        saved = json.loads((ck / RUN_STATE).read_text())
         mismatch = {k: (saved["config"].get(k), getattr(cfg, k)) for k in RESUME_KEYS
                     if saved["config"].get(k) != getattr(cfg, k)}
-        if saved.get("world_size", 1) != world.size:
-            mismatch["world_size"] = (saved.get("world_size", 1), world.size)
+        if saved.get("world_size", 1) != world_size:
+            mismatch["world_size"] = (saved.get("world_size", 1), world_size)
         if mismatch:
             changes = ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in mismatch.items())
             raise ResumeError(f"cannot resume {ck}: it was made with other settings ({changes}); a resumed "
                               "run must keep the data, model and schedule. Use another output_dir, or "
                               "resume=false to start afresh")
-        set_peft_model_state_dict(model, load_file(str(ck / "adapter" / "adapter_model.safetensors"),
-                                                   device=str(device)))
-        optimizer.load_state_dict(torch.load(ck / "optimizer.pt", map_location=device, weights_only=True))
-        rng_file = "rng.pt" if world.rank == 0 else f"rng-rank{world.rank}.pt"
-        rng_tensors = torch.load(ck / rng_file, weights_only=True)
-        rng_meta = saved["rng_ranks"][world.rank] if dp else saved.get("rng", {})
-        state = saved["state"]
-        resumed_from = step_no
+        run = saved["state"]
+        resume_from = (step_no, ck)
         report({"event": "resume", "step": step_no, "checkpoint": str(ck)})
-    elif existing and main:
+    _barrier()  # every rank has read the checkpoints before rank 0 deletes any
+    if resume_from is None and ckpt_root.exists() and main:
         shutil.rmtree(ckpt_root)
-    barrier(world, device)  # every rank has read the checkpoints before rank 0 writes or deletes any
 
-    ddp = wrap_ddp(model, device) if dp else None
-    report({"event": "start", "total_steps": total_steps, "start_step": state["step"], "device": str(device),
-            "dtype": str(dtype).replace("torch.", ""), "train_samples": len(train_ds),
-            "val_samples": len(val_ds) if val_ds else 0, "params": params,
-            **({"world_size": world.size} if dp else {})})
-
-    if val_loader is not None and state["val_loss_before"] is None:
-        state["val_loss_before"] = evaluate(model, val_loader, device, cache=cache, processor=processor,
-                                            world=world)
-        report({"event": "eval", "phase": "before", "val_loss": state["val_loss_before"]})
-    if resumed_from is not None:
-        _set_rng_state(rng_tensors, rng_meta, device if dp else None)
-
-    def save_checkpoint(step: int) -> Path:
-        tensors, meta = _rng_state(device if dp else None)
-        final = ckpt_root / f"step-{step:08d}"
-        ranks = gather_to_main((tensors, meta), world)  # collective: every rank calls save_checkpoint
-        if not main:
-            return final
-        extra = {"world_size": world.size, "rng_ranks": [m for _, m in ranks]} if dp else {}
-
-        def write(tmp: Path) -> None:
-            model.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(tensors, tmp / "rng.pt")
-            for r in range(1, world.size):
-                torch.save(ranks[r][0], tmp / f"rng-rank{r}.pt")
-            (tmp / "state.json").write_text(json.dumps({"config": cfg.to_dict(), "state": state, "rng": meta,
-                                                        **extra}))
-
-        _atomic_dir(final, write)
-        for _, old in _checkpoints(ckpt_root)[:-cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-        report({"event": "checkpoint", "step": step, "path": str(final)})
-        return final
-
-    def micro_batches(start_micro: int) -> Iterator[dict]:
-        epoch, pos = divmod(start_micro, batches_per_epoch)
-        while True:
-            sampler.set_epoch(epoch, start=pos * cfg.batch_size)
-            yield from loader
-            epoch, pos = epoch + 1, 0
-
-    # Loop ----------------------------------------------------------------------------------------
-    model.train()
-    stream = micro_batches(state["micro"])
-    t0 = time.perf_counter()
-    run_samples = 0
-    frames_dropped = 0
-    non_blocking = pin and device.type == "cuda"
-    while state["step"] < total_steps:
-        step = state["step"]
-        window = [next(stream) for _ in range(cfg.grad_accum)]
-        n_tokens = sum(_labelled(b) for b in window)
-        n_samples = sum(int(b["input_ids"].shape[0]) for b in window)
-        if dp:  # the loss is normalised by the labelled tokens of the whole (all-rank) window
-            n_tokens, n_samples = (int(x) for x in all_reduce_sum([n_tokens, n_samples], world, device))
-        optimizer.zero_grad(set_to_none=True)
-        loss_total = 0.0
-        for i, batch in enumerate(window):
-            kept, total = batch.pop("frames_kept"), batch.pop("frames_total")
-            frames_dropped += int((total - kept).sum())
-            batch = prepare_batch(batch, device, processor, non_blocking=non_blocking)
-            feats = cached_features(cache, model, batch)
-            if ddp is None:
-                loss_sum, _ = answer_loss(model, batch, image_features=feats)
-                if n_tokens:
-                    (loss_sum / n_tokens).backward()
-            else:
-                # gradients are all-reduced (averaged) on the window's last micro-batch only; × world size
-                # undoes DDP's averaging, so the step's gradient is Σ_ranks Σ token losses / n_tokens
-                last = i == len(window) - 1
-                with contextlib.nullcontext() if last else ddp.no_sync():
-                    loss_sum, _ = ddp(batch, feats)
-                    if n_tokens:
-                        (loss_sum * world.size / n_tokens).backward()
-            loss_total += float(loss_sum.detach())
-        if dp:
-            loss_total = all_reduce_sum([loss_total], world, device)[0]
-        run_samples += n_samples
-        grad_norm = None
-        if cfg.max_grad_norm:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm))  # before clipping
-        lr = lr_at(cfg, step, total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.step()
-        loss = loss_total / n_tokens if n_tokens else float("nan")
-        state["step"] = step + 1
-        state["micro"] += cfg.grad_accum
-        state["samples_seen"] += n_samples
-        state["loss_history"].append(loss)
-        elapsed = time.perf_counter() - t0
-        if cfg.save_steps and state["step"] % cfg.save_steps == 0 and state["step"] < total_steps:
-            save_checkpoint(state["step"])
-        if state["step"] % cfg.log_every == 0 or state["step"] == total_steps:
-            report({"event": "progress", "step": state["step"], "total_steps": total_steps, "loss": loss,
-                    "lr": lr, "samples_per_s": run_samples / elapsed if elapsed > 0 else 0.0,
-                    "epoch": state["samples_seen"] / len(train_ds), "elapsed_s": elapsed,
-                    **({"grad_norm": grad_norm} if grad_norm is not None else {})})
-    train_seconds = time.perf_counter() - t0
-    if resumed_from is None or resumed_from < total_steps:
-        save_checkpoint(state["step"])
+    # Trainer -------------------------------------------------------------------------------------
+    module = LossModule(model)
+    if dp:
+        _ddp_ignore_frozen(module)
+    progress = _make_progress_callback()(
+        cfg, report, run, n_train=len(train_ds), world_size=world_size, device=device,
+        start_info={"device": str(device), "dtype": str(dtype).replace("torch.", ""),
+                    "train_samples": len(train_ds), "val_samples": len(val_ds) if val_ds else 0,
+                    "params": params, **({"world_size": world_size} if dp else {})},
+        evaluate_before=(lambda: evaluate(model, val_loader, device, cache=cache, processor=processor))
+        if val_loader is not None else None)
+    trainer = _make_trainer_class()(
+        model=module, args=args, train_dataset=train_ds, data_collator=collator, callbacks=[progress],
+        cfg=cfg, peft_model=model, cache=cache, processor=processor,
+        sampler=EpochSampler(len(train_ds), shuffle=True, seed=cfg.seed))
+    trainer.remove_callback(PrinterCallback)  # would print Trainer's log dicts on stdout
+    progress.trainer = trainer
+    trainer.train(resume_from_checkpoint=str(resume_from[1]) if resume_from else None)
+    train_seconds = time.perf_counter() - progress.t0
+    total_steps = trainer.state.max_steps
 
     # Final ---------------------------------------------------------------------------------------
     val_after = None
     if val_loader is not None:
-        val_after = evaluate(model, val_loader, device, cache=cache, processor=processor, world=world)
+        val_after = evaluate(model, val_loader, device, cache=cache, processor=processor)
         report({"event": "eval", "phase": "after", "val_loss": val_after})
+    adapter_dir = out_dir / "adapter"
     if main:
-        adapter_dir = save_adapter(model, out_dir / "adapter")
-    else:
-        adapter_dir = out_dir / "adapter"
+        save_adapter(model, adapter_dir)
     hits, misses = (cache.hits, cache.misses) if cache else (0, 0)
-    if dp:
-        frames_dropped, hits, misses = (int(x) for x in all_reduce_sum([frames_dropped, hits, misses], world, device))
-    barrier(world, device)  # the adapter is written
+    frames_dropped, hits, misses = (int(x) for x in _all_reduce_sum([trainer.frames_dropped, hits, misses], device))
+    _barrier()  # the adapter is written
     mem, mem_kind = peak_memory(device)
-    hist = state["loss_history"]
+    hist = run["loss_history"]
     result = TrainResult(
-        steps=state["step"], total_steps=total_steps, resumed_from_step=resumed_from,
-        epochs=state["samples_seen"] / len(train_ds), train_samples=len(train_ds),
-        val_samples=len(val_ds) if val_ds else 0, samples_seen=state["samples_seen"],
+        steps=trainer.state.global_step, total_steps=total_steps,
+        resumed_from_step=resume_from[0] if resume_from else None,
+        epochs=run["samples_seen"] / len(train_ds), train_samples=len(train_ds),
+        val_samples=len(val_ds) if val_ds else 0, samples_seen=run["samples_seen"],
         loss_start=hist[0] if hist else None, loss_end=hist[-1] if hist else None, loss_history=list(hist),
-        val_loss_before=state["val_loss_before"], val_loss_after=val_after,
-        samples_per_s=run_samples / train_seconds if train_seconds > 0 else 0.0, train_seconds=train_seconds,
-        peak_memory_bytes=mem, peak_memory_kind=mem_kind, device=str(device),
+        val_loss_before=run["val_loss_before"], val_loss_after=val_after,
+        samples_per_s=progress.run_samples / train_seconds if train_seconds > 0 else 0.0,
+        train_seconds=train_seconds, peak_memory_bytes=mem, peak_memory_kind=mem_kind, device=str(device),
         dtype=str(dtype).replace("torch.", ""), adapter_path=str(adapter_dir),
         adapter_bytes=dir_bytes(adapter_dir), trainable_params=params["total"]["trainable"],
         frozen_params=params["total"]["frozen"], params=params, frames_dropped=frames_dropped,
-        feature_cache_hits=hits, feature_cache_misses=misses, world_size=world.size,
+        feature_cache_hits=hits, feature_cache_misses=misses, world_size=world_size,
         skipped_samples=len(skipped),
     )
     if main:

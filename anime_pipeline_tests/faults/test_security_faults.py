@@ -462,7 +462,14 @@ def test_no_unsafe_deserialisation_in_the_package(fault):
             if "torch.load(" in code and "weights_only=True" not in code:
                 bad.append(f"{rel}:{n}: {line.strip()}")
     assert bad == []
-    assert any("training/train.py" in w for w in torch_loads), "the checkpoint loader was found and checked"
+    # the checkpoint loader is transformers' Trainer (training/train.py resumes through it: optimizer,
+    # scheduler, RNG states): every torch.load there must be weights_only=True too
+    import transformers.trainer as hf_trainer
+
+    hf_tree = ast.parse(Path(hf_trainer.__file__).read_text(encoding="utf-8"))
+    hf_loads = [c for c in ast.walk(hf_tree) if isinstance(c, ast.Call) and _dotted(c.func) == "torch.load"]
+    assert hf_loads, "the checkpoint loader was found and checked"
+    assert all(_kw(c, "weights_only") is True for c in hf_loads), [c.lineno for c in hf_loads]
     assert saves and all(v is True for _, v in saves), saves
     fault.titles_lost = 0
     fault.note = (

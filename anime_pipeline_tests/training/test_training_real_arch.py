@@ -94,7 +94,7 @@ def test_real_architecture_trains_two_steps_through_the_entry_point(real_arch_di
     assert all(".text_model." in k and ".lora_" in k for k in adapter)
     assert len(adapter) == 2 * 224 and sum(t.numel() for t in adapter.values()) == params["total"]["trainable"]
     # and they changed: lora_B starts at zero; after the first step it is not, and step 2 moved it again
-    first = load_file(str(out / "checkpoints" / "step-00000001" / "adapter" / "adapter_model.safetensors"))
+    first = load_file(str(out / "checkpoints" / "checkpoint-1" / "adapter_model.safetensors"))
     assert all(float(adapter[k].abs().sum()) > 0 for k in adapter if "lora_B" in k)
     assert any(not torch.equal(first[k], adapter[k]) for k in adapter)
 

@@ -48,6 +48,12 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_model_dir, col
     progress = [e for e in events if e["event"] == "progress"]
     assert [e["step"] for e in progress] == [1, 2, 3, 4, 5, 6]
     assert all(e["samples_per_s"] > 0 and "loss" in e for e in progress)
+    # Trainer steps our schedule: warmup_steps=1 trains the first step at the full lr (not at 0), then cosine
+    from anime_pipeline.training.train import lr_factor
+
+    cfg = _cfg(tiny_model_dir, colour_dataset, tmp_path / "a")
+    assert [e["lr"] for e in progress] == pytest.approx([cfg.lr * lr_factor(cfg, s, 6) for s in range(6)])
+    assert progress[0]["lr"] == pytest.approx(cfg.lr) and progress[-1]["lr"] < 0.1 * cfg.lr
 
     def stop_at_3(event):
         if event["event"] == "progress" and event["step"] == 3:
@@ -57,7 +63,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_model_dir, col
     with pytest.raises(Interrupt):
         train(_cfg(tiny_model_dir, colour_dataset, out), reporter=stop_at_3)
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert ckpts == ["step-00000002"] and not (out / "adapter").exists()
+    assert ckpts == ["checkpoint-2"] and not (out / "adapter").exists()
     resumed_events: list[dict] = []
     resumed = train(_cfg(tiny_model_dir, colour_dataset, out), reporter=resumed_events.append)
     assert resumed.resumed_from_step == 2 and resumed.steps == 6
@@ -75,8 +81,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_model_dir, col
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000004", "step-00000006"]
-    opt = torch.load(out / "checkpoints/step-00000006/optimizer.pt", weights_only=True)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-4", "checkpoint-6"]
+    opt = torch.load(out / "checkpoints/checkpoint-6/optimizer.pt", weights_only=True)
     assert opt["state"]
     # a finished run resumed again does nothing more
     again = train(_cfg(tiny_model_dir, colour_dataset, out))
