@@ -38,23 +38,37 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 TARGET_VRAM_GB_24 = 4.0
 TARGET_EPOCH_MIN = 2.0
-ALL_VARIANTS = ["flash", "flash_towergrad", "flash_cached", "flash_cachedmem", "sdpa", "sdpa_towergrad",
-                "sdpa_cached", "sdpa_cachedmem", "qlora_flash", "qlora_sdpa"]
+ALL_VARIANTS = [
+    "flash",
+    "flash_towergrad",
+    "flash_cached",
+    "flash_cachedmem",
+    "sdpa",
+    "sdpa_towergrad",
+    "sdpa_cached",
+    "sdpa_cachedmem",
+    "qlora_flash",
+    "qlora_sdpa",
+]
 
 
 def parse_variant(name: str) -> dict:
     qlora = name.startswith("qlora_")
-    rest = name[len("qlora_"):] if qlora else name
+    rest = name[len("qlora_") :] if qlora else name
     attn, _, suffix = rest.partition("_")
-    return {"attn": {"flash": "flash_attention_2", "sdpa": "sdpa"}[attn], "qlora": qlora,
-            "towergrad": suffix == "towergrad", "cached": suffix == "cached", "cachedmem": suffix == "cachedmem"}
+    return {
+        "attn": {"flash": "flash_attention_2", "sdpa": "sdpa"}[attn],
+        "qlora": qlora,
+        "towergrad": suffix == "towergrad",
+        "cached": suffix == "cached",
+        "cachedmem": suffix == "cachedmem",
+    }
 
 
 def skip_reason(name: str, device) -> str | None:
@@ -98,9 +112,14 @@ def make_sample(processor, frames: int, answer_repeat: int) -> dict:
     images = [Image.fromarray(rng.integers(0, 256, (s, s, 3), dtype=np.uint8), "RGB") for _ in range(frames)]
     ts = [10.0 + 20.0 * i for i in range(frames)]
     source = f"{frames:064x}"  # stands in for the episode file's SHA-256
-    return {"images": images, "timestamps": ts, "duration_s": 1440.0,
-            "frame_ids": [frame_id(source, 24 * i, t, s, s, b"") for i, t in enumerate(ts)],
-            "prompt": "Summarize the first episode.", "answer": (C.ANSWER * answer_repeat).strip()}
+    return {
+        "images": images,
+        "timestamps": ts,
+        "duration_s": 1440.0,
+        "frame_ids": [frame_id(source, 24 * i, t, s, s, b"") for i, t in enumerate(ts)],
+        "prompt": "Summarize the first episode.",
+        "answer": (C.ANSWER * answer_repeat).strip(),
+    }
 
 
 def make_batch(processor, sample: dict, feature_cache=None):
@@ -133,14 +152,18 @@ def gpu_busy_fraction(step, device) -> float:  # pragma: no cover - GPU only
         step()
         torch.cuda.synchronize(device)
         wall = time.perf_counter() - t0
-    kernel_us = sum(e.self_device_time_total for e in prof.key_averages()
-                    if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA)
+    kernel_us = sum(
+        e.self_device_time_total
+        for e in prof.key_averages()
+        if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA
+    )
     return min(1.0, kernel_us / 1e6 / wall) if wall > 0 else 0.0
 
 
 def measure(model_dir: Path, name: str, samples: dict, processor, args, device, workdir: Path) -> list[dict]:
     import torch
 
+    from anime_pipeline.training.config import TrainConfig
     from anime_pipeline.training.feature_cache import FeatureCache
     from anime_pipeline.training.model import answer_loss, encode_frames, load_for_training, to_device
     from anime_pipeline.training.train import cached_features
@@ -151,23 +174,43 @@ def measure(model_dir: Path, name: str, samples: dict, processor, args, device, 
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    cfg = SimpleNamespace(device=str(device), dtype="auto", attn_implementation=v["attn"], qlora=v["qlora"],
-                          gradient_checkpointing=True, lora_r=16, lora_alpha=32, lora_dropout=0.05, use_dora=False)
+    # the real TrainConfig; load_for_training reads only its model fields (train_samples is never opened)
+    cfg = TrainConfig(
+        base_model=str(model_dir),
+        train_samples="unused.parquet",
+        output_dir=str(workdir),
+        device=str(device),
+        dtype="auto",
+        attn_implementation=v["attn"],
+        qlora=v["qlora"],
+        gradient_checkpointing=True,
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=0.05,
+        use_dora=False,
+    )
     model = load_for_training(str(model_dir), cfg)
     if v["towergrad"]:
         remove_tower_no_grad(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-4)
-    cache = (FeatureCache(workdir / f"fc-{name}", model, preprocessing=processor.preprocessing_id())
-             if v["cached"] else None)
+    cache = (
+        FeatureCache(workdir / f"fc-{name}", model, preprocessing=processor.preprocessing_id())
+        if v["cached"]
+        else None
+    )
     rows = []
     for frames, sample in samples.items():
         cpu_batch = make_batch(processor, sample)
         mem_feats = None
         if v["cachedmem"]:
             b = to_device(cpu_batch, device)
-            mem_feats = [f.detach() for f in encode_frames(model, b["pixel_values"], b.get("pixel_attention_mask"))]
-            cpu_batch = {k: t for k, t in cpu_batch.items() if k not in ("pixel_values", "pixel_attention_mask")}
+            mem_feats = [
+                f.detach() for f in encode_frames(model, b["pixel_values"], b.get("pixel_attention_mask"))
+            ]
+            cpu_batch = {
+                k: t for k, t in cpu_batch.items() if k not in ("pixel_values", "pixel_attention_mask")
+            }
             del b
         if cache is not None:  # warm the cache (the first epoch's cost), then collate as a cached epoch does
             b = to_device(cpu_batch, device)
@@ -204,8 +247,13 @@ def measure(model_dir: Path, name: str, samples: dict, processor, args, device, 
         sps = 1.0 / C.best(times) if times and not error else None
         busy = None
         if cuda and not error:  # one more step, profiled, with the collation (the loader's work) in it
-            def step(sample=sample, cpu_batch=cpu_batch, mem_feats=mem_feats, cache=cache, model=model, opt=opt):
-                batch = make_batch(processor, sample, feature_cache=cache) if not v["cachedmem"] else cpu_batch
+
+            def step(
+                sample=sample, cpu_batch=cpu_batch, mem_feats=mem_feats, cache=cache, model=model, opt=opt
+            ):
+                batch = (
+                    make_batch(processor, sample, feature_cache=cache) if not v["cachedmem"] else cpu_batch
+                )
                 opt.zero_grad(set_to_none=True)
                 b = to_device(batch, device, non_blocking=False)
                 feats = cached_features(cache, model, b) if cache is not None else mem_feats
@@ -213,9 +261,19 @@ def measure(model_dir: Path, name: str, samples: dict, processor, args, device, 
                 (loss_sum / max(1, n)).backward()
                 torch.nn.utils.clip_grad_norm_(trainable, 1.0)
                 opt.step()
+
             busy = gpu_busy_fraction(step, device)
-        rows.append({"variant": name, "frames": frames, "seq_len": int(cpu_batch["input_ids"].shape[1]),
-                     "samples_per_s": sps, "peak_vram_gb": peak, "gpu_busy": busy, "error": error})
+        rows.append(
+            {
+                "variant": name,
+                "frames": frames,
+                "seq_len": int(cpu_batch["input_ids"].shape[1]),
+                "samples_per_s": sps,
+                "peak_vram_gb": peak,
+                "gpu_busy": busy,
+                "error": error,
+            }
+        )
         print(f"done {name} frames={frames}" + (f" ({error})" if error else ""), file=sys.stderr, flush=True)
         opt.zero_grad(set_to_none=True)
         if cuda:
@@ -233,9 +291,13 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", nargs="+", default=ALL_VARIANTS, choices=ALL_VARIANTS)
     ap.add_argument("--tiny", action="store_true", help="the tiny test model instead of SmolVLM2-500M")
     ap.add_argument("--device", default="auto", help="auto (cuda if available) | cuda | cpu | cuda:N")
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per (variant, frames); the best is kept")
+    ap.add_argument(
+        "--steps", type=int, default=5, help="timed steps per (variant, frames); the best is kept"
+    )
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--answer-repeat", type=int, default=8, help="answer = the sample paragraph × this (≈400 tokens)")
+    ap.add_argument(
+        "--answer-repeat", type=int, default=8, help="answer = the sample paragraph × this (≈400 tokens)"
+    )
     ap.add_argument("--epoch-titles", type=int, default=584)
     ap.add_argument("--epoch-frames", type=int, default=64)
     ap.add_argument("--cache-dir", type=Path, default=None)
@@ -269,8 +331,11 @@ def main(argv=None) -> int:
 
     cuda = device.type == "cuda"
     ep_frames = a.epoch_frames if a.epoch_frames in samples else max(samples)
-    epoch_min = {r["variant"]: C.r3(a.epoch_titles / r["samples_per_s"] / 60) for r in rows
-                 if r["frames"] == ep_frames and r["samples_per_s"]}
+    epoch_min = {
+        r["variant"]: C.r3(a.epoch_titles / r["samples_per_s"] / 60)
+        for r in rows
+        if r["frames"] == ep_frames and r["samples_per_s"]
+    }
     for r in rows:
         if r["frames"] == ep_frames and r["samples_per_s"]:
             r["epoch_min"] = a.epoch_titles / r["samples_per_s"] / 60
@@ -283,30 +348,55 @@ def main(argv=None) -> int:
             r["vs_plain"] = r["samples_per_s"] / ref
             ratios.setdefault(r["variant"], {})[str(r["frames"])] = C.r3(r["vs_plain"])
     model_name = "tiny" if a.tiny else "smolvlm2-500m-random"
-    print(f"\ntraining step, {model_name}, device {device} ({torch.cuda.get_device_name(device) if cuda else 'CPU'}), "
-          f"batch 1, LoRA r16, grad checkpointing on the text model\n")
+    print(
+        f"\ntraining step, {model_name}, device {device} ({torch.cuda.get_device_name(device) if cuda else 'CPU'}), "
+        f"batch 1, LoRA r16, grad checkpointing on the text model\n"
+    )
     cols = ["variant", "frames", "seq_len", "samples_per_s", "vs_plain", "epoch_min"]
     cols += ["peak_vram_gb", "gpu_busy"] if cuda else []
     cols += ["error"] if any(r["error"] for r in rows) else []
     print(C.table(rows, cols))
-    print(f"\nepoch_min: {a.epoch_titles} titles × {ep_frames} frames at the measured rate; vs_plain: samples/s "
-          "relative to the plain variant of the same attention at the same frame count")
+    print(
+        f"\nepoch_min: {a.epoch_titles} titles × {ep_frames} frames at the measured rate; vs_plain: samples/s "
+        "relative to the plain variant of the same attention at the same frame count"
+    )
     if skipped:
         print("skipped: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()))
     targets = {}
     if cuda and not a.tiny:
-        v24 = [r["peak_vram_gb"] for r in rows if r["frames"] == 24 and r["peak_vram_gb"] is not None and not r["error"]]
+        v24 = [
+            r["peak_vram_gb"]
+            for r in rows
+            if r["frames"] == 24 and r["peak_vram_gb"] is not None and not r["error"]
+        ]
         cached = [m for k, m in epoch_min.items() if "cached" in k]
-        targets = {"vram_24_frames_le_4gb": (min(v24) <= TARGET_VRAM_GB_24) if v24 else None,
-                   "epoch_cached_le_2min": (min(cached) <= TARGET_EPOCH_MIN) if cached else None}
-        print(f"targets: peak VRAM at 24 frames <= {TARGET_VRAM_GB_24} GB (best variant): "
-              f"{targets['vram_24_frames_le_4gb']}; epoch with cached features <= {TARGET_EPOCH_MIN} min: "
-              f"{targets['epoch_cached_le_2min']}")
+        targets = {
+            "vram_24_frames_le_4gb": (min(v24) <= TARGET_VRAM_GB_24) if v24 else None,
+            "epoch_cached_le_2min": (min(cached) <= TARGET_EPOCH_MIN) if cached else None,
+        }
+        print(
+            f"targets: peak VRAM at 24 frames <= {TARGET_VRAM_GB_24} GB (best variant): "
+            f"{targets['vram_24_frames_le_4gb']}; epoch with cached features <= {TARGET_EPOCH_MIN} min: "
+            f"{targets['epoch_cached_le_2min']}"
+        )
     else:
-        print("no CUDA device or tiny model: VRAM and the epoch-time target are not evaluated (GPU-only numbers)")
-    C.emit({"benchmark": "gpu", "device": str(device), "model": model_name, "results": rows,
-            "epoch_minutes": epoch_min, "vs_plain": ratios, "skipped": skipped, "targets_met": targets,
-            "machine": C.machine()}, a.out)
+        print(
+            "no CUDA device or tiny model: VRAM and the epoch-time target are not evaluated (GPU-only numbers)"
+        )
+    C.emit(
+        {
+            "benchmark": "gpu",
+            "device": str(device),
+            "model": model_name,
+            "results": rows,
+            "epoch_minutes": epoch_min,
+            "vs_plain": ratios,
+            "skipped": skipped,
+            "targets_met": targets,
+            "machine": C.machine(),
+        },
+        a.out,
+    )
     return 0
 
 

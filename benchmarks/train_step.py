@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 TARGET = 0.02
 
@@ -50,7 +50,9 @@ class TimedLoader:
             yield batch
 
 
-def run(samples: Path, root: Path, tiny: Path, workers: int, steps: int, frames: int, threads: int | None) -> dict:
+def run(
+    samples: Path, root: Path, tiny: Path, workers: int, steps: int, frames: int, threads: int | None
+) -> dict:
     from anime_pipeline.training import data as data_mod
     from anime_pipeline.training.train import TrainConfig, train
 
@@ -65,9 +67,21 @@ def run(samples: Path, root: Path, tiny: Path, workers: int, steps: int, frames:
         return loader
 
     events: list[dict] = []
-    cfg = TrainConfig(base_model=str(tiny), train_samples=str(samples), output_dir=str(root / f"out-w{workers}"),
-                      data_home=str(root), max_frames=frames, num_workers=workers, max_steps=steps, save_steps=0,
-                      log_every=1, device="cpu", resume=False, torch_threads=threads, lr_schedule="constant")
+    cfg = TrainConfig(
+        base_model=str(tiny),
+        train_samples=str(samples),
+        output_dir=str(root / f"out-w{workers}"),
+        data_home=str(root),
+        max_frames=frames,
+        num_workers=workers,
+        max_steps=steps,
+        save_steps=0,
+        log_every=1,
+        device="cpu",
+        resume=False,
+        torch_threads=threads,
+        lr_schedule="constant",
+    )
     data_mod.make_dataloader = patched
     try:
         result = train(cfg, events.append)
@@ -75,19 +89,27 @@ def run(samples: Path, root: Path, tiny: Path, workers: int, steps: int, frames:
         data_mod.make_dataloader = original
     waits = timed[0].waits[:steps]
     elapsed = [e["elapsed_s"] for e in events if e.get("event") == "progress"]
-    step_s = [b - a for a, b in zip([0.0] + elapsed, elapsed)]
+    step_s = [b - a for a, b in zip([0.0, *elapsed], elapsed)]
     steady_wait, steady_time = sum(waits[1:]), sum(step_s[1:])
-    return {"workers": workers, "steps": result.steps, "loop_s": result.train_seconds, "wait_s": sum(waits),
-            "wait_frac_all": sum(waits) / result.train_seconds,
-            "wait_frac_steady": steady_wait / steady_time if steady_time > 0 else float("nan"),
-            "first_wait_s": waits[0] if waits else float("nan"),
-            "step_s_median": C.median(step_s[1:]), "samples_per_s": result.samples_per_s}
+    return {
+        "workers": workers,
+        "steps": result.steps,
+        "loop_s": result.train_seconds,
+        "wait_s": sum(waits),
+        "wait_frac_all": sum(waits) / result.train_seconds,
+        "wait_frac_steady": steady_wait / steady_time if steady_time > 0 else float("nan"),
+        "first_wait_s": waits[0] if waits else float("nan"),
+        "step_s_median": C.median(step_s[1:]),
+        "samples_per_s": result.samples_per_s,
+    }
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=12, help="optimizer steps per run (batch 1, no accumulation)")
+    ap.add_argument(
+        "--steps", type=int, default=12, help="optimizer steps per run (batch 1, no accumulation)"
+    )
     ap.add_argument("--titles", type=int, default=4)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     ap.add_argument("--torch-threads", type=int, default=None, help="intra-op threads (default: torch's)")
@@ -104,20 +126,42 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as td:
         root = Path(td)
         per_title = -(-(a.steps + 1) // a.titles)  # one epoch covers every step: no epoch boundary mid-run
-        samples = C.make_dataset(root, clip=clip, titles=a.titles, frames=a.frames, samples_per_title=per_title)
+        samples = C.make_dataset(
+            root, clip=clip, titles=a.titles, frames=a.frames, samples_per_title=per_title
+        )
         for w in a.workers:
             rows.append(run(samples, root, tiny, w, a.steps, a.frames, a.torch_threads))
             print(f"done workers={w}", file=sys.stderr, flush=True)
     for r in rows:
         r["target"] = "met" if r["wait_frac_steady"] < TARGET else "NOT met"
     print(f"\ntrain step (tiny model, CPU, {a.frames} frames, batch 1), {C.machine()['cpus']} CPUs\n")
-    print(C.table(rows, ["workers", "steps", "loop_s", "step_s_median", "first_wait_s", "wait_frac_all",
-                         "wait_frac_steady", "target"]))
-    C.emit({"benchmark": "train_step", "frames": a.frames,
+    print(
+        C.table(
+            rows,
+            [
+                "workers",
+                "steps",
+                "loop_s",
+                "step_s_median",
+                "first_wait_s",
+                "wait_frac_all",
+                "wait_frac_steady",
+                "target",
+            ],
+        )
+    )
+    C.emit(
+        {
+            "benchmark": "train_step",
+            "frames": a.frames,
             "wait_fraction": {str(r["workers"]): C.r3(r["wait_frac_steady"]) for r in rows},
             "wait_fraction_incl_first": {str(r["workers"]): C.r3(r["wait_frac_all"]) for r in rows},
-            "target": TARGET, "target_met": {str(r["workers"]): r["wait_frac_steady"] < TARGET for r in rows},
-            "machine": C.machine()}, a.out)
+            "target": TARGET,
+            "target_met": {str(r["workers"]): r["wait_frac_steady"] < TARGET for r in rows},
+            "machine": C.machine(),
+        },
+        a.out,
+    )
     return 0
 
 

@@ -148,7 +148,7 @@ def cider(
         return vec, [math.sqrt(x) for x in norm], length
 
     def sim(vh, nh, lh, vr, nr, lr) -> list[float]:
-        penalty = math.exp(-float(lh - lr) ** 2 / (2 * sigma**2))
+        penalty = math.exp(-(float(lh - lr) ** 2) / (2 * sigma**2))
         out = []
         for k in range(n):
             val = sum(min(w, vr[k].get(g, 0.0)) * vr[k].get(g, 0.0) for g, w in vh[k].items())

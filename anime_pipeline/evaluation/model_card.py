@@ -47,13 +47,17 @@ class ModelCardInfo:
     data_version: str  # e.g. content hash of splits/train.parquet + val.parquet
     code_version: str  # e.g. package version or Dagster code version
     git_commit: str | None = None
-    datasets: list[str] = field(default_factory=list)  # HF dataset ids (front matter `datasets`), may be empty
+    datasets: list[str] = field(
+        default_factory=list
+    )  # HF dataset ids (front matter `datasets`), may be empty
     dataset_name: str = "anime_pipeline first-episode synopses"  # human name of the evaluation data
     excluded_titles: int | None = None  # titles dropped for lack of a synopsis or frames
     frames_per_sample: int | None = None
     synopsis_sources: dict[str, int] = field(default_factory=dict)  # "mal"/"jikan"/"anilist"/"demo" -> titles
     catalog_sources: dict[str, int] = field(default_factory=dict)  # "shikimori"/"anilist"/"demo" -> titles
-    split_description: str = "by title: sha256 of the MAL id decides train or validation, so no title is on both sides"
+    split_description: str = (
+        "by title: sha256 of the MAL id decides train or validation, so no title is on both sides"
+    )
     eval_split: str = "validation"
     license: str | None = None  # None -> the base model's licence applies; stated in the text
     training_time_s: float | None = None
@@ -156,9 +160,7 @@ def render_model_card(info: ModelCardInfo) -> str:
     for key in _metric_keys(info):
         base, tuned = info.base_metrics.get(key), info.finetuned_metrics.get(key)
         delta = (
-            _plain(tuned) - _plain(base)
-            if _plain(base) is not None and _plain(tuned) is not None
-            else None
+            _plain(tuned) - _plain(base) if _plain(base) is not None and _plain(tuned) is not None else None
         )
         metric_rows.append([METRIC_NAMES.get(key, key), _fmt(base), _fmt(tuned), _fmt(delta)])
 
@@ -172,9 +174,7 @@ def render_model_card(info: ModelCardInfo) -> str:
         if info.license
         else "No licence of its own is declared; the base model's licence applies."
     )
-    dataset_line = (
-        f"Datasets: {', '.join(f'`{d}`' for d in info.datasets)}." if info.datasets else ""
-    )
+    dataset_line = f"Datasets: {', '.join(f'`{d}`' for d in info.datasets)}." if info.datasets else ""
     sections = [
         f"---\n{header}\n---",
         f"# {info.model_name}",

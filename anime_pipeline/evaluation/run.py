@@ -6,9 +6,10 @@ Pure (no Dagster): the `caption_eval` asset calls `evaluate_adapter` and turns i
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import polars as pl
 
@@ -55,13 +56,25 @@ class EvalResult:
         return "\n".join(lines)
 
 
-def _scores(model, processor, samples: list[dict], *, max_new_tokens: int, batch_size: int, terms,
-            max_length: int | None = None) -> tuple[dict, list[str], Any]:
+def _scores(
+    model,
+    processor,
+    samples: list[dict],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    terms,
+    max_length: int | None = None,
+) -> tuple[dict, list[str], Any]:
     from anime_pipeline.training.inference import compute_loss, generate_captions
 
     loss = compute_loss(model, processor, samples, batch_size=batch_size, max_length=max_length)
-    captions = [clean_caption(c) for c in
-                generate_captions(model, processor, samples, max_new_tokens=max_new_tokens, batch_size=batch_size)]
+    captions = [
+        clean_caption(c)
+        for c in generate_captions(
+            model, processor, samples, max_new_tokens=max_new_tokens, batch_size=batch_size
+        )
+    ]
     scores = score_captions(captions, [s["answer"] for s in samples], terms)
     summary = {"val_loss": loss, **scores.summary()}
     summary["content_score"] = summary.pop("content")
@@ -98,8 +111,11 @@ def evaluate_adapter(
     from anime_pipeline.training.model import qlora_supported
     from anime_pipeline.training.processor import load_processor
 
-    tc = training_settings(adapter_dir) if train_config is None else {
-        k: train_config[k] for k in AS_TRAINED_KEYS if k in train_config}
+    tc = (
+        training_settings(adapter_dir)
+        if train_config is None
+        else {k: train_config[k] for k in AS_TRAINED_KEYS if k in train_config}
+    )
     val = pl.read_parquet(val_samples)
     if val.is_empty():
         raise ValueError(f"{val_samples}: the validation split is empty; nothing to evaluate")
@@ -123,15 +139,25 @@ def evaluate_adapter(
         log(f"WARNING: QLoRA adapter evaluated on the full-precision base ({reason})")
     else:
         eval_base = "as trained (no quantization)"
-    load_kw = {"dtype": tc.get("dtype", "auto"), "attn_implementation": tc.get("attn_implementation", "auto"),
-               "qlora": qlora and reason is None}
+    load_kw = {
+        "dtype": tc.get("dtype", "auto"),
+        "attn_implementation": tc.get("attn_implementation", "auto"),
+        "qlora": qlora and reason is None,
+    }
 
     results = {}
     for label, adapter in (("base", None), ("finetuned", adapter_dir)):
         log(f"evaluating {label} model on {len(samples)} validation titles ({eval_base})")
         model = load_model(base_model, adapter, **load_kw)
-        results[label] = _scores(model, processor, samples, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                 terms=terms, max_length=max_length)
+        results[label] = _scores(
+            model,
+            processor,
+            samples,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            terms=terms,
+            max_length=max_length,
+        )
         del model
 
     metrics: dict[str, float] = {}
@@ -162,15 +188,29 @@ def evaluate_adapter(
     with atomic_path(out_dir / "metrics.json", suffix=".json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2))
 
-    _write_card(adapter_dir, base_model, val, train_samples, metrics, lineage or {}, data_home,
-                max(len(x["images"]) for x in samples))
+    _write_card(
+        adapter_dir,
+        base_model,
+        val,
+        train_samples,
+        metrics,
+        lineage or {},
+        data_home,
+        max(len(x["images"]) for x in samples),
+    )
 
     from anime_pipeline.media.preview import contact_sheet
 
     preview = contact_sheet(samples[0]["images"], columns=min(8, len(samples[0]["images"])))
     extras = {"eval_base": eval_base, "skipped": skipped, "as_trained": tc}
-    return EvalResult(metrics=metrics, num_samples=len(samples), captions_path=captions_path, table=table,
-                      preview_png=preview, extras=extras)
+    return EvalResult(
+        metrics=metrics,
+        num_samples=len(samples),
+        captions_path=captions_path,
+        table=table,
+        preview_png=preview,
+        extras=extras,
+    )
 
 
 def _source_counts(home: Path) -> dict[str, dict[str, int]]:
@@ -185,7 +225,12 @@ def _source_counts(home: Path) -> dict[str, dict[str, int]]:
 
 
 def _write_card(
-    adapter_dir: Path, base_model: str, val: pl.DataFrame, train_samples: Path | None, metrics: dict, lineage: dict,
+    adapter_dir: Path,
+    base_model: str,
+    val: pl.DataFrame,
+    train_samples: Path | None,
+    metrics: dict,
+    lineage: dict,
     data_home: Path,
     frames_per_sample: int | None = None,
 ) -> Path:

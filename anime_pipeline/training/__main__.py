@@ -76,15 +76,25 @@ def make_parser() -> argparse.ArgumentParser:
     from transformers.hf_argparser import DataClassType
 
     # DataClassType is the stub's NewType over Any (identity at runtime) that HfArgumentParser expects
-    parser = HfArgumentParser(DataClassType(TrainConfig), prog="python -m anime_pipeline.training", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = HfArgumentParser(
+        DataClassType(TrainConfig),
+        prog="python -m anime_pipeline.training",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     for action in parser._actions:
         if action.dest in FIELDS:
             action.required = False
             action.default = argparse.SUPPRESS
     parser.add_argument("--config", help="TrainConfig as JSON (see TrainConfig's docstring for the fields)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one field (value parsed as JSON when possible); repeatable")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one field (value parsed as JSON when possible); repeatable",
+    )
     return parser
 
 
@@ -95,8 +105,10 @@ def parse_cli(argv: list[str] | None, parser: argparse.ArgumentParser | None = N
     """`config` (path or None) and `overrides` (`--set` items, then the field flags as key=JSON)."""
     args, _unknown = (parser or make_parser()).parse_known_args(argv)  # Pipes may add its own CLI arguments
     flags = {k: v for k, v in vars(args).items() if k in FIELDS}
-    return argparse.Namespace(config=args.config,
-                              overrides=list(args.overrides) + [f"{k}={json.dumps(v)}" for k, v in flags.items()])
+    return argparse.Namespace(
+        config=args.config,
+        overrides=list(args.overrides) + [f"{k}={json.dumps(v)}" for k, v in flags.items()],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

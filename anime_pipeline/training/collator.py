@@ -22,8 +22,9 @@ answer is never cut. If even one frame does not fit, `SampleTooLongError` is rai
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -44,8 +45,9 @@ class EncodedSample:
     total_frames: int
 
 
-def fit_frames(n_frames: int, length_of: Callable[[int], int], max_length: int | None, *, what: str = "sample"
-               ) -> tuple[list[int], int]:
+def fit_frames(
+    n_frames: int, length_of: Callable[[int], int], max_length: int | None, *, what: str = "sample"
+) -> tuple[list[int], int]:
     """Largest uniform frame subset whose token length fits `max_length`; returns (indices, length)."""
     if n_frames < 1:
         raise ValueError(f"{what} has no frames")
@@ -56,7 +58,8 @@ def fit_frames(n_frames: int, length_of: Callable[[int], int], max_length: int |
     if one > max_length:
         raise SampleTooLongError(
             f"{what} needs {one} tokens with a single frame ({full} with all {n_frames}), more than "
-            f"max_length={max_length}; raise max_length (the answer is never truncated)")
+            f"max_length={max_length}; raise max_length (the answer is never truncated)"
+        )
     lo, hi = 1, n_frames - 1  # invariant: lo fits, hi+1 doesn't
     while lo < hi:
         mid = (lo + hi + 1) // 2
@@ -78,8 +81,16 @@ def _check_sample(sample: dict, *, need_answer: bool) -> None:
 
 
 class _Base:
-    def __init__(self, processor, *, max_length: int | None = None, padding_side: str = "right",
-                 return_stats: bool = False, feature_cache=None, uint8_pixels: bool = False):
+    def __init__(
+        self,
+        processor,
+        *,
+        max_length: int | None = None,
+        padding_side: str = "right",
+        return_stats: bool = False,
+        feature_cache=None,
+        uint8_pixels: bool = False,
+    ):
         if max_length is not None and max_length < 1:
             raise ValueError("max_length must be positive or None")
         if padding_side not in ("left", "right"):
@@ -109,13 +120,23 @@ class _Base:
         n = len(sample["timestamps"])
         answer = P.sanitize_text(sample["answer"]) if isinstance(self, VideoSFTCollator) else None
         budget = self.max_length - int(getattr(self, "max_new_tokens", 0))
-        fit_frames(n, lambda k: self._length(self._text(sample, P.uniform_indices(n, k), answer=answer,
-                                                          generation=answer is None)),
-                   budget, what=f"sample {sample.get('mal_id', '')}".strip())
+        fit_frames(
+            n,
+            lambda k: self._length(
+                self._text(sample, P.uniform_indices(n, k), answer=answer, generation=answer is None)
+            ),
+            budget,
+            what=f"sample {sample.get('mal_id', '')}".strip(),
+        )
 
-    def _batch(self, samples: Sequence[dict], encoded: list[EncodedSample], with_labels: bool) -> dict[str, Any]:
-        out = self.processor.pad([e.input_ids for e in encoded], padding_side=self.padding_side,
-                                 labels=[e.labels for e in encoded] if with_labels else None)
+    def _batch(
+        self, samples: Sequence[dict], encoded: list[EncodedSample], with_labels: bool
+    ) -> dict[str, Any]:
+        out = self.processor.pad(
+            [e.input_ids for e in encoded],
+            padding_side=self.padding_side,
+            labels=[e.labels for e in encoded] if with_labels else None,
+        )
         frames = [[s["images"][i] for i in e.frame_indices] for s, e in zip(samples, encoded)]
         if all("frame_ids" in s for s in samples):
             ids = [[s["frame_ids"][i] for i in e.frame_indices] for s, e in zip(samples, encoded)]
@@ -123,8 +144,11 @@ class _Base:
             if self.feature_cache is not None:
                 frames = [[] if self.feature_cache.cached(x) else f for f, x in zip(frames, ids)]
         if any(frames):
-            out.update(self.processor.images(frames, uint8=True) if self.uint8_pixels
-                       else self.processor.images(frames))
+            out.update(
+                self.processor.images(frames, uint8=True)
+                if self.uint8_pixels
+                else self.processor.images(frames)
+            )
         if self.return_stats:
             out["frames_kept"] = torch.tensor([len(e.frame_indices) for e in encoded], dtype=torch.long)
             out["frames_total"] = torch.tensor([e.total_frames for e in encoded], dtype=torch.long)
@@ -143,11 +167,25 @@ class VideoSFTCollator(_Base):
     "all_text" labels every token except padding and image-related tokens (the authors' notebook).
     """
 
-    def __init__(self, processor, *, max_length: int | None = None, mask_policy: str = "assistant_only",
-                 padding_side: str = "right", return_stats: bool = False, feature_cache=None,
-                 uint8_pixels: bool = False):
-        super().__init__(processor, max_length=max_length, padding_side=padding_side, return_stats=return_stats,
-                         feature_cache=feature_cache, uint8_pixels=uint8_pixels)
+    def __init__(
+        self,
+        processor,
+        *,
+        max_length: int | None = None,
+        mask_policy: str = "assistant_only",
+        padding_side: str = "right",
+        return_stats: bool = False,
+        feature_cache=None,
+        uint8_pixels: bool = False,
+    ):
+        super().__init__(
+            processor,
+            max_length=max_length,
+            padding_side=padding_side,
+            return_stats=return_stats,
+            feature_cache=feature_cache,
+            uint8_pixels=uint8_pixels,
+        )
         if mask_policy not in MASK_POLICIES:
             raise ValueError(f"mask_policy must be one of {MASK_POLICIES}, not {mask_policy!r}")
         self.mask_policy = mask_policy
@@ -158,15 +196,22 @@ class VideoSFTCollator(_Base):
         if not answer.strip():
             raise ValueError("sample has an empty answer")
         n = len(sample["images"])
-        idx, _ = fit_frames(n, lambda k: self._length(self._text(sample, P.uniform_indices(n, k), answer=answer,
-                                                                  generation=False)),
-                            self.max_length, what=f"sample {sample.get('mal_id', '')}".strip())
+        idx, _ = fit_frames(
+            n,
+            lambda k: self._length(
+                self._text(sample, P.uniform_indices(n, k), answer=answer, generation=False)
+            ),
+            self.max_length,
+            what=f"sample {sample.get('mal_id', '')}".strip(),
+        )
         text = self._text(sample, idx, answer=answer, generation=False)
         prefix = self._text(sample, idx, answer=None, generation=True)  # ... "Assistant:"
         tail = " " + answer + P.END_OF_UTTERANCE
-        if not text.startswith(prefix) or not text[len(prefix):].startswith(tail):
-            raise RuntimeError("chat template does not render the assistant turn as 'Assistant: {answer}"
-                               "<end_of_utterance>' after the generation prompt")
+        if not text.startswith(prefix) or not text[len(prefix) :].startswith(tail):
+            raise RuntimeError(
+                "chat template does not render the assistant turn as 'Assistant: {answer}"
+                "<end_of_utterance>' after the generation prompt"
+            )
         start, end = len(prefix), len(prefix) + len(tail)  # the answer span incl. its leading space + EOU
         enc = self.processor.encode(text, offsets=True)
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
@@ -175,7 +220,9 @@ class VideoSFTCollator(_Base):
         if self.mask_policy == "assistant_only":
             for i, (a, b) in enumerate(offsets):
                 if a < start < b or a < end < b:
-                    raise RuntimeError(f"a token spans the answer boundary ({text[a:b]!r}); cannot mask exactly")
+                    raise RuntimeError(
+                        f"a token spans the answer boundary ({text[a:b]!r}); cannot mask exactly"
+                    )
                 if a >= start and b <= end and b > a:
                     labels[i] = ids[i]
             labelled = [i for i, lab in enumerate(labels) if lab != -100]
@@ -199,9 +246,18 @@ class VideoPromptCollator(_Base):
     With `max_length`, frames are dropped so that prompt + `max_new_tokens` fit.
     """
 
-    def __init__(self, processor, *, max_length: int | None = None, max_new_tokens: int = 0,
-                 padding_side: str = "left", return_stats: bool = False):
-        super().__init__(processor, max_length=max_length, padding_side=padding_side, return_stats=return_stats)
+    def __init__(
+        self,
+        processor,
+        *,
+        max_length: int | None = None,
+        max_new_tokens: int = 0,
+        padding_side: str = "left",
+        return_stats: bool = False,
+    ):
+        super().__init__(
+            processor, max_length=max_length, padding_side=padding_side, return_stats=return_stats
+        )
         self.max_new_tokens = int(max_new_tokens)
 
     def encode(self, sample: dict) -> EncodedSample:
@@ -210,9 +266,12 @@ class VideoPromptCollator(_Base):
         budget = None if self.max_length is None else self.max_length - self.max_new_tokens
         if budget is not None and budget < 1:
             raise SampleTooLongError(f"max_length={self.max_length} leaves no room for the prompt")
-        idx, _ = fit_frames(n, lambda k: self._length(self._text(sample, P.uniform_indices(n, k), answer=None,
-                                                                  generation=True)),
-                            budget, what=f"prompt {sample.get('mal_id', '')}".strip())
+        idx, _ = fit_frames(
+            n,
+            lambda k: self._length(self._text(sample, P.uniform_indices(n, k), answer=None, generation=True)),
+            budget,
+            what=f"prompt {sample.get('mal_id', '')}".strip(),
+        )
         ids = self.processor.encode(self._text(sample, idx, answer=None, generation=True))["input_ids"]
         return EncodedSample(ids, None, idx, n)
 

@@ -119,7 +119,7 @@ class TrainConfig:
         return text
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -127,7 +127,7 @@ class TrainConfig:
         return cls(**data)
 
     @classmethod
-    def from_json(cls, path_or_text: str | Path) -> "TrainConfig":
+    def from_json(cls, path_or_text: str | Path) -> TrainConfig:
         p = Path(path_or_text) if not str(path_or_text).lstrip().startswith("{") else None
         text = p.read_text() if p is not None else str(path_or_text)
         return cls.from_dict(json.loads(text))
@@ -135,9 +135,21 @@ class TrainConfig:
 
 # Run-control fields: where files go, how often to log/save, how many loader workers. They do not change
 # what is trained, so they are left out of the run's identity (`run_name`).
-RUN_CONTROL_FIELDS = frozenset({"output_dir", "log_every", "num_workers", "pin_memory", "prefetch_factor",
-                                "torch_threads", "save_steps", "keep_checkpoints", "resume", "feature_cache",
-                                "feature_cache_dir"})
+RUN_CONTROL_FIELDS = frozenset(
+    {
+        "output_dir",
+        "log_every",
+        "num_workers",
+        "pin_memory",
+        "prefetch_factor",
+        "torch_threads",
+        "save_steps",
+        "keep_checkpoints",
+        "resume",
+        "feature_cache",
+        "feature_cache_dir",
+    }
+)
 
 
 def config_hash(cfg: TrainConfig, *extra: str) -> str:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Sized
+from collections.abc import Iterator, Sequence, Sized
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import polars as pl
 import torch
@@ -65,8 +64,14 @@ class ShardVideoDataset(Dataset):
     `mal_id`, ordered by timestamp, JPEG-decoded lazily (`open_jpeg`); with `max_frames`, spread uniformly
     (first and last kept). `frame_ids` (one per image, `frame_id`) identify the frames for the feature cache. `split` keeps only the samples rows of that split (when the column exists)."""
 
-    def __init__(self, samples: pl.DataFrame | str | Path, data_home: Path, max_frames: int | None = None, *,
-                 split: str | None = None):
+    def __init__(
+        self,
+        samples: pl.DataFrame | str | Path,
+        data_home: Path,
+        max_frames: int | None = None,
+        *,
+        split: str | None = None,
+    ):
         if max_frames is not None and max_frames < 1:
             raise ValueError("max_frames must be >= 1 or None")
         self.data_home = Path(data_home)
@@ -84,9 +89,14 @@ class ShardVideoDataset(Dataset):
         lf = pl.scan_parquet(path)
         names = lf.collect_schema().names()
         cols = ["mal_id", "frame_index", "timestamp_s", "image"] + [
-            c for c in ("width", "height", "source_sha256") if c in names]
-        frames = (lf.select(cols).filter(pl.col("mal_id") == row["mal_id"])
-                  .sort(["timestamp_s", "frame_index"]).collect())
+            c for c in ("width", "height", "source_sha256") if c in names
+        ]
+        frames = (
+            lf.select(cols)
+            .filter(pl.col("mal_id") == row["mal_id"])
+            .sort(["timestamp_s", "frame_index"])
+            .collect()
+        )
         if frames.height == 0:
             raise FramesMissingError(f"frame shard {path} holds no frames for MAL {row['mal_id']}")
         return frames
@@ -94,19 +104,32 @@ class ShardVideoDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         row = self.rows[i]
         frames = self.read_frames(row)
-        idx = uniform_indices(frames.height, self.max_frames) if self.max_frames else list(range(frames.height))
+        idx = (
+            uniform_indices(frames.height, self.max_frames) if self.max_frames else list(range(frames.height))
+        )
         ts = frames["timestamp_s"].to_list()
         blobs = frames["image"].to_list()
         n = frames.height
-        col = {c: frames[c].to_list() if c in frames.columns else [None] * n
-               for c in ("frame_index", "width", "height", "source_sha256")}
+        col = {
+            c: frames[c].to_list() if c in frames.columns else [None] * n
+            for c in ("frame_index", "width", "height", "source_sha256")
+        }
         duration = row.get("duration_s")
         if duration is None:
             duration = float(ts[-1]) if ts else 0.0
         return {
             "images": [open_jpeg(blobs[j]) for j in idx],
-            "frame_ids": [frame_id(col["source_sha256"][j], col["frame_index"][j], ts[j], col["width"][j],
-                                   col["height"][j], blobs[j]) for j in idx],
+            "frame_ids": [
+                frame_id(
+                    col["source_sha256"][j],
+                    col["frame_index"][j],
+                    ts[j],
+                    col["width"][j],
+                    col["height"][j],
+                    blobs[j],
+                )
+                for j in idx
+            ],
             "timestamps": [float(ts[j]) for j in idx],
             "duration_s": float(duration),
             "prompt": row["prompt"],
@@ -115,7 +138,6 @@ class ShardVideoDataset(Dataset):
             "name": row.get("name"),
         }
 
-
     def text_sample(self, i: int) -> dict:
         """Item `i` without pixels: text fields and the kept frames' timestamps (images are `None`
         placeholders), for length checks that need no JPEG decoding."""
@@ -123,15 +145,27 @@ class ShardVideoDataset(Dataset):
         path = within(self.data_home, row["frames_path"])
         if not path.is_file():
             raise FramesMissingError(f"frame shard {path} for MAL {row['mal_id']} does not exist")
-        ts = (pl.scan_parquet(path).filter(pl.col("mal_id") == row["mal_id"])
-              .sort(["timestamp_s", "frame_index"]).select("timestamp_s").collect()["timestamp_s"].to_list())
+        ts = (
+            pl.scan_parquet(path)
+            .filter(pl.col("mal_id") == row["mal_id"])
+            .sort(["timestamp_s", "frame_index"])
+            .select("timestamp_s")
+            .collect()["timestamp_s"]
+            .to_list()
+        )
         if not ts:
             raise FramesMissingError(f"frame shard {path} holds no frames for MAL {row['mal_id']}")
         idx = uniform_indices(len(ts), self.max_frames) if self.max_frames else list(range(len(ts)))
         duration = row.get("duration_s")
-        return {"images": [None] * len(idx), "timestamps": [float(ts[j]) for j in idx],
-                "duration_s": float(duration if duration is not None else ts[-1]), "prompt": row["prompt"],
-                "answer": row["synopsis"], "mal_id": int(row["mal_id"]), "name": row.get("name")}
+        return {
+            "images": [None] * len(idx),
+            "timestamps": [float(ts[j]) for j in idx],
+            "duration_s": float(duration if duration is not None else ts[-1]),
+            "prompt": row["prompt"],
+            "answer": row["synopsis"],
+            "mal_id": int(row["mal_id"]),
+            "name": row.get("name"),
+        }
 
     def drop_too_long(self, collator) -> list[dict]:
         """Remove the rows that cannot fit the collator's `max_length` even with one frame
@@ -163,8 +197,16 @@ class EpochSampler(Sampler[int]):
     rank gets `ceil(n / W)` items (same number of steps everywhere); `pad=False` (evaluation) gives
     uneven shards without duplicates. One rank (the default) is the plain order."""
 
-    def __init__(self, n: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 pad: bool = True):
+    def __init__(
+        self,
+        n: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        pad: bool = True,
+    ):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank} world_size={world_size}")
         self.n, self.shuffle, self.seed = int(n), bool(shuffle), int(seed)
@@ -197,10 +239,10 @@ class EpochSampler(Sampler[int]):
         if self.pad and order:
             total = self.shard_size() * self.world_size
             order = (order * -(-total // len(order)))[:total]
-        return order[self.rank::self.world_size]
+        return order[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.shard(self.epoch)[self.start:])
+        return iter(self.shard(self.epoch)[self.start :])
 
     def __len__(self) -> int:
         return max(0, self.shard_size() - self.start)
@@ -210,10 +252,21 @@ def _identity(x):
     return x
 
 
-def make_dataloader(dataset: Dataset, collator=None, *, batch_size: int = 1, shuffle: bool = False,
-                    num_workers: int = 0, pin_memory: bool | None = None, prefetch_factor: int | None = 2,
-                    persistent_workers: bool | None = None, seed: int = 0, drop_last: bool = False,
-                    sampler: Sampler | None = None, multiprocessing_context: str | None = "spawn") -> DataLoader:
+def make_dataloader(
+    dataset: Dataset,
+    collator=None,
+    *,
+    batch_size: int = 1,
+    shuffle: bool = False,
+    num_workers: int = 0,
+    pin_memory: bool | None = None,
+    prefetch_factor: int | None = 2,
+    persistent_workers: bool | None = None,
+    seed: int = 0,
+    drop_last: bool = False,
+    sampler: Sampler | None = None,
+    multiprocessing_context: str | None = "spawn",
+) -> DataLoader:
     """DataLoader over a dataset of samples. `collator=None` yields lists of sample dicts.
 
     Workers > 0 get `prefetch_factor` and persistent workers (unless told otherwise); `pin_memory`
@@ -222,7 +275,9 @@ def make_dataloader(dataset: Dataset, collator=None, *, batch_size: int = 1, shu
     """
     if sampler is None:
         if not isinstance(dataset, Sized):
-            raise TypeError(f"dataset {type(dataset).__name__} has no len(): pass a sampler to make_dataloader")
+            raise TypeError(
+                f"dataset {type(dataset).__name__} has no len(): pass a sampler to make_dataloader"
+            )
         sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed)
     kw: dict = {}
     if num_workers > 0:

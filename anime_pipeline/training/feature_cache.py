@@ -74,7 +74,9 @@ class FeatureCache:
     def id_key(self, frame_id: str) -> str:
         """Key of a frame known by identity (dataset `frame_id`) under this model + preprocessing."""
         if self.preprocessing is None:
-            raise ValueError("FeatureCache needs preprocessing=processor.preprocessing_id() to key frames by id")
+            raise ValueError(
+                "FeatureCache needs preprocessing=processor.preprocessing_id() to key frames by id"
+            )
         return hashlib.sha256(f"{self.identity}\n{self.preprocessing}\n{frame_id}".encode()).hexdigest()
 
     def cached(self, frame_ids: list[str]) -> bool:
@@ -89,7 +91,7 @@ class FeatureCache:
             return None
         try:
             return load_file(str(p))["features"]
-        except Exception:  # noqa: BLE001 - a damaged entry is recomputed
+        except Exception:
             return None
 
     def _store(self, key: str, feats: torch.Tensor) -> None:
@@ -106,8 +108,14 @@ class FeatureCache:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def get(self, model, pixel_values: torch.Tensor | None = None, pixel_attention_mask: torch.Tensor | None = None,
-            *, frame_ids: list[list[str]] | None = None) -> list[torch.Tensor]:
+    def get(
+        self,
+        model,
+        pixel_values: torch.Tensor | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
+        *,
+        frame_ids: list[list[str]] | None = None,
+    ) -> list[torch.Tensor]:
         """With `frame_ids` (per sample, the ids of its frames in order; frame j of sample b is
         `pixel_values[b, j]`), frames are keyed by id and `pixel_values` is only needed for frames not
         cached yet (it may be None, or hold only padding for fully cached samples). Without, frames are
@@ -120,8 +128,10 @@ class FeatureCache:
             rows = [[(f, self.id_key(fid)) for f, fid in enumerate(ids)] for ids in frame_ids]
         elif pixel_values is not None:
             real = torch.ne(pixel_values, 0).flatten(2).any(-1)  # (B, F)
-            rows = [[(int(f), frame_key(pixel_values[b, f])) for f in real[b].nonzero().flatten().tolist()]
-                    for b in range(pixel_values.shape[0])]
+            rows = [
+                [(int(f), frame_key(pixel_values[b, f])) for f in real[b].nonzero().flatten().tolist()]
+                for b in range(pixel_values.shape[0])
+            ]
         else:  # unreachable (checked above); narrows pixel_values for the type checker
             raise ValueError("need pixel_values or frame_ids")
         per_sample: list[list[torch.Tensor | None]] = []
@@ -142,9 +152,11 @@ class FeatureCache:
             per_sample.append(row)
         keys = list(missing)
         if keys and pixel_values is None:
-            raise RuntimeError(f"features of {len(keys)} frames are not cached and the batch has no pixel_values")
+            raise RuntimeError(
+                f"features of {len(keys)} frames are not cached and the batch has no pixel_values"
+            )
         for start in range(0, len(keys), self.chunk_frames):
-            chunk = keys[start:start + self.chunk_frames]
+            chunk = keys[start : start + self.chunk_frames]
             where = [first[k] for k in chunk]
             if pixel_values is None:  # unreachable: keys were checked above; narrows the type
                 raise RuntimeError("features of uncached frames are needed and the batch has no pixel_values")

@@ -6,8 +6,8 @@ loss). Generation uses left padding (SmolVLM does not support right padding for 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -32,25 +32,37 @@ def safetensors_adapter_dir(adapter_dir: str | Path) -> Path:
 
         path = Path(snapshot_download(str(adapter_dir), allow_patterns=list(ADAPTER_FILES)))
     if not (path / "adapter_model.safetensors").is_file():
-        raise FileNotFoundError(f"{adapter_dir} has no adapter_model.safetensors (pickled adapters are not loaded)")
+        raise FileNotFoundError(
+            f"{adapter_dir} has no adapter_model.safetensors (pickled adapters are not loaded)"
+        )
     return path
 
 
-def load_model(base: str | Path, adapter_dir: str | Path | None = None, *, device: str = "auto",
-               dtype: str = "auto", attn_implementation: str = "auto", merge: bool = True, qlora: bool = False):
+def load_model(
+    base: str | Path,
+    adapter_dir: str | Path | None = None,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    attn_implementation: str = "auto",
+    merge: bool = True,
+    qlora: bool = False,
+):
     """Frozen base model (+ peft adapter, merged into the weights unless `merge=False`) in eval mode.
 
     `qlora=True` loads the base in 4 bit as QLoRA training did (CUDA + bitsandbytes) and never merges (merging
     into 4-bit weights would re-quantize them): the adapter runs beside the quantized layers, as trained."""
-    model = load_base_model(str(base), device=device, dtype=dtype, attn_implementation=attn_implementation,
-                            qlora=qlora)
+    model = load_base_model(
+        str(base), device=device, dtype=dtype, attn_implementation=attn_implementation, qlora=qlora
+    )
     merge = merge and not qlora
     if adapter_dir is not None:
         from peft import PeftModel
 
         with quiet_peft():
-            model = PeftModel.from_pretrained(model, str(safetensors_adapter_dir(adapter_dir)), is_trainable=False,
-                                              use_safetensors=True)
+            model = PeftModel.from_pretrained(
+                model, str(safetensors_adapter_dir(adapter_dir)), is_trainable=False, use_safetensors=True
+            )
         if merge:
             model = model.merge_and_unload()
     model.requires_grad_(False)
@@ -60,18 +72,26 @@ def load_model(base: str | Path, adapter_dir: str | Path | None = None, *, devic
 
 def _chunks(items: Sequence, n: int):
     for i in range(0, len(items), n):
-        yield items[i:i + n]
+        yield items[i : i + n]
 
 
 @torch.no_grad()
-def generate_captions(model, processor, samples: Sequence[dict], *, max_new_tokens: int = 160,
-                      batch_size: int = 4, max_length: int | None = None) -> list[str]:
+def generate_captions(
+    model,
+    processor,
+    samples: Sequence[dict],
+    *,
+    max_new_tokens: int = 160,
+    batch_size: int = 4,
+    max_length: int | None = None,
+) -> list[str]:
     """Greedy captions, one per sample (left-padded batches; stops at `<end_of_utterance>`).
 
     With `max_length`, frames are dropped uniformly so that prompt + `max_new_tokens` fit.
     """
-    collator = VideoPromptCollator(processor, max_length=max_length, max_new_tokens=max_new_tokens,
-                                   padding_side="left")
+    collator = VideoPromptCollator(
+        processor, max_length=max_length, max_new_tokens=max_new_tokens, padding_side="left"
+    )
     device = _device(model)
     was_training = model.training
     model.eval()
@@ -88,7 +108,7 @@ def generate_captions(model, processor, samples: Sequence[dict], *, max_new_toke
                 pad_token_id=processor.pad_token_id,
                 use_cache=True,
             )
-            new = gen[:, batch["input_ids"].shape[1]:]
+            new = gen[:, batch["input_ids"].shape[1] :]
             out.extend(t.strip() for t in processor.batch_decode(new, skip_special_tokens=True))
     finally:
         model.train(was_training)
@@ -96,8 +116,9 @@ def generate_captions(model, processor, samples: Sequence[dict], *, max_new_toke
 
 
 @torch.no_grad()
-def compute_loss(model, processor, samples: Sequence[dict], *, batch_size: int = 4,
-                 max_length: int | None = None) -> float:
+def compute_loss(
+    model, processor, samples: Sequence[dict], *, batch_size: int = 4, max_length: int | None = None
+) -> float:
     """Mean cross-entropy over the answer tokens (+ closing `<end_of_utterance>`) of all samples."""
     collator = VideoSFTCollator(processor, max_length=max_length)
     device = _device(model)

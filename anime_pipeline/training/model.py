@@ -60,8 +60,14 @@ def resolve_dtype(device: torch.device, dtype: str | torch.dtype | None = "auto"
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-            "fp32": torch.float32, "float32": torch.float32}[str(dtype)]
+    return {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+    }[str(dtype)]
 
 
 def flash_attn_available() -> bool:
@@ -181,8 +187,14 @@ def _cfg(cfg, name: str, default):
     return getattr(cfg, name, default) if cfg is not None else default
 
 
-def load_base_model(model_id_or_dir: str, *, device: str | torch.device = "auto", dtype: Any = "auto",
-                    attn_implementation: str | None = "auto", qlora: bool = False):
+def load_base_model(
+    model_id_or_dir: str,
+    *,
+    device: str | torch.device = "auto",
+    dtype: Any = "auto",
+    attn_implementation: str | None = "auto",
+    qlora: bool = False,
+):
     """Load the (frozen) base model on `device` in one dtype; QLoRA quantizes the text model to 4 bit."""
     from transformers import AutoModelForImageTextToText
 
@@ -217,8 +229,11 @@ def load_for_training(model_id_or_dir: str, cfg=None):
     from peft import LoraConfig, get_peft_model
 
     model = load_base_model(
-        model_id_or_dir, device=_cfg(cfg, "device", "auto"), dtype=_cfg(cfg, "dtype", "auto"),
-        attn_implementation=_cfg(cfg, "attn_implementation", "auto"), qlora=bool(_cfg(cfg, "qlora", False)),
+        model_id_or_dir,
+        device=_cfg(cfg, "device", "auto"),
+        dtype=_cfg(cfg, "dtype", "auto"),
+        attn_implementation=_cfg(cfg, "attn_implementation", "auto"),
+        qlora=bool(_cfg(cfg, "qlora", False)),
     )
     model.config.use_cache = False
     if _cfg(cfg, "gradient_checkpointing", True):
@@ -266,7 +281,9 @@ def _numel(p: torch.nn.Parameter) -> int:
 
 def param_report(model) -> dict[str, dict[str, int]]:
     """Trainable / frozen parameter counts per component (vision, connector, text, lm_head, total)."""
-    out = {k: {"trainable": 0, "frozen": 0} for k in ("vision", "connector", "text", "lm_head", "other", "total")}
+    out = {
+        k: {"trainable": 0, "frozen": 0} for k in ("vision", "connector", "text", "lm_head", "other", "total")
+    }
     for name, p in model.named_parameters():
         key = "trainable" if p.requires_grad else "frozen"
         n = _numel(p)
@@ -284,12 +301,15 @@ def model_inputs(batch: dict) -> dict:
 
 
 def to_device(batch: dict, device: torch.device, *, non_blocking: bool = False) -> dict:
-    return {k: (v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    return {
+        k: (v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v) for k, v in batch.items()
+    }
 
 
 @torch.no_grad()
-def encode_frames(model, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None
-                  ) -> list[torch.Tensor]:
+def encode_frames(
+    model, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None
+) -> list[torch.Tensor]:
     """Post-connector features per sample, `[n_real_frames, image_seq_len, hidden]` each."""
     base = unwrap(model)
     inner = base.model
@@ -319,8 +339,9 @@ def _mixed_dtypes(base) -> bool:
     return dtypes != {text.get_input_embeddings().weight.dtype}
 
 
-def answer_loss(model, batch: dict, *, image_features: list[torch.Tensor] | None = None
-                ) -> tuple[torch.Tensor, int]:
+def answer_loss(
+    model, batch: dict, *, image_features: list[torch.Tensor] | None = None
+) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over labelled tokens and their count.
 
     The LM head runs only on positions with a label (no full-vocabulary logits for image tokens).

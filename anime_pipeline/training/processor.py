@@ -18,9 +18,10 @@ the processor's output (tested against it; `fast=False` keeps the HF path for th
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,7 +51,13 @@ class FramesProcessor:
         self.global_image_token = P.GLOBAL_IMAGE_TOKEN
         self.end_of_utterance_token = P.END_OF_UTTERANCE
         ids = {}
-        for t in (P.IMAGE_TOKEN, P.FAKE_IMAGE_TOKEN, P.GLOBAL_IMAGE_TOKEN, P.END_OF_UTTERANCE, *P.ROW_COL_TOKENS):
+        for t in (
+            P.IMAGE_TOKEN,
+            P.FAKE_IMAGE_TOKEN,
+            P.GLOBAL_IMAGE_TOKEN,
+            P.END_OF_UTTERANCE,
+            *P.ROW_COL_TOKENS,
+        ):
             i = tok.convert_tokens_to_ids(t)
             if i is None or i == tok.unk_token_id:
                 raise ProcessorError(f"tokenizer has no special token {t}")
@@ -64,7 +71,12 @@ class FramesProcessor:
         self.pad_token_id = int(pad) if pad is not None else int(tok.convert_tokens_to_ids(P.PAD_TOKEN))
         # Ids that must never carry a label.
         self.image_related_ids = frozenset(
-            {self.image_token_id, self.fake_image_token_id, self.global_image_token_id, *self.row_col_token_ids}
+            {
+                self.image_token_id,
+                self.fake_image_token_id,
+                self.global_image_token_id,
+                *self.row_col_token_ids,
+            }
         )
         ip = self.image_processor
         self._mean = np.asarray(getattr(ip, "image_mean", [0.5] * 3), np.float32).reshape(3, 1, 1)
@@ -86,26 +98,39 @@ class FramesProcessor:
         self._lut = np.ascontiguousarray(lut, dtype=np.float32)
         # Faster equivalent when it is exact for all 256 values (it is for rescale 1/255): divide by
         # 1/rescale in float32, then (x - mean) / std, written straight into the CHW output.
-        self._divisor = np.float32(round(1 / self._scale)) if self._do_rescale and self._scale > 0 else np.float32(1)
+        self._divisor = (
+            np.float32(round(1 / self._scale)) if self._do_rescale and self._scale > 0 else np.float32(1)
+        )
         arith = np.empty((3, 256), np.float32)
-        self._arith_into(arith.reshape(3, 256, 1), np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None, None],
-                                                                  (256, 1, 3)))
+        self._arith_into(
+            arith.reshape(3, 256, 1),
+            np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None, None], (256, 1, 3)),
+        )
         self._exact_arith = bool(np.array_equal(arith, self._lut))
 
     # Text --------------------------------------------------------------------------------------
     def render(self, messages: list[dict], *, add_generation_prompt: bool = False) -> str:
         """Chat template text with one `<image>` per frame (not expanded), rendered by the tokenizer's own
         `apply_chat_template` with the model's template (the hub template when the tokenizer has none)."""
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                                  chat_template=self.chat_template)
+        return self.tokenizer.apply_chat_template(
+            messages,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            chat_template=self.chat_template,
+        )
 
     def expand(self, text: str) -> str:
         return P.expand_images(text, self.image_seq_len)
 
     def encode(self, expanded_text: str, *, offsets: bool = False) -> dict:
         """Tokenize already-expanded text: no BOS/EOS added, no truncation."""
-        return self.tokenizer(expanded_text, add_special_tokens=False, truncation=False,
-                              return_offsets_mapping=offsets, return_attention_mask=False)
+        return self.tokenizer(
+            expanded_text,
+            add_special_tokens=False,
+            truncation=False,
+            return_offsets_mapping=offsets,
+            return_attention_mask=False,
+        )
 
     def decode(self, ids, **kw) -> str:
         return self.tokenizer.decode(ids, **kw)
@@ -116,10 +141,17 @@ class FramesProcessor:
     # Images ------------------------------------------------------------------------------------
     def preprocessing_id(self) -> str:
         """Everything that determines a frame's pixels given the stored image (for feature-cache keys)."""
-        return json.dumps({"max_side": self.max_side, "image_size": self.image_size, "resample": self._resample,
-                           "rescale": self._scale if self._do_rescale else None,
-                           "mean": self._mean.ravel().tolist() if self._do_normalize else None,
-                           "std": self._std.ravel().tolist() if self._do_normalize else None}, sort_keys=True)
+        return json.dumps(
+            {
+                "max_side": self.max_side,
+                "image_size": self.image_size,
+                "resample": self._resample,
+                "rescale": self._scale if self._do_rescale else None,
+                "mean": self._mean.ravel().tolist() if self._do_normalize else None,
+                "std": self._std.ravel().tolist() if self._do_normalize else None,
+            },
+            sort_keys=True,
+        )
 
     def first_stage_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after the image processor's first resize: long side → `max_side`, aspect kept
@@ -195,13 +227,18 @@ class FramesProcessor:
             image = image.convert("RGB")
         s = self.image_size
         out = self.image_processor(
-            images=[[image]], do_image_splitting=False, size={"longest_edge": self.max_side},
-            max_image_size={"longest_edge": s}, do_pad=False, return_tensors="np",
+            images=[[image]],
+            do_image_splitting=False,
+            size={"longest_edge": self.max_side},
+            max_image_size={"longest_edge": s},
+            do_pad=False,
+            return_tensors="np",
         )
         return np.asarray(out["pixel_values"][0][0], dtype=np.float32)
 
-    def images(self, batch: Sequence[Sequence[Any]], *, fast: bool = True, uint8: bool = False
-               ) -> dict[str, torch.Tensor]:
+    def images(
+        self, batch: Sequence[Sequence[Any]], *, fast: bool = True, uint8: bool = False
+    ) -> dict[str, torch.Tensor]:
         """Frames of each sample → `pixel_values (B, F, 3, S, S)` float32 (zero-padded frames) and a bool
         `pixel_attention_mask (B, F, S, S)`; F is the largest frame count in the batch. A sample with no
         frames gets only padding (used for samples whose vision features are cached).
@@ -224,11 +261,12 @@ class FramesProcessor:
                     self.normalize_into(pv_np[i, j], self.frame_uint8(img))
                 else:
                     pv_np[i, j] = self._frame_array_hf(img)
-            mask[i, :len(frames)] = True
+            mask[i, : len(frames)] = True
         return {"pixel_values": pv, "pixel_attention_mask": mask}
 
-    def normalize_pixels(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None
-                         ) -> torch.Tensor:
+    def normalize_pixels(
+        self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
         """uint8 `pixel_values (B, F, 3, S, S)` from `images(uint8=True)` → float32 as `images()` gives
         them (same arithmetic, on the tensor's device), padding frames (no mask pixel set) zeroed. A float
         tensor is returned unchanged."""
@@ -250,8 +288,13 @@ class FramesProcessor:
         return x
 
     # Both --------------------------------------------------------------------------------------
-    def __call__(self, text: Sequence[str], images: Sequence[Sequence[Any]] | None = None, *,
-                 padding_side: str = "right") -> dict[str, torch.Tensor]:
+    def __call__(
+        self,
+        text: Sequence[str],
+        images: Sequence[Sequence[Any]] | None = None,
+        *,
+        padding_side: str = "right",
+    ) -> dict[str, torch.Tensor]:
         """Like `SmolVLMProcessor(text=..., images=...)`: `text` holds one `<image>` per frame."""
         text = list(text)
         if images is not None:
@@ -259,15 +302,22 @@ class FramesProcessor:
                 raise ValueError(f"{len(text)} texts but {len(images)} image lists")
             for t, ims in zip(text, images):
                 if t.count(self.image_token) != len(ims):
-                    raise ValueError(f"text has {t.count(self.image_token)} {self.image_token} but {len(ims)} images")
+                    raise ValueError(
+                        f"text has {t.count(self.image_token)} {self.image_token} but {len(ims)} images"
+                    )
         ids = [self.encode(self.expand(t))["input_ids"] for t in text]
         out = self.pad(ids, padding_side=padding_side)
         if images is not None and any(len(x) for x in images):
             out.update(self.images(images))
         return out
 
-    def pad(self, seqs: Sequence[Sequence[int]], *, padding_side: str = "right",
-            labels: Sequence[Sequence[int]] | None = None) -> dict[str, torch.Tensor]:
+    def pad(
+        self,
+        seqs: Sequence[Sequence[int]],
+        *,
+        padding_side: str = "right",
+        labels: Sequence[Sequence[int]] | None = None,
+    ) -> dict[str, torch.Tensor]:
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
         n = max(len(s) for s in seqs)
@@ -293,7 +343,8 @@ class FramesProcessor:
         self.tokenizer.save_pretrained(dest)
         self.image_processor.save_pretrained(dest)
         (dest / "processor_config.json").write_text(
-            json.dumps({"image_seq_len": self.image_seq_len, "processor_class": "SmolVLMProcessor"}, indent=2))
+            json.dumps({"image_seq_len": self.image_seq_len, "processor_class": "SmolVLMProcessor"}, indent=2)
+        )
         (dest / "chat_template.jinja").write_text(self.chat_template, encoding="utf-8")
 
 
@@ -306,7 +357,7 @@ def _optional_json(model: str, name: str) -> dict | None:
         from huggingface_hub import hf_hub_download
 
         return json.loads(Path(hf_hub_download(model, name)).read_text())
-    except Exception:  # noqa: BLE001 - absent file / offline: the caller falls back
+    except Exception:
         return None
 
 
@@ -324,22 +375,31 @@ def load_processor(model_dir_or_id: str | Path, *, max_side: int | None = None) 
     vc = config.vision_config
     image_size, patch, scale = int(vc.image_size), int(vc.patch_size), int(config.scale_factor)
     if (image_size // patch) % scale:
-        raise ProcessorError(f"(image_size/patch_size)={image_size // patch} is not divisible by scale_factor={scale}")
+        raise ProcessorError(
+            f"(image_size/patch_size)={image_size // patch} is not divisible by scale_factor={scale}"
+        )
     image_seq_len = (image_size // patch) ** 2 // scale**2
     pc = _optional_json(model, "processor_config.json")
     if pc and "image_seq_len" in pc and int(pc["image_seq_len"]) != image_seq_len:
-        raise ProcessorError(f"processor_config image_seq_len={pc['image_seq_len']} but the model config implies "
-                             f"{image_seq_len}")
+        raise ProcessorError(
+            f"processor_config image_seq_len={pc['image_seq_len']} but the model config implies "
+            f"{image_seq_len}"
+        )
     tokenizer = AutoTokenizer.from_pretrained(model)
     image_processor = AutoImageProcessor.from_pretrained(model)
     template = getattr(tokenizer, "chat_template", None)
     if not isinstance(template, str) or not template:
         template = P.chat_template()
     proc = FramesProcessor(
-        tokenizer=tokenizer, image_processor=image_processor, image_seq_len=image_seq_len,
-        image_size=image_size, max_side=int(max_side or image_size), chat_template=template,
+        tokenizer=tokenizer,
+        image_processor=image_processor,
+        image_seq_len=image_seq_len,
+        image_size=image_size,
+        max_side=int(max_side or image_size),
+        chat_template=template,
     )
     if proc.image_token_id != int(config.image_token_id):
-        raise ProcessorError(f"tokenizer <image> id {proc.image_token_id} != config.image_token_id "
-                             f"{config.image_token_id}")
+        raise ProcessorError(
+            f"tokenizer <image> id {proc.image_token_id} != config.image_token_id {config.image_token_id}"
+        )
     return proc

@@ -18,11 +18,14 @@ Pure string code: no torch, no tokenizer.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from datetime import timedelta
 from importlib import resources
-from typing import Any, Sequence
+from typing import Any
 
-VIDEO_INTRO = "You are provided the following series of {frame_count} frames from a {video_duration} [H:MM:SS] video.\n"
+VIDEO_INTRO = (
+    "You are provided the following series of {frame_count} frames from a {video_duration} [H:MM:SS] video.\n"
+)
 FRAME_TIMESTAMP = "\nFrame from {timestamp}:"
 MEDIA_OUTRO = "\n\n"
 
@@ -35,15 +38,27 @@ PAD_TOKEN = "<|im_end|>"
 UNK_TOKEN = "<|endoftext|>"
 ROW_COL_TOKENS = tuple(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))
 # Every special token of the real model that matters for prompts (ids differ per tokenizer; names don't).
-SPECIAL_TOKENS = (UNK_TOKEN, BOS_TOKEN, PAD_TOKEN, GLOBAL_IMAGE_TOKEN, *ROW_COL_TOKENS, FAKE_IMAGE_TOKEN,
-                  IMAGE_TOKEN, END_OF_UTTERANCE)
+SPECIAL_TOKENS = (
+    UNK_TOKEN,
+    BOS_TOKEN,
+    PAD_TOKEN,
+    GLOBAL_IMAGE_TOKEN,
+    *ROW_COL_TOKENS,
+    FAKE_IMAGE_TOKEN,
+    IMAGE_TOKEN,
+    END_OF_UTTERANCE,
+)
 ASSISTANT_PREFIX = "Assistant:"  # what the template writes for the generation prompt
 
 
 @functools.cache
 def chat_template() -> str:
     """The model's chat template (403 characters), shipped as package data."""
-    return resources.files("anime_pipeline.training").joinpath("templates/chat_template.jinja").read_text("utf-8")
+    return (
+        resources.files("anime_pipeline.training")
+        .joinpath("templates/chat_template.jinja")
+        .read_text("utf-8")
+    )
 
 
 def format_timestamp(seconds: float) -> str:
@@ -77,14 +92,20 @@ def sanitize_text(text: str) -> str:
     return text
 
 
-def video_user_content(timestamps: Sequence[float], duration_s: float | None, prompt: str) -> list[dict[str, Any]]:
+def video_user_content(
+    timestamps: Sequence[float], duration_s: float | None, prompt: str
+) -> list[dict[str, Any]]:
     """Content items of the user turn: intro, one `Frame from MM:SS:` text + image per frame, outro, prompt."""
     if not timestamps:
         raise ValueError("a video sample needs at least one frame")
     duration = float(duration_s) if duration_s is not None else float(timestamps[-1])
     items: list[dict[str, Any]] = [
-        {"type": "text", "text": VIDEO_INTRO.format(frame_count=number_words(len(timestamps)),
-                                                    video_duration=format_duration(duration))}
+        {
+            "type": "text",
+            "text": VIDEO_INTRO.format(
+                frame_count=number_words(len(timestamps)), video_duration=format_duration(duration)
+            ),
+        }
     ]
     for ts in timestamps:
         items.append({"type": "text", "text": FRAME_TIMESTAMP.format(timestamp=format_timestamp(ts))})
@@ -110,13 +131,19 @@ def _compiled(template: str):
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     # Same environment flags transformers uses for chat templates.
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
+    )
     return env.from_string(template)
 
 
-def render(messages: list[dict[str, Any]], *, add_generation_prompt: bool = False, template: str | None = None) -> str:
+def render(
+    messages: list[dict[str, Any]], *, add_generation_prompt: bool = False, template: str | None = None
+) -> str:
     """Render messages with the chat template (the hub template unless another is given)."""
-    return _compiled(template or chat_template()).render(messages=messages, add_generation_prompt=add_generation_prompt)
+    return _compiled(template or chat_template()).render(
+        messages=messages, add_generation_prompt=add_generation_prompt
+    )
 
 
 def image_block(image_seq_len: int) -> str:

@@ -28,7 +28,7 @@ def test_identical_scores_top():
     assert rouge_l(REFS, REFS) == pytest.approx([1.0, 1.0, 1.0])
     assert mean_rouge_l(REFS, REFS) == pytest.approx(1.0)
     assert all(s == pytest.approx(100.0) for s in sentence_bleu(REFS, REFS))
-    same, same_items = cider(REFS, REFS)
+    same, _same_items = cider(REFS, REFS)
     other, other_items = cider(UNRELATED, REFS)
     assert same > 0 and same > other
     assert other == 0.0 and other_items == [0.0, 0.0, 0.0]
@@ -70,7 +70,13 @@ def test_cider_hand_computed():
 def test_cider_matches_pycocoevalcap_reference():
     # Values from pycocoevalcap's cider/cider_scorer.py (salaniz/pycocoevalcap ad63453), fed the same
     # pre-tokenized strings: CiderScorer(n=4, sigma=6.0) += (hyp, refs) for each item; compute_score().
-    hyps = ["a red world turns blue", "the cat sat on the mat", "a white square drifts left", "", "green green green"]
+    hyps = [
+        "a red world turns blue",
+        "the cat sat on the mat",
+        "a white square drifts left",
+        "",
+        "green green green",
+    ]
     refs = [
         ["a red world then turns blue", "red then blue"],
         ["the cat is on the mat"],

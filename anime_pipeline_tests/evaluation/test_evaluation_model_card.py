@@ -33,7 +33,7 @@ def split_card(text):
 
 
 def test_front_matter_parses():
-    meta, body = split_card(render_model_card(info()))
+    meta, _body = split_card(render_model_card(info()))
     assert meta["base_model"] == "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
     assert meta["library_name"] == "peft"
     assert meta["pipeline_tag"] == "image-text-to-text"
@@ -48,8 +48,14 @@ def test_front_matter_parses():
 
 def test_sections_and_tables():
     _, body = split_card(render_model_card(info()))
-    for heading in ("## Model description", "## Training data", "## Training settings", "## Metrics",
-                    "## Lineage", "## Limitations"):
+    for heading in (
+        "## Model description",
+        "## Training data",
+        "## Training settings",
+        "## Metrics",
+        "## Lineage",
+        "## Limitations",
+    ):
         assert heading in body
     assert "| learning_rate | 0.0001 |" in body
     assert "q\\|v" in body  # pipes escaped in tables
@@ -60,9 +66,15 @@ def test_sections_and_tables():
 
 def test_missing_values_render(tmp_path):
     card = render_model_card(
-        info(datasets=[], git_commit=None, base_metrics={}, finetuned_metrics={"bleu": None}, hyperparameters={})
+        info(
+            datasets=[],
+            git_commit=None,
+            base_metrics={},
+            finetuned_metrics={"bleu": None},
+            hyperparameters={},
+        )
     )
-    meta, body = split_card(card)
+    meta, _body = split_card(card)
     assert "datasets" not in meta
     assert meta["model-index"][0]["results"][0]["metrics"] == []
     path = write_model_card(tmp_path / "adapter", info())

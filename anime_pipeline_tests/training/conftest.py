@@ -35,9 +35,15 @@ def jpeg(img) -> bytes:
     return buf.getvalue()
 
 
-def make_sample(colours: list[str], *, answer: str = "The episode opens in a red world.",
-                prompt: str = "Summarize the episode.", step_s: float = 1.0, duration_s: float | None = None,
-                size: tuple[int, int] = (64, 64)) -> dict:
+def make_sample(
+    colours: list[str],
+    *,
+    answer: str = "The episode opens in a red world.",
+    prompt: str = "Summarize the episode.",
+    step_s: float = 1.0,
+    duration_s: float | None = None,
+    size: tuple[int, int] = (64, 64),
+) -> dict:
     n = len(colours)
     return {
         "images": [solid(c, size) for c in colours],
@@ -48,8 +54,14 @@ def make_sample(colours: list[str], *, answer: str = "The episode opens in a red
     }
 
 
-def write_dataset(root: Path, titles: list[dict], *, split: str = "train", name: str | None = None,
-                  size: tuple[int, int] = (96, 54)) -> Path:
+def write_dataset(
+    root: Path,
+    titles: list[dict],
+    *,
+    split: str = "train",
+    name: str | None = None,
+    size: tuple[int, int] = (96, 54),
+) -> Path:
     """Write one FRAMES shard per title under root/frames and a SAMPLES parquet; returns its path.
 
     Each title: {"mal_id", "colours": [per-frame colour], "synopsis", "prompt"?, "step_s"?}.
@@ -60,15 +72,33 @@ def write_dataset(root: Path, titles: list[dict], *, split: str = "train", name:
         frames = []
         for i, c in enumerate(t["colours"]):
             data = jpeg(solid(c, size))
-            frames.append({"mal_id": t["mal_id"], "episode": 1, "frame_index": i * 24, "timestamp_s": i * step,
-                           "width": size[0], "height": size[1], "image": data,
-                           "source_sha256": hashlib.sha256(b"%d" % t["mal_id"]).hexdigest()})
+            frames.append(
+                {
+                    "mal_id": t["mal_id"],
+                    "episode": 1,
+                    "frame_index": i * 24,
+                    "timestamp_s": i * step,
+                    "width": size[0],
+                    "height": size[1],
+                    "image": data,
+                    "source_sha256": hashlib.sha256(b"%d" % t["mal_id"]).hexdigest(),
+                }
+            )
         rel = f"frames/{t['mal_id']}.parquet"
         (root / "frames").mkdir(parents=True, exist_ok=True)
         schemas.conform(pl.DataFrame(frames), schemas.FRAMES).write_parquet(root / rel)
-        rows.append({"mal_id": t["mal_id"], "split": split, "name": f"Title {t['mal_id']}",
-                     "prompt": t.get("prompt", "Summarize the first episode."), "synopsis": t["synopsis"],
-                     "frames_path": rel, "num_frames": len(frames), "duration_s": len(frames) * step})
+        rows.append(
+            {
+                "mal_id": t["mal_id"],
+                "split": split,
+                "name": f"Title {t['mal_id']}",
+                "prompt": t.get("prompt", "Summarize the first episode."),
+                "synopsis": t["synopsis"],
+                "frames_path": rel,
+                "num_frames": len(frames),
+                "duration_s": len(frames) * step,
+            }
+        )
     out = root / "splits" / f"{name or split}.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     schemas.conform(pl.DataFrame(rows), schemas.SAMPLES).write_parquet(out)
@@ -91,8 +121,11 @@ def tiny_processor(tiny_model_dir):
 
 @pytest.fixture
 def sample3():
-    return make_sample(["red", "blue", "green"], answer="The episode opens in a red world where a white "
-                       "square drifts left. Aoi Sato and Ren Ito watch it together.")
+    return make_sample(
+        ["red", "blue", "green"],
+        answer="The episode opens in a red world where a white "
+        "square drifts left. Aoi Sato and Ren Ito watch it together.",
+    )
 
 
 def colour_titles() -> tuple[list[dict], list[dict]]:
@@ -105,8 +138,11 @@ def colour_titles() -> tuple[list[dict], list[dict]]:
         for j, b in enumerate(names):
             if a == b:
                 continue
-            t = {"mal_id": 1000 + 10 * i + j, "colours": [a, a, b, b],
-                 "synopsis": f"The episode opens in a {a} world. Later everything turns {b}."}
+            t = {
+                "mal_id": 1000 + 10 * i + j,
+                "colours": [a, a, b, b],
+                "synopsis": f"The episode opens in a {a} world. Later everything turns {b}.",
+            }
             (val if (j - i) % len(names) == 2 else train).append(t)
     return train, val
 
@@ -115,5 +151,10 @@ def colour_titles() -> tuple[list[dict], list[dict]]:
 def colour_dataset(tmp_path):
     """A small train/val set: two scenes, the answer names both colours."""
     train, val = colour_titles()
-    return {"home": tmp_path, "train": write_dataset(tmp_path, train, split="train"),
-            "val": write_dataset(tmp_path, val, split="val"), "n_train": len(train), "n_val": len(val)}
+    return {
+        "home": tmp_path,
+        "train": write_dataset(tmp_path, train, split="train"),
+        "val": write_dataset(tmp_path, val, split="val"),
+        "n_train": len(train),
+        "n_val": len(val),
+    }

@@ -26,7 +26,7 @@ def test_labels_are_exactly_the_answer_and_closing_eou(tiny_processor, sample3):
     pos = on.nonzero().flatten().tolist()
     assert pos == list(range(pos[0], pos[-1] + 1))
     assert int(ids[pos[-1]]) == proc.end_of_utterance_id
-    assert proc.decode(ids[pos[-1] + 1:]) == "\n"
+    assert proc.decode(ids[pos[-1] + 1 :]) == "\n"
     assert proc.decode(ids[: pos[0]]).endswith("<end_of_utterance>\nAssistant:")
     for tid in proc.image_related_ids:
         assert not bool((labels == tid).any())
@@ -65,8 +65,14 @@ def test_too_long_drops_frames_uniformly_and_keeps_answer(tiny_processor):
     s = make_sample(colours, answer="The episode opens in a red world. Later everything turns yellow.")
     full = VideoSFTCollator(proc).encode(s)
     assert full.frame_indices == list(range(10))
-    per_frame = (len(full.input_ids) - len(VideoSFTCollator(proc, max_length=10_000).encode(
-        make_sample(colours[:1], answer=s["answer"])).input_ids)) / 9
+    per_frame = (
+        len(full.input_ids)
+        - len(
+            VideoSFTCollator(proc, max_length=10_000)
+            .encode(make_sample(colours[:1], answer=s["answer"]))
+            .input_ids
+        )
+    ) / 9
     limit = len(full.input_ids) - int(per_frame * 5.5)
     col = VideoSFTCollator(proc, max_length=limit, return_stats=True)
     enc = col.encode(s)
@@ -107,18 +113,29 @@ def test_non_square_frames_are_squashed_like_the_image_processor(tiny_processor)
 
     img = solid((10, 200, 30), (320, 180))
     ours = tiny_processor.frame_array(img)
-    ref = tiny_processor.image_processor(images=[[img]], do_image_splitting=False, size={"longest_edge": 64},
-                                         max_image_size={"longest_edge": 64}, return_tensors="np")
+    ref = tiny_processor.image_processor(
+        images=[[img]],
+        do_image_splitting=False,
+        size={"longest_edge": 64},
+        max_image_size={"longest_edge": 64},
+        return_tensors="np",
+    )
     assert ours.shape == (3, 64, 64)
     np.testing.assert_allclose(ours, ref["pixel_values"][0][0], atol=1e-6)
     square = solid((10, 200, 30))
-    ref2 = tiny_processor.image_processor(images=[[square]], do_image_splitting=False, size={"longest_edge": 64},
-                                          max_image_size={"longest_edge": 64}, return_tensors="np")
+    ref2 = tiny_processor.image_processor(
+        images=[[square]],
+        do_image_splitting=False,
+        size={"longest_edge": 64},
+        max_image_size={"longest_edge": 64},
+        return_tensors="np",
+    )
     np.testing.assert_allclose(tiny_processor.frame_array(square), ref2["pixel_values"][0][0], atol=1e-6)
 
 
-REAL_PREPROCESSOR = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / \
-    "smolvlm2-500m-preprocessor_config.json"
+REAL_PREPROCESSOR = (
+    Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "smolvlm2-500m-preprocessor_config.json"
+)
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +150,13 @@ def real_processor(tiny_model_dir, tmp_path_factory):
     (d / "preprocessor_config.json").write_text(REAL_PREPROCESSOR.read_text())
     ip = AutoImageProcessor.from_pretrained(str(d))
     assert int(ip.resample) == 1  # LANCZOS, as the config says
-    return FramesProcessor(tokenizer=load_processor(tiny_model_dir).tokenizer, image_processor=ip,
-                           image_seq_len=64, image_size=512, max_side=512)
+    return FramesProcessor(
+        tokenizer=load_processor(tiny_model_dir).tokenizer,
+        image_processor=ip,
+        image_seq_len=64,
+        image_size=512,
+        max_side=512,
+    )
 
 
 def _noise(size, seed=0):
@@ -151,8 +173,11 @@ SIZES = [(160, 120), (512, 288), (640, 360), (64, 64), (120, 160), (33, 700), (5
 def test_fast_image_path_equals_the_hf_image_processor(which, tiny_processor, real_processor):
     import dataclasses
 
-    proc = {"tiny": tiny_processor, "real500m": real_processor,
-            "tiny_max_side_96": dataclasses.replace(tiny_processor, max_side=96)}[which]
+    proc = {
+        "tiny": tiny_processor,
+        "real500m": real_processor,
+        "tiny_max_side_96": dataclasses.replace(tiny_processor, max_side=96),
+    }[which]
     frames = [_noise(size, seed=i) for i, size in enumerate(SIZES)]
     for img in frames:
         fast, ref = proc.frame_array(img), proc.frame_array(img, fast=False)
@@ -173,19 +198,23 @@ def test_fast_image_path_equals_the_hf_image_processor(which, tiny_processor, re
 
 def test_fast_path_handles_non_rgb_and_arrays(real_processor):
     img = _noise((300, 200)).convert("L")
-    np.testing.assert_allclose(real_processor.frame_array(img), real_processor.frame_array(img, fast=False),
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        real_processor.frame_array(img), real_processor.frame_array(img, fast=False), rtol=0, atol=1e-6
+    )
     arr = np.asarray(_noise((90, 60)))
-    np.testing.assert_allclose(real_processor.frame_array(arr), real_processor.frame_array(arr, fast=False),
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        real_processor.frame_array(arr), real_processor.frame_array(arr, fast=False), rtol=0, atol=1e-6
+    )
 
 
 def test_uint8_collator_batch_normalises_to_the_float_batch(tiny_processor, sample3):
     two = make_sample(["cyan", "red"], answer="Two frames.", size=(96, 54))
     f32 = VideoSFTCollator(tiny_processor)([sample3, two])
     u8 = VideoSFTCollator(tiny_processor, uint8_pixels=True)([sample3, two])
-    assert u8["pixel_values"].dtype == torch.uint8 and u8["pixel_values"].element_size() * 4 == \
-        f32["pixel_values"].element_size()
+    assert (
+        u8["pixel_values"].dtype == torch.uint8
+        and u8["pixel_values"].element_size() * 4 == f32["pixel_values"].element_size()
+    )
     from anime_pipeline.training.train import prepare_batch
 
     got = prepare_batch(u8, torch.device("cpu"), tiny_processor)

@@ -8,15 +8,22 @@ import pytest
 from anime_pipeline import schemas
 from anime_pipeline.paths import UnsafePathError
 from anime_pipeline.training.collator import VideoSFTCollator
-from anime_pipeline.training.data import (EpochSampler, FramesMissingError, ShardVideoDataset, make_dataloader,
-                                          read_samples)
+from anime_pipeline.training.data import (
+    EpochSampler,
+    FramesMissingError,
+    ShardVideoDataset,
+    make_dataloader,
+    read_samples,
+)
 
 from .conftest import COLOURS, write_dataset
 
 
 def _titles():
-    return [{"mal_id": 7, "colours": ["red", "green", "blue", "yellow", "purple"], "synopsis": "Seven."},
-            {"mal_id": 8, "colours": ["cyan", "cyan"], "synopsis": "Eight.", "prompt": "P8"}]
+    return [
+        {"mal_id": 7, "colours": ["red", "green", "blue", "yellow", "purple"], "synopsis": "Seven."},
+        {"mal_id": 8, "colours": ["cyan", "cyan"], "synopsis": "Eight.", "prompt": "P8"},
+    ]
 
 
 def test_dataset_reads_shards_in_order(tmp_path):
@@ -26,7 +33,7 @@ def test_dataset_reads_shards_in_order(tmp_path):
     s = ds[0]
     assert s["mal_id"] == 7 and s["answer"] == "Seven." and len(s["images"]) == 5
     assert s["timestamps"] == [0.0, 20.0, 40.0, 60.0, 80.0] and s["duration_s"] == 100.0
-    r, g, b = s["images"][1].getpixel((10, 10))
+    r, g, _b = s["images"][1].getpixel((10, 10))
     assert abs(r - COLOURS["green"][0]) < 12 and abs(g - COLOURS["green"][1]) < 12
     assert ds[1]["prompt"] == "P8"
     capped = ShardVideoDataset(read_samples(path), tmp_path, max_frames=3)[0]
@@ -38,8 +45,9 @@ def test_shard_with_several_titles_and_shuffled_rows(tmp_path):
     a = pl.read_parquet(tmp_path / "frames/7.parquet")
     b = pl.read_parquet(tmp_path / "frames/8.parquet")
     pl.concat([b, a]).reverse().write_parquet(tmp_path / "frames/all.parquet")
-    samples = read_samples(tmp_path / "splits/train.parquet").with_columns(pl.lit("frames/all.parquet")
-                                                                             .alias("frames_path"))
+    samples = read_samples(tmp_path / "splits/train.parquet").with_columns(
+        pl.lit("frames/all.parquet").alias("frames_path")
+    )
     ds = ShardVideoDataset(samples, tmp_path)
     assert ds[0]["timestamps"] == [0.0, 20.0, 40.0, 60.0, 80.0]
     assert len(ds[1]["images"]) == 2

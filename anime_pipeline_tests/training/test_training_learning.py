@@ -17,27 +17,46 @@ from anime_pipeline.training.train import TrainConfig, train
 pytestmark = pytest.mark.slow
 
 
-
 def _colours(text: str, palette) -> list[str]:
     return re.findall(r"\b(" + "|".join(palette) + r")\b", text)
 
 
 def _swap_colours(answer: str, palette: list[str]) -> str:
     """Same text with every colour replaced by the next palette colour (a wrong caption)."""
-    return re.sub(r"\b(" + "|".join(palette) + r")\b",
-                  lambda m: palette[(palette.index(m.group(1)) + 1) % len(palette)], answer)
+    return re.sub(
+        r"\b(" + "|".join(palette) + r")\b",
+        lambda m: palette[(palette.index(m.group(1)) + 1) % len(palette)],
+        answer,
+    )
 
 
-def _train_and_check(tiny_model_dir, train_path, val_path, home, out, palette, *, steps, min_pairs, min_wins,
-                     **kw):
+def _train_and_check(
+    tiny_model_dir, train_path, val_path, home, out, palette, *, steps, min_pairs, min_wins, **kw
+):
     from anime_pipeline.training.data import ShardVideoDataset
     from anime_pipeline.training.inference import compute_loss, generate_captions, load_model
     from anime_pipeline.training.processor import load_processor
 
-    cfg = TrainConfig(base_model=str(tiny_model_dir), train_samples=str(train_path), val_samples=str(val_path),
-                      data_home=str(home), output_dir=str(out), lr=3e-3, max_steps=steps, batch_size=4,
-                      lora_r=16, lora_alpha=32, lora_dropout=0.0, warmup_steps=10, save_steps=0,
-                      torch_threads=1, eval_batch_size=8, log_every=50, seed=0, **kw)
+    cfg = TrainConfig(
+        base_model=str(tiny_model_dir),
+        train_samples=str(train_path),
+        val_samples=str(val_path),
+        data_home=str(home),
+        output_dir=str(out),
+        lr=3e-3,
+        max_steps=steps,
+        batch_size=4,
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        warmup_steps=10,
+        save_steps=0,
+        torch_threads=1,
+        eval_batch_size=8,
+        log_every=50,
+        seed=0,
+        **kw,
+    )
     res = train(cfg)
     assert res.val_loss_after < 0.35 * res.val_loss_before, (res.val_loss_before, res.val_loss_after)
 
@@ -56,8 +75,10 @@ def _train_and_check(tiny_model_dir, train_path, val_path, home, out, palette, *
     # Control: the same captions with every sample's frames taken from the next validation sample. A model
     # that reads the colours from the frames gets clearly worse; one that learnt only the text does not.
     nxt = val[1:] + val[:1]
-    shuffled = [dict(s, images=n["images"], timestamps=n["timestamps"], frame_ids=n["frame_ids"])
-                for s, n in zip(val, nxt)]
+    shuffled = [
+        dict(s, images=n["images"], timestamps=n["timestamps"], frame_ids=n["frame_ids"])
+        for s, n in zip(val, nxt)
+    ]
     assert all(_colours(a["answer"], palette) != _colours(b["answer"], palette) for a, b in zip(val, nxt))
     shuffled_loss = compute_loss(tuned, proc, shuffled)
     assert shuffled_loss > 1.25 * tuned_loss, (tuned_loss, shuffled_loss)
@@ -70,9 +91,18 @@ def _train_and_check(tiny_model_dir, train_path, val_path, home, out, palette, *
 def test_learns_scene_colours_on_held_out_pairs(tiny_model_dir, colour_dataset, tmp_path):
     from .conftest import COLOURS
 
-    res, pairs = _train_and_check(tiny_model_dir, colour_dataset["train"], colour_dataset["val"],
-                                  colour_dataset["home"], tmp_path / "out", list(COLOURS), steps=150,
-                                  min_pairs=5, min_wins=6, gradient_checkpointing=True)
+    res, _pairs = _train_and_check(
+        tiny_model_dir,
+        colour_dataset["train"],
+        colour_dataset["val"],
+        colour_dataset["home"],
+        tmp_path / "out",
+        list(COLOURS),
+        steps=150,
+        min_pairs=5,
+        min_wins=6,
+        gradient_checkpointing=True,
+    )
     assert res.val_loss_after < 0.5
 
 
@@ -87,7 +117,7 @@ def _demo_dataset(root, frames_per_scene: int = 4):
         for t in titles:
             frames = []
             for scene in t.scenes:
-                rgb = tuple(int(scene.ffmpeg_colour[i:i + 2], 16) for i in (2, 4, 6))
+                rgb = tuple(int(scene.ffmpeg_colour[i : i + 2], 16) for i in (2, 4, 6))
                 for k in range(frames_per_scene):
                     img = Image.new("RGB", (320, 180), rgb)
                     x = 40 + 60 * k if scene.direction == "right" else 260 - 60 * k
@@ -96,16 +126,36 @@ def _demo_dataset(root, frames_per_scene: int = 4):
                     img.save(buf, "JPEG", quality=90)
                     frames.append(buf.getvalue())
             n = len(frames)
-            shard = pl.DataFrame([{"mal_id": t.mal_id, "episode": 1, "frame_index": i * 300,
-                                   "timestamp_s": i * 1440.0 / n, "width": 320, "height": 180, "image": b,
-                                   "source_sha256": "0" * 64} for i, b in enumerate(frames)])
+            shard = pl.DataFrame(
+                [
+                    {
+                        "mal_id": t.mal_id,
+                        "episode": 1,
+                        "frame_index": i * 300,
+                        "timestamp_s": i * 1440.0 / n,
+                        "width": 320,
+                        "height": 180,
+                        "image": b,
+                        "source_sha256": "0" * 64,
+                    }
+                    for i, b in enumerate(frames)
+                ]
+            )
             (root / "frames").mkdir(parents=True, exist_ok=True)
             schemas.conform(shard, schemas.FRAMES).write_parquet(root / f"frames/{t.mal_id}.parquet")
-            rows.append({"mal_id": t.mal_id, "split": split, "name": t.name,
-                         "prompt": f"Title: {t.name}. Genres: {', '.join(t.genres)}. Main characters: "
-                                   f"{', '.join(t.main_characters)}. Summarize the first episode.",
-                         "synopsis": t.synopsis, "frames_path": f"frames/{t.mal_id}.parquet", "num_frames": n,
-                         "duration_s": 1440.0})
+            rows.append(
+                {
+                    "mal_id": t.mal_id,
+                    "split": split,
+                    "name": t.name,
+                    "prompt": f"Title: {t.name}. Genres: {', '.join(t.genres)}. Main characters: "
+                    f"{', '.join(t.main_characters)}. Summarize the first episode.",
+                    "synopsis": t.synopsis,
+                    "frames_path": f"frames/{t.mal_id}.parquet",
+                    "num_frames": n,
+                    "duration_s": 1440.0,
+                }
+            )
         path = root / f"{split}.parquet"
         schemas.conform(pl.DataFrame(rows), schemas.SAMPLES).write_parquet(path)
         return path
@@ -118,5 +168,15 @@ def _demo_dataset(root, frames_per_scene: int = 4):
 
 def test_learns_the_demo_catalog_colours(tiny_model_dir, tmp_path):
     train_path, val_path, palette = _demo_dataset(tmp_path)
-    _train_and_check(tiny_model_dir, train_path, val_path, tmp_path, tmp_path / "out", palette, steps=300,
-                     min_pairs=4, min_wins=5, gradient_checkpointing=False)
+    _train_and_check(
+        tiny_model_dir,
+        train_path,
+        val_path,
+        tmp_path,
+        tmp_path / "out",
+        palette,
+        steps=300,
+        min_pairs=4,
+        min_wins=5,
+        gradient_checkpointing=False,
+    )

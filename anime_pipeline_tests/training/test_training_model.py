@@ -4,19 +4,39 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from anime_pipeline.training.collator import VideoSFTCollator
-from anime_pipeline.training.model import (ModelSetupError, answer_loss, encode_frames, load_for_training,
-                                           param_report, smolvlm_parts, unwrap)
+from anime_pipeline.training.config import TrainConfig
+from anime_pipeline.training.model import (
+    ModelSetupError,
+    answer_loss,
+    encode_frames,
+    freeze_vision,
+    load_for_training,
+    param_report,
+    restore_forward,
+    smolvlm_parts,
+    unwrap,
+)
 
 from .conftest import make_sample
 
-CFG = SimpleNamespace(lora_r=4, lora_alpha=8, lora_dropout=0.0, use_dora=False, gradient_checkpointing=True,
-                      device="cpu")
+# The real config class (issue 18), so a renamed or retyped field breaks these tests. load_for_training
+# reads only the model/adapter fields; the data and output paths are placeholders it never opens.
+CFG = TrainConfig(
+    base_model="tiny",
+    train_samples="unused.parquet",
+    output_dir="unused",
+    lora_r=4,
+    lora_alpha=8,
+    lora_dropout=0.0,
+    use_dora=False,
+    gradient_checkpointing=True,
+    device="cpu",
+)
 
 
 def test_tiny_model_is_loadable_offline_and_idempotent(tiny_model_dir):
@@ -35,15 +55,27 @@ def test_tiny_model_is_loadable_offline_and_idempotent(tiny_model_dir):
     tc = m.config.text_config
     assert tc.num_attention_heads != tc.num_key_value_heads  # GQA
     assert m.lm_head.weight.data_ptr() != m.model.text_model.embed_tokens.weight.data_ptr()
-    assert json.loads((tiny_model_dir / "preprocessor_config.json").read_text())["do_image_splitting"] is False
+    assert (
+        json.loads((tiny_model_dir / "preprocessor_config.json").read_text())["do_image_splitting"] is False
+    )
     assert (tiny_model_dir / "chat_template.jinja").read_text() == __import__(
-        "anime_pipeline.training.prompt", fromlist=["x"]).chat_template()
+        "anime_pipeline.training.prompt", fromlist=["x"]
+    ).chat_template()
 
 
 def test_special_tokens_carry_real_names(tiny_processor):
     tok = tiny_processor.tokenizer
-    for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<image>", "<fake_token_around_image>",
-              "<global-img>", "<row_1_col_1>", "<row_6_col_6>", "<end_of_utterance>"):
+    for t in (
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|endoftext|>",
+        "<image>",
+        "<fake_token_around_image>",
+        "<global-img>",
+        "<row_1_col_1>",
+        "<row_6_col_6>",
+        "<end_of_utterance>",
+    ):
         assert tok.convert_tokens_to_ids(t) != tok.unk_token_id or t == "<|endoftext|>"
         assert tok.tokenize(t) == [t]
     assert tok.eos_token == "<end_of_utterance>" and tok.pad_token == "<|im_end|>"
@@ -81,6 +113,7 @@ def test_frozen_tower_no_grad_and_lora_only_on_text(lora_model, tiny_processor, 
     assert len(lora_modules) == 2 * 7 and all(".text_model." in n for n in lora_modules)
     kinds = {n.rsplit(".", 1)[-1] for n in lora_modules}
     assert kinds == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
     def checkpointing(m):
         flag = getattr(m, "is_activation_checkpointing", None)
         return flag if flag is not None else m.is_gradient_checkpointing
@@ -96,8 +129,24 @@ def test_frozen_tower_no_grad_and_lora_only_on_text(lora_model, tiny_processor, 
     assert torch.allclose(ref, loss_sum.detach() / n, atol=1e-5)
 
 
+def test_freeze_vision_patches_once_and_restore_forward_undoes_it(lora_model):
+    vision, connector, _ = smolvlm_parts(lora_model)
+    hooks = len(connector._forward_hooks)
+    wrapper = vision.__dict__["forward"]  # the no-grad wrapper is an instance attribute
+    freeze_vision(lora_model)  # idempotent: no second wrapper, no second cast hook
+    assert vision.__dict__["forward"] is wrapper and len(connector._forward_hooks) == hooks
+    restore_forward(vision)
+    assert "forward" not in vision.__dict__  # the class's forward again
+    vision.requires_grad_(True)
+    x = torch.zeros(1, 3, vision.config.image_size, vision.config.image_size)
+    assert vision(pixel_values=x).last_hidden_state.requires_grad  # autograd runs through the tower
+    vision.requires_grad_(False)
+    freeze_vision(lora_model)  # wraps it again: restore_forward cleared the mark
+    assert "forward" in vision.__dict__ and len(connector._forward_hooks) == hooks
+
+
 def test_dora_targets_text_only(tiny_model_dir):
-    cfg = SimpleNamespace(**{**vars(CFG), "use_dora": True})
+    cfg = dataclasses.replace(CFG, use_dora=True)
     model = load_for_training(str(tiny_model_dir), cfg)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("lora_magnitude_vector" in n for n in trainable)
@@ -105,7 +154,7 @@ def test_dora_targets_text_only(tiny_model_dir):
 
 
 def test_qlora_refuses_cpu(tiny_model_dir):
-    cfg = SimpleNamespace(**{**vars(CFG), "qlora": True})
+    cfg = dataclasses.replace(CFG, qlora=True)
     with pytest.raises(ModelSetupError, match="CUDA"):
         load_for_training(str(tiny_model_dir), cfg)
 
@@ -137,16 +186,19 @@ def test_cached_features_give_the_pixel_loss(lora_model, tiny_processor, sample3
     torch.testing.assert_close(direct[0], feats[0])
 
 
-def test_cache_keyed_by_frame_id_skips_pixels_on_the_second_epoch(lora_model, tiny_processor, tmp_path,
-                                                                  monkeypatch):
+def test_cache_keyed_by_frame_id_skips_pixels_on_the_second_epoch(
+    lora_model, tiny_processor, tmp_path, monkeypatch
+):
     from anime_pipeline.training.data import ShardVideoDataset
     from anime_pipeline.training.feature_cache import FeatureCache
     from anime_pipeline.training.processor import FramesProcessor
 
     from .conftest import write_dataset
 
-    titles = [{"mal_id": 1, "colours": ["red", "red", "blue"], "synopsis": "Red then blue."},
-              {"mal_id": 2, "colours": ["green", "cyan"], "synopsis": "Green then cyan."}]
+    titles = [
+        {"mal_id": 1, "colours": ["red", "red", "blue"], "synopsis": "Red then blue."},
+        {"mal_id": 2, "colours": ["green", "cyan"], "synopsis": "Green then cyan."},
+    ]
     ds = ShardVideoDataset(write_dataset(tmp_path, titles), tmp_path)
     model = lora_model
     model.eval()
@@ -154,22 +206,32 @@ def test_cache_keyed_by_frame_id_skips_pixels_on_the_second_epoch(lora_model, ti
     collator = VideoSFTCollator(tiny_processor, feature_cache=cache)
     built = []
     real_uint8 = FramesProcessor.frame_uint8
-    monkeypatch.setattr(FramesProcessor, "frame_uint8", lambda self, img: built.append(1) or real_uint8(self, img))
+    monkeypatch.setattr(
+        FramesProcessor, "frame_uint8", lambda self, img: built.append(1) or real_uint8(self, img)
+    )
 
     def epoch():
         batch = collator([ds[0], ds[1]])
         assert batch["frame_ids"] == [ds[0]["frame_ids"], ds[1]["frame_ids"]]
         with torch.no_grad():
-            feats = cache.get(model, batch.get("pixel_values"), batch.get("pixel_attention_mask"),
-                              frame_ids=batch["frame_ids"])
+            feats = cache.get(
+                model,
+                batch.get("pixel_values"),
+                batch.get("pixel_attention_mask"),
+                frame_ids=batch["frame_ids"],
+            )
             return batch, answer_loss(model, batch, image_features=feats)
 
     b1, (s1, n1) = epoch()
     assert "pixel_values" in b1 and len(built) == 5
     assert cache.misses == 5 and cache.hits == 0  # ids, not pixels: the two identical red frames are distinct
     with torch.no_grad():
-        pixel_loss = unwrap(model)(**{k: b1[k] for k in ("input_ids", "attention_mask", "labels", "pixel_values",
-                                                          "pixel_attention_mask")}).loss
+        pixel_loss = unwrap(model)(
+            **{
+                k: b1[k]
+                for k in ("input_ids", "attention_mask", "labels", "pixel_values", "pixel_attention_mask")
+            }
+        ).loss
     torch.testing.assert_close(s1 / n1, pixel_loss, rtol=1e-5, atol=1e-5)
 
     b2, (s2, n2) = epoch()  # second epoch: everything cached
@@ -178,16 +240,23 @@ def test_cache_keyed_by_frame_id_skips_pixels_on_the_second_epoch(lora_model, ti
     torch.testing.assert_close(s2 / n2, pixel_loss, rtol=1e-5, atol=1e-5)
 
     # a batch mixing a cached and a new sample: pixels only for the new one
-    ds3 = ShardVideoDataset(write_dataset(tmp_path / "b", [{"mal_id": 3, "colours": ["yellow", "purple"],
-                                                            "synopsis": "Yellow."}]), tmp_path / "b")
+    ds3 = ShardVideoDataset(
+        write_dataset(
+            tmp_path / "b", [{"mal_id": 3, "colours": ["yellow", "purple"], "synopsis": "Yellow."}]
+        ),
+        tmp_path / "b",
+    )
     b3 = collator([ds[0], ds3[0]])
     assert len(built) == 7 and not b3["pixel_values"][0].any() and b3["pixel_values"][1, :2].all()
     with torch.no_grad():
         feats = cache.get(model, b3["pixel_values"], b3["pixel_attention_mask"], frame_ids=b3["frame_ids"])
     assert [f.shape[0] for f in feats] == [3, 2] and cache.misses == 7 and cache.hits == 8
     # the key covers the preprocessing: another max_side is another entry
-    other = FeatureCache(tmp_path / "fc", model,
-                         preprocessing=dataclasses.replace(tiny_processor, max_side=96).preprocessing_id())
+    other = FeatureCache(
+        tmp_path / "fc",
+        model,
+        preprocessing=dataclasses.replace(tiny_processor, max_side=96).preprocessing_id(),
+    )
     assert not other.cached(ds[0]["frame_ids"]) and cache.cached(ds[0]["frame_ids"])
     with pytest.raises(RuntimeError, match="not cached"):
         other.get(model, None, frame_ids=[ds[0]["frame_ids"]])

@@ -12,8 +12,12 @@ def test_chat_template_is_the_hub_template():
 
 
 def test_n3_prompt_matches_reference_format(tiny_processor, sample3):
-    text = P.render_video_sample(sample3["timestamps"], sample3["duration_s"], "Summarize the episode.",
-                                 image_seq_len=tiny_processor.image_seq_len)
+    text = P.render_video_sample(
+        sample3["timestamps"],
+        sample3["duration_s"],
+        "Summarize the episode.",
+        image_seq_len=tiny_processor.image_seq_len,
+    )
     block = "<fake_token_around_image><global-img>" + "<image>" * 4 + "<fake_token_around_image>"
     expected = (
         "<|im_start|>User: You are provided the following series of three frames from a 0:00:03 [H:MM:SS] video.\n"
@@ -36,14 +40,17 @@ def test_n3_prompt_matches_reference_format(tiny_processor, sample3):
 def test_rendering_matches_tokenizer_chat_template(tiny_processor, sample3):
     msgs = P.video_messages(sample3["timestamps"], sample3["duration_s"], "Q?", "An answer.")
     ours = P.render(msgs)
-    theirs = tiny_processor.tokenizer.apply_chat_template(msgs, tokenize=False, chat_template=P.chat_template())
+    theirs = tiny_processor.tokenizer.apply_chat_template(
+        msgs, tokenize=False, chat_template=P.chat_template()
+    )
     assert ours == theirs
     assert ours.endswith("<end_of_utterance>\nAssistant: An answer.<end_of_utterance>\n")
     # the processor (what the collators call) renders through the tokenizer's apply_chat_template
     assert tiny_processor.render(msgs) == ours
     prompt_only = msgs[:1]
-    assert tiny_processor.render(prompt_only, add_generation_prompt=True) == P.render(prompt_only,
-                                                                                      add_generation_prompt=True)
+    assert tiny_processor.render(prompt_only, add_generation_prompt=True) == P.render(
+        prompt_only, add_generation_prompt=True
+    )
 
 
 def test_time_formats_and_number_words():
@@ -54,7 +61,10 @@ def test_time_formats_and_number_words():
     assert P.format_duration(3725) == "1:02:05"
     assert P.number_words(64) == "sixty-four"
     intro = P.video_user_content([0.0] * 24, 1439.0, "q")[0]["text"]
-    assert intro == "You are provided the following series of twenty-four frames from a 0:23:59 [H:MM:SS] video.\n"
+    assert (
+        intro
+        == "You are provided the following series of twenty-four frames from a 0:23:59 [H:MM:SS] video.\n"
+    )
 
 
 def test_uniform_indices_keep_ends_and_spread():

@@ -26,8 +26,17 @@ REAL_CONFIG = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "smo
 class FakeLinear4bit(nn.Linear):
     """Stands in for `bitsandbytes.nn.Linear4bit` (same constructor arguments)."""
 
-    def __init__(self, in_features, out_features, bias=True, compute_dtype=None, compress_statistics=True,
-                 quant_type="fp4", quant_storage=torch.uint8, device=None):
+    def __init__(
+        self,
+        in_features,
+        out_features,
+        bias=True,
+        compute_dtype=None,
+        compress_statistics=True,
+        quant_type="fp4",
+        quant_storage=torch.uint8,
+        device=None,
+    ):
         super().__init__(in_features, out_features, bias, device=device)
         self.quant_storage = quant_storage
 
@@ -42,8 +51,9 @@ def _quantized_module_names(monkeypatch, skip: list[str]) -> tuple[list[str], li
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(cfg, dtype=torch.bfloat16)
     linears = [n for n, m in model.named_modules() if type(m) is nn.Linear]
-    monkeypatch.setattr(tib, "bnb", types.SimpleNamespace(nn=types.SimpleNamespace(Linear4bit=FakeLinear4bit)),
-                        raising=False)
+    monkeypatch.setattr(
+        tib, "bnb", types.SimpleNamespace(nn=types.SimpleNamespace(Linear4bit=FakeLinear4bit)), raising=False
+    )
     qc = qlora_config(torch.bfloat16)
     qc.llm_int8_skip_modules = list(skip)
     Bnb4BitHfQuantizer(qc)._process_model_before_weight_loading(model, device_map=None)
@@ -54,7 +64,9 @@ def test_qlora_quantizes_only_the_text_model_of_the_real_architecture(monkeypatc
     quantized, linears = _quantized_module_names(monkeypatch, QLORA_SKIP_MODULES)
     vision = [n for n in linears if n.startswith("model.vision_model.")]
     text = [n for n in linears if n.startswith("model.text_model.")]
-    assert len(vision) == 72 and "model.connector.modality_projection.proj" in linears and "lm_head" in linears
+    assert (
+        len(vision) == 72 and "model.connector.modality_projection.proj" in linears and "lm_head" in linears
+    )
     assert len(text) == 224  # 32 layers × q/k/v/o/gate/up/down
     assert sorted(quantized) == sorted(text)  # every text projection in 4 bit, nothing else
     assert not [n for n in quantized if "vision_model" in n or "connector" in n or n == "lm_head"]
