@@ -58,9 +58,30 @@ Reporter = Callable[[dict], None]
 RUN_STATE = "run_state.json"
 # Fields that must match for a checkpoint to be resumed: data, model, adapter and the whole optimisation
 # schedule (a resumed run must continue the same learning-rate curve over the same number of steps).
-RESUME_KEYS = ("base_model", "train_samples", "train_split", "lora_r", "lora_alpha", "lora_dropout", "use_dora",
-               "qlora", "batch_size", "grad_accum", "max_frames", "max_length", "max_side", "seed", "mask_policy",
-               "lr", "weight_decay", "warmup_steps", "lr_schedule", "max_grad_norm", "epochs", "max_steps")
+RESUME_KEYS = (
+    "base_model",
+    "train_samples",
+    "train_split",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "use_dora",
+    "qlora",
+    "batch_size",
+    "grad_accum",
+    "max_frames",
+    "max_length",
+    "max_side",
+    "seed",
+    "mask_policy",
+    "lr",
+    "weight_decay",
+    "warmup_steps",
+    "lr_schedule",
+    "max_grad_norm",
+    "epochs",
+    "max_steps",
+)
 
 
 class ResumeError(RuntimeError):
@@ -132,8 +153,9 @@ def cached_features(cache, model, batch: dict):
     present (pixels only for frames not cached yet), else by pixels."""
     if cache is None:
         return None
-    return cache.get(model, batch.get("pixel_values"), batch.get("pixel_attention_mask"),
-                     frame_ids=batch.get("frame_ids"))
+    return cache.get(
+        model, batch.get("pixel_values"), batch.get("pixel_attention_mask"), frame_ids=batch.get("frame_ids")
+    )
 
 
 def _distributed() -> bool:
@@ -181,8 +203,8 @@ def evaluate(model, loader, device: torch.device, *, cache=None, processor=None)
             count += n
     finally:
         model.train(was_training)
-    total, count = _all_reduce_sum([total, count], device)
-    return total / count if count else None
+    loss_total, token_count = _all_reduce_sum([total, count], device)
+    return loss_total / token_count if token_count else None
 
 
 # Trainer pieces ----------------------------------------------------------------------------------
@@ -218,8 +240,13 @@ def _make_trainer_class():
         """Trainer with our loss, sampler, schedule and adapter-only checkpoint weights (see module doc)."""
 
         def __init__(self, *args, cfg: TrainConfig, peft_model, cache, processor, sampler, **kwargs):
-            self.cfg, self.peft_model, self.cache, self.processor, self.sampler = (cfg, peft_model, cache,
-                                                                                   processor, sampler)
+            self.cfg, self.peft_model, self.cache, self.processor, self.sampler = (
+                cfg,
+                peft_model,
+                cache,
+                processor,
+                sampler,
+            )
             self.window = {"loss": 0.0, "samples": 0, "items": 0}  # the current optimizer step, this rank
             self.frames_dropped = 0
             super().__init__(*args, **kwargs)
@@ -238,8 +265,12 @@ def _make_trainer_class():
         def create_scheduler(self, num_training_steps: int, optimizer=None):
             if self.lr_scheduler is None:
                 cfg = self.cfg
+                opt = optimizer or self.optimizer
+                if opt is None:
+                    raise RuntimeError("create_scheduler called before the optimizer was created")
                 self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-                    optimizer or self.optimizer, lambda step: lr_factor(cfg, step, num_training_steps))
+                    opt, lambda step: lr_factor(cfg, step, num_training_steps)
+                )
                 self._created_lr_scheduler = True
             return self.lr_scheduler
 
@@ -261,7 +292,9 @@ def _make_trainer_class():
 
         def _save(self, output_dir=None, state_dict=None):
             if self.args.should_save:
-                self.peft_model.save_pretrained(str(output_dir or self.args.output_dir), safe_serialization=True)
+                self.peft_model.save_pretrained(
+                    str(output_dir or self.args.output_dir), safe_serialization=True
+                )
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
             from peft import set_peft_model_state_dict
@@ -280,8 +313,18 @@ def _make_progress_callback():
     class _Progress(TrainerCallback):
         """Events for the reporter (rank 0), the run's loss history, and `run_state.json` in each checkpoint."""
 
-        def __init__(self, cfg: TrainConfig, report: Reporter, run: dict, *, n_train: int, world_size: int,
-                     device: torch.device, start_info: dict, evaluate_before=None):
+        def __init__(
+            self,
+            cfg: TrainConfig,
+            report: Reporter,
+            run: dict,
+            *,
+            n_train: int,
+            world_size: int,
+            device: torch.device,
+            start_info: dict,
+            evaluate_before=None,
+        ):
             self.cfg, self.report, self.run, self.n_train = cfg, report, run, n_train
             self.world_size, self.device, self.start_info = world_size, device, start_info
             self.evaluate_before = evaluate_before  # val loss of the base model, once per run (not on resume)
@@ -291,8 +334,14 @@ def _make_progress_callback():
             self.last_loss = float("nan")
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.report({"event": "start", "total_steps": state.max_steps, "start_step": state.global_step,
-                         **self.start_info})
+            self.report(
+                {
+                    "event": "start",
+                    "total_steps": state.max_steps,
+                    "start_step": state.global_step,
+                    **self.start_info,
+                }
+            )
             if self.evaluate_before is not None and self.run["val_loss_before"] is None:
                 self.run["val_loss_before"] = self.evaluate_before()
                 self.report({"event": "eval", "phase": "before", "val_loss": self.run["val_loss_before"]})
@@ -313,10 +362,16 @@ def _make_progress_callback():
             if "loss" not in logs or not (step % self.cfg.log_every == 0 or step == state.max_steps):
                 return
             elapsed = time.perf_counter() - self.t0
-            event = {"event": "progress", "step": step, "total_steps": state.max_steps, "loss": self.last_loss,
-                     "lr": logs.get("learning_rate"),
-                     "samples_per_s": self.run_samples / elapsed if elapsed > 0 else 0.0,
-                     "epoch": self.run["samples_seen"] / self.n_train, "elapsed_s": elapsed}
+            event = {
+                "event": "progress",
+                "step": step,
+                "total_steps": state.max_steps,
+                "loss": self.last_loss,
+                "lr": logs.get("learning_rate"),
+                "samples_per_s": self.run_samples / elapsed if elapsed > 0 else 0.0,
+                "epoch": self.run["samples_seen"] / self.n_train,
+                "elapsed_s": elapsed,
+            }
             if self.cfg.max_grad_norm and logs.get("grad_norm") is not None:
                 event["grad_norm"] = float(logs["grad_norm"])  # before clipping
             self.report(event)
@@ -325,8 +380,11 @@ def _make_progress_callback():
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if args.should_save:  # written last: marks the checkpoint complete
                 tmp = path / f".{RUN_STATE}.tmp"
-                tmp.write_text(json.dumps({"config": self.cfg.to_dict(), "world_size": self.world_size,
-                                           "state": self.run}))
+                tmp.write_text(
+                    json.dumps(
+                        {"config": self.cfg.to_dict(), "world_size": self.world_size, "state": self.run}
+                    )
+                )
                 os.replace(tmp, path / RUN_STATE)
             self.report({"event": "checkpoint", "step": state.global_step, "path": str(path)})
 
@@ -367,18 +425,36 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     pin = (wanted.type == "cuda") if cfg.pin_memory is None else bool(cfg.pin_memory)
     # the launcher's process group (gloo on CPU, nccl on CUDA) is joined here (accelerate's PartialState)
     args = TrainingArguments(
-        output_dir=str(ckpt_root), per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
-        max_grad_norm=float(cfg.max_grad_norm or 0.0), num_train_epochs=float(cfg.epochs),
-        max_steps=cfg.max_steps or -1, optim="adamw_torch", logging_strategy="steps", logging_steps=1,
-        save_strategy="steps", save_steps=cfg.save_steps or 10**9, save_total_limit=cfg.keep_checkpoints,
-        seed=cfg.seed, use_cpu=wanted.type == "cpu", report_to="none", disable_tqdm=True,
-        remove_unused_columns=False, ddp_find_unused_parameters=False, ddp_broadcast_buffers=False,
-        dataloader_num_workers=workers, dataloader_pin_memory=pin, dataloader_persistent_workers=workers > 0,
+        output_dir=str(ckpt_root),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=float(cfg.max_grad_norm or 0.0),
+        num_train_epochs=float(cfg.epochs),
+        max_steps=cfg.max_steps or -1,
+        optim="adamw_torch",
+        logging_strategy="steps",
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=cfg.save_steps or 10**9,
+        save_total_limit=cfg.keep_checkpoints,
+        seed=cfg.seed,
+        use_cpu=wanted.type == "cpu",
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        ddp_find_unused_parameters=False,
+        ddp_broadcast_buffers=False,
+        dataloader_num_workers=workers,
+        dataloader_pin_memory=pin,
+        dataloader_persistent_workers=workers > 0,
         dataloader_prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
         # spawned, not forked: polars (and OpenMP) thread pools deadlock in forked children
         dataloader_multiprocessing_context="spawn" if workers > 0 else None,
-        average_tokens_across_devices=True, bf16=False, fp16=False,
+        average_tokens_across_devices=True,
+        bf16=False,
+        fp16=False,
     )
     device = args.device
     rank, world_size = args.process_index, args.world_size
@@ -392,14 +468,24 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     # Data ----------------------------------------------------------------------------------------
     processor = load_processor(cfg.base_model, max_side=cfg.max_side)
     uint8_pixels = (device.type == "cuda") if cfg.uint8_pixels is None else bool(cfg.uint8_pixels)
-    collator = VideoSFTCollator(processor, max_length=cfg.max_length, mask_policy=cfg.mask_policy,
-                                padding_side="right", return_stats=True, uint8_pixels=uint8_pixels)
-    train_ds = ShardVideoDataset(cfg.train_samples, Path(cfg.data_home), cfg.max_frames, split=cfg.train_split)
+    collator = VideoSFTCollator(
+        processor,
+        max_length=cfg.max_length,
+        mask_policy=cfg.mask_policy,
+        padding_side="right",
+        return_stats=True,
+        uint8_pixels=uint8_pixels,
+    )
+    train_ds = ShardVideoDataset(
+        cfg.train_samples, Path(cfg.data_home), cfg.max_frames, split=cfg.train_split
+    )
     # a sample that cannot fit max_length even with one frame is recorded and left out, not fatal
     skipped = [dict(r, split="train") for r in train_ds.drop_too_long(collator)]
     if len(train_ds) == 0:
-        raise ValueError(f"no training samples in {cfg.train_samples}"
-                         + (f" ({len(skipped)} longer than max_length={cfg.max_length})" if skipped else ""))
+        raise ValueError(
+            f"no training samples in {cfg.train_samples}"
+            + (f" ({len(skipped)} longer than max_length={cfg.max_length})" if skipped else "")
+        )
     val_ds = None
     if cfg.val_samples:
         val_ds = ShardVideoDataset(cfg.val_samples, Path(cfg.data_home), cfg.max_frames, split=cfg.val_split)
@@ -417,9 +503,16 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     val_loader = None
     if val_ds is not None:
         val_sampler = EpochSampler(len(val_ds), shuffle=False, rank=rank, world_size=world_size, pad=False)
-        val_loader = make_dataloader(val_ds, collator, batch_size=cfg.eval_batch_size, shuffle=False,
-                                     num_workers=workers, pin_memory=pin, prefetch_factor=cfg.prefetch_factor,
-                                     sampler=val_sampler)
+        val_loader = make_dataloader(
+            val_ds,
+            collator,
+            batch_size=cfg.eval_batch_size,
+            shuffle=False,
+            num_workers=workers,
+            pin_memory=pin,
+            prefetch_factor=cfg.prefetch_factor,
+            sampler=val_sampler,
+        )
 
     # Model ---------------------------------------------------------------------------------------
     model = load_for_training(cfg.base_model, dataclasses.replace(cfg, device=str(device)))
@@ -430,8 +523,11 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
         from anime_pipeline.training.feature_cache import FeatureCache
 
         # shared by the ranks: entries are written atomically (same key → same features)
-        cache = FeatureCache(Path(cfg.feature_cache_dir or out_dir / "feature-cache"), model,
-                             preprocessing=processor.preprocessing_id())
+        cache = FeatureCache(
+            Path(cfg.feature_cache_dir or out_dir / "feature-cache"),
+            model,
+            preprocessing=processor.preprocessing_id(),
+        )
         collator.feature_cache = cache  # before any loader iterates: workers get it with the collator
 
     # Resume (every rank reads the checkpoint) ------------------------------------------------------
@@ -441,15 +537,20 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     if existing and cfg.resume:
         step_no, ck = existing[-1]
         saved = json.loads((ck / RUN_STATE).read_text())
-        mismatch = {k: (saved["config"].get(k), getattr(cfg, k)) for k in RESUME_KEYS
-                    if saved["config"].get(k) != getattr(cfg, k)}
+        mismatch = {
+            k: (saved["config"].get(k), getattr(cfg, k))
+            for k in RESUME_KEYS
+            if saved["config"].get(k) != getattr(cfg, k)
+        }
         if saved.get("world_size", 1) != world_size:
             mismatch["world_size"] = (saved.get("world_size", 1), world_size)
         if mismatch:
             changes = ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in mismatch.items())
-            raise ResumeError(f"cannot resume {ck}: it was made with other settings ({changes}); a resumed "
-                              "run must keep the data, model and schedule. Use another output_dir, or "
-                              "resume=false to start afresh")
+            raise ResumeError(
+                f"cannot resume {ck}: it was made with other settings ({changes}); a resumed "
+                "run must keep the data, model and schedule. Use another output_dir, or "
+                "resume=false to start afresh"
+            )
         run = saved["state"]
         resume_from = (step_no, ck)
         report({"event": "resume", "step": step_no, "checkpoint": str(ck)})
@@ -462,16 +563,36 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     if dp:
         _ddp_ignore_frozen(module)
     progress = _make_progress_callback()(
-        cfg, report, run, n_train=len(train_ds), world_size=world_size, device=device,
-        start_info={"device": str(device), "dtype": str(dtype).replace("torch.", ""),
-                    "train_samples": len(train_ds), "val_samples": len(val_ds) if val_ds else 0,
-                    "params": params, **({"world_size": world_size} if dp else {})},
+        cfg,
+        report,
+        run,
+        n_train=len(train_ds),
+        world_size=world_size,
+        device=device,
+        start_info={
+            "device": str(device),
+            "dtype": str(dtype).replace("torch.", ""),
+            "train_samples": len(train_ds),
+            "val_samples": len(val_ds) if val_ds else 0,
+            "params": params,
+            **({"world_size": world_size} if dp else {}),
+        },
         evaluate_before=(lambda: evaluate(model, val_loader, device, cache=cache, processor=processor))
-        if val_loader is not None else None)
+        if val_loader is not None
+        else None,
+    )
     trainer = _make_trainer_class()(
-        model=module, args=args, train_dataset=train_ds, data_collator=collator, callbacks=[progress],
-        cfg=cfg, peft_model=model, cache=cache, processor=processor,
-        sampler=EpochSampler(len(train_ds), shuffle=True, seed=cfg.seed))
+        model=module,
+        args=args,
+        train_dataset=train_ds,
+        data_collator=collator,
+        callbacks=[progress],
+        cfg=cfg,
+        peft_model=model,
+        cache=cache,
+        processor=processor,
+        sampler=EpochSampler(len(train_ds), shuffle=True, seed=cfg.seed),
+    )
     trainer.remove_callback(PrinterCallback)  # would print Trainer's log dicts on stdout
     progress.trainer = trainer
     trainer.train(resume_from_checkpoint=str(resume_from[1]) if resume_from else None)
@@ -487,23 +608,40 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     if main:
         save_adapter(model, adapter_dir)
     hits, misses = (cache.hits, cache.misses) if cache else (0, 0)
-    frames_dropped, hits, misses = (int(x) for x in _all_reduce_sum([trainer.frames_dropped, hits, misses], device))
+    frames_dropped, hits, misses = (
+        int(x) for x in _all_reduce_sum([trainer.frames_dropped, hits, misses], device)
+    )
     _barrier()  # the adapter is written
     mem, mem_kind = peak_memory(device)
     hist = run["loss_history"]
     result = TrainResult(
-        steps=trainer.state.global_step, total_steps=total_steps,
+        steps=trainer.state.global_step,
+        total_steps=total_steps,
         resumed_from_step=resume_from[0] if resume_from else None,
-        epochs=run["samples_seen"] / len(train_ds), train_samples=len(train_ds),
-        val_samples=len(val_ds) if val_ds else 0, samples_seen=run["samples_seen"],
-        loss_start=hist[0] if hist else None, loss_end=hist[-1] if hist else None, loss_history=list(hist),
-        val_loss_before=run["val_loss_before"], val_loss_after=val_after,
+        epochs=run["samples_seen"] / len(train_ds),
+        train_samples=len(train_ds),
+        val_samples=len(val_ds) if val_ds else 0,
+        samples_seen=run["samples_seen"],
+        loss_start=hist[0] if hist else None,
+        loss_end=hist[-1] if hist else None,
+        loss_history=list(hist),
+        val_loss_before=run["val_loss_before"],
+        val_loss_after=val_after,
         samples_per_s=progress.run_samples / train_seconds if train_seconds > 0 else 0.0,
-        train_seconds=train_seconds, peak_memory_bytes=mem, peak_memory_kind=mem_kind, device=str(device),
-        dtype=str(dtype).replace("torch.", ""), adapter_path=str(adapter_dir),
-        adapter_bytes=dir_bytes(adapter_dir), trainable_params=params["total"]["trainable"],
-        frozen_params=params["total"]["frozen"], params=params, frames_dropped=frames_dropped,
-        feature_cache_hits=hits, feature_cache_misses=misses, world_size=world_size,
+        train_seconds=train_seconds,
+        peak_memory_bytes=mem,
+        peak_memory_kind=mem_kind,
+        device=str(device),
+        dtype=str(dtype).replace("torch.", ""),
+        adapter_path=str(adapter_dir),
+        adapter_bytes=dir_bytes(adapter_dir),
+        trainable_params=params["total"]["trainable"],
+        frozen_params=params["total"]["frozen"],
+        params=params,
+        frames_dropped=frames_dropped,
+        feature_cache_hits=hits,
+        feature_cache_misses=misses,
+        world_size=world_size,
         skipped_samples=len(skipped),
     )
     if main:

@@ -47,26 +47,52 @@ def test_rank_shards_are_interleaved_even_and_cover_the_order(n, world):
 
 
 def _run_cfg(tiny_model_dir, ds, out: Path, **kw) -> dict:
-    base = dict(base_model=str(tiny_model_dir), train_samples=str(ds["train"]), val_samples=str(ds["val"]),
-                data_home=str(ds["home"]), output_dir=str(out), lora_r=4, lora_alpha=8, lora_dropout=0.0,
-                lr=2e-3, grad_accum=2, max_steps=2, save_steps=1, keep_checkpoints=2, torch_threads=1,
-                gradient_checkpointing=True, warmup_steps=1, val_max_samples=3, seed=11, device="cpu",
-                num_workers=0)
+    base = dict(
+        base_model=str(tiny_model_dir),
+        train_samples=str(ds["train"]),
+        val_samples=str(ds["val"]),
+        data_home=str(ds["home"]),
+        output_dir=str(out),
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        lr=2e-3,
+        grad_accum=2,
+        max_steps=2,
+        save_steps=1,
+        keep_checkpoints=2,
+        torch_threads=1,
+        gradient_checkpointing=True,
+        warmup_steps=1,
+        val_max_samples=3,
+        seed=11,
+        device="cpu",
+        num_workers=0,
+    )
     base.update(kw)
     return base
 
 
 def _env() -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("DAGSTER_PIPES") and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=str(REPO))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("DAGSTER_PIPES") and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    }
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        CUDA_VISIBLE_DEVICES="",
+        PYTHONPATH=str(REPO),
+    )
     return env
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tiny_model_dir, colour_dataset,
-                                                                             tmp_path):
+def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(
+    tiny_model_dir, colour_dataset, tmp_path
+):
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForImageTextToText
@@ -78,8 +104,10 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tin
         pytest.skip("torchrun is not installed in this environment")
     # one process, batch 2 × grad_accum 2 (in-process: the single-process path is the unchanged loop)
     single_events: list[dict] = []
-    single = train(TrainConfig(**_run_cfg(tiny_model_dir, colour_dataset, tmp_path / "one", batch_size=2)),
-                   reporter=single_events.append)
+    single = train(
+        TrainConfig(**_run_cfg(tiny_model_dir, colour_dataset, tmp_path / "one", batch_size=2)),
+        reporter=single_events.append,
+    )
 
     # two processes, batch 1 × grad_accum 2 each: same global batch (4 samples per optimizer step)
     out = tmp_path / "two"
@@ -106,24 +134,31 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tin
     ck = out / "checkpoints/checkpoint-2"
     assert (ck / "rng_state_0.pth").is_file() and (ck / "rng_state_1.pth").is_file()  # one RNG state per rank
     assert json.loads((ck / "run_state.json").read_text())["world_size"] == 2
-    model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tiny_model_dir,
-                                                                                  use_safetensors=True),
-                                      str(out / "adapter"))
+    model = PeftModel.from_pretrained(
+        AutoModelForImageTextToText.from_pretrained(tiny_model_dir, use_safetensors=True),
+        str(out / "adapter"),
+    )
     assert model.peft_config["default"].r == 4
 
     # DDP averages gradients; × world size over all-rank token counts gives the single-process step
     a = load_file(str(Path(single.adapter_path) / "adapter_model.safetensors"))
     b = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys()
-    moved = sum(float((b[k] - load_file(str(out / "checkpoints/checkpoint-1/adapter_model.safetensors"))[k])
-                      .abs().sum()) for k in b)
+    moved = sum(
+        float(
+            (b[k] - load_file(str(out / "checkpoints/checkpoint-1/adapter_model.safetensors"))[k]).abs().sum()
+        )
+        for k in b
+    )
     assert moved > 0
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=2e-5)
     assert result["loss_history"] == pytest.approx(single.loss_history, rel=1e-4)
     # AdamW hides a gradient scale error in the weights; the (pre-clipping) gradient norm does not
     norms = [e["grad_norm"] for e in events if e["event"] == "progress"]
-    assert norms == pytest.approx([e["grad_norm"] for e in single_events if e["event"] == "progress"], rel=1e-4)
+    assert norms == pytest.approx(
+        [e["grad_norm"] for e in single_events if e["event"] == "progress"], rel=1e-4
+    )
     assert result["val_loss_before"] == pytest.approx(single.val_loss_before, rel=1e-5)
     assert result["val_loss_after"] == pytest.approx(single.val_loss_after, rel=1e-4)
 
@@ -136,8 +171,14 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tin
     shutil.rmtree(res / "checkpoints/checkpoint-2")
     shutil.rmtree(res / "adapter")
     cfg_path.write_text(json.dumps(_run_cfg(tiny_model_dir, colour_dataset, res, batch_size=1)))
-    proc = subprocess.run(training_command(cfg_path, gpus=2, launcher="torchrun", bin_dir=BIN),
-                          capture_output=True, text=True, env=_env(), timeout=600, cwd=REPO)
+    proc = subprocess.run(
+        training_command(cfg_path, gpus=2, launcher="torchrun", bin_dir=BIN),
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=600,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [e["step"] for e in events if e["event"] == "resume"] == [1]
@@ -162,18 +203,40 @@ def test_torchrun_under_dagster_pipes_reports_once_from_rank_0(tiny_model_dir, c
     out = tmp_path / "pipes"
     # the file says 5 steps and another output dir; the Pipes extras (read by every rank) say otherwise
     cfg_path = tmp_path / "file.json"
-    cfg_path.write_text(json.dumps(_run_cfg(tiny_model_dir, colour_dataset, tmp_path / "wrong", batch_size=1,
-                                            max_steps=5, save_steps=0)))
+    cfg_path.write_text(
+        json.dumps(
+            _run_cfg(
+                tiny_model_dir, colour_dataset, tmp_path / "wrong", batch_size=1, max_steps=5, save_steps=0
+            )
+        )
+    )
     extras = {"train_config": {"output_dir": str(out), "max_steps": 1}}
-    context = {"asset_keys": ["tiny_adapter"], "code_version_by_asset_key": None,
-               "provenance_by_asset_key": None, "partition_key": None, "partition_key_range": None,
-               "partition_time_window": None, "run_id": "r1", "job_name": "j", "retry_number": 0, "extras": extras}
+    context = {
+        "asset_keys": ["tiny_adapter"],
+        "code_version_by_asset_key": None,
+        "provenance_by_asset_key": None,
+        "partition_key": None,
+        "partition_key_range": None,
+        "partition_time_window": None,
+        "run_id": "r1",
+        "job_name": "j",
+        "retry_number": 0,
+        "extras": extras,
+    }
     messages = tmp_path / "messages.jsonl"
     env = _env()
-    env.update(DAGSTER_PIPES_CONTEXT=encode_param({"data": context}),
-               DAGSTER_PIPES_MESSAGES=encode_param({"path": str(messages)}))
-    proc = subprocess.run(training_command(cfg_path, gpus=2, launcher="torchrun", bin_dir=BIN),
-                          capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+    env.update(
+        DAGSTER_PIPES_CONTEXT=encode_param({"data": context}),
+        DAGSTER_PIPES_MESSAGES=encode_param({"path": str(messages)}),
+    )
+    proc = subprocess.run(
+        training_command(cfg_path, gpus=2, launcher="torchrun", bin_dir=BIN),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     methods = [json.loads(line)["method"] for line in messages.read_text().splitlines() if line.strip()]
     assert methods.count("opened") == 1 and methods.count("closed") == 1 and methods[-1] == "closed"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
-
 from anime_pipeline.training.train import ResumeError, TrainConfig, TrainResult, train
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
 
 class Interrupt(RuntimeError):
@@ -21,16 +21,35 @@ class Interrupt(RuntimeError):
 
 
 def _cfg(tiny_model_dir, ds, out: Path, **kw) -> TrainConfig:
-    base = dict(base_model=str(tiny_model_dir), train_samples=str(ds["train"]), val_samples=str(ds["val"]),
-                data_home=str(ds["home"]), output_dir=str(out), lora_r=4, lora_alpha=8, lora_dropout=0.1,
-                lr=2e-3, batch_size=2, grad_accum=2, max_steps=6, save_steps=2, keep_checkpoints=2,
-                torch_threads=1, gradient_checkpointing=True, warmup_steps=1, val_max_samples=2, seed=7)
+    base = dict(
+        base_model=str(tiny_model_dir),
+        train_samples=str(ds["train"]),
+        val_samples=str(ds["val"]),
+        data_home=str(ds["home"]),
+        output_dir=str(out),
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.1,
+        lr=2e-3,
+        batch_size=2,
+        grad_accum=2,
+        max_steps=6,
+        save_steps=2,
+        keep_checkpoints=2,
+        torch_threads=1,
+        gradient_checkpointing=True,
+        warmup_steps=1,
+        val_max_samples=2,
+        seed=7,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
 
 def test_config_json_roundtrip(tmp_path):
-    cfg = TrainConfig(base_model="m", train_samples="t.parquet", output_dir="o", max_length=2048, use_dora=True)
+    cfg = TrainConfig(
+        base_model="m", train_samples="t.parquet", output_dir="o", max_length=2048, use_dora=True
+    )
     p = tmp_path / "c.json"
     cfg.to_json(p)
     assert TrainConfig.from_json(p) == cfg
@@ -90,8 +109,13 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_model_dir, col
     with pytest.raises(ResumeError):
         train(_cfg(tiny_model_dir, colour_dataset, out, lora_r=8))
     # a changed schedule (learning rate, its shape, the number of steps or epochs) is refused, by name
-    for change in ({"lr_schedule": "linear"}, {"lr": 1e-3}, {"max_steps": 8}, {"warmup_steps": 2},
-                   {"max_steps": None, "epochs": 2.0}):
+    for change in (
+        {"lr_schedule": "linear"},
+        {"lr": 1e-3},
+        {"max_steps": 8},
+        {"warmup_steps": 2},
+        {"max_steps": None, "epochs": 2.0},
+    ):
         with pytest.raises(ResumeError, match=f"{next(iter(change))}: .* in the checkpoint, .* now"):
             train(_cfg(tiny_model_dir, colour_dataset, out, **change))
     fresh = train(_cfg(tiny_model_dir, colour_dataset, out, resume=False, max_steps=1, save_steps=0))
@@ -106,8 +130,16 @@ def test_result_and_adapter_are_loadable(tiny_model_dir, colour_dataset, tmp_pat
     from anime_pipeline.training.inference import compute_loss, generate_captions, load_model
     from anime_pipeline.training.processor import load_processor
 
-    cfg = _cfg(tiny_model_dir, colour_dataset, tmp_path / "r", max_steps=3, save_steps=0, feature_cache=True,
-               use_dora=True, max_length=100)
+    cfg = _cfg(
+        tiny_model_dir,
+        colour_dataset,
+        tmp_path / "r",
+        max_steps=3,
+        save_steps=0,
+        feature_cache=True,
+        use_dora=True,
+        max_length=100,
+    )
     res = train(cfg)
     assert isinstance(res, TrainResult)
     assert res.adapter_bytes > 0 and res.trainable_params > 0 and res.frozen_params > res.trainable_params
@@ -142,9 +174,14 @@ def test_cli_runs_training_and_writes_a_peft_adapter(tiny_model_dir, colour_data
     cfg.to_json(cfg_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_PIPES")}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "anime_pipeline.training", "--config", str(cfg_path),
-                           "--set", "log_every=1"], capture_output=True, text=True, env=env, timeout=300,
-                          cwd=Path(__file__).resolve().parents[2])
+    proc = subprocess.run(
+        [sys.executable, "-m", "anime_pipeline.training", "--config", str(cfg_path), "--set", "log_every=1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     kinds = [e["event"] for e in events]
@@ -155,8 +192,9 @@ def test_cli_runs_training_and_writes_a_peft_adapter(tiny_model_dir, colour_data
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tiny_model_dir),
-                                      done["adapter_path"])
+    model = PeftModel.from_pretrained(
+        AutoModelForImageTextToText.from_pretrained(tiny_model_dir), done["adapter_path"]
+    )
     assert model.peft_config["default"].r == 4
 
 
@@ -166,12 +204,33 @@ def test_cli_flags_are_the_config_fields(tmp_path):
     cfg = TrainConfig(base_model="m", train_samples="t.parquet", output_dir="o", lr=2e-4, max_frames=64)
     path = tmp_path / "c.json"
     cfg.to_json(path)
-    args = parse_cli(["--config", str(path), "--lr", "1e-3", "--max_frames", "8", "--qlora", "true",
-                      "--no_gradient_checkpointing", "--set", "lr=5e-4", "--lr_schedule", "linear"])
+    args = parse_cli(
+        [
+            "--config",
+            str(path),
+            "--lr",
+            "1e-3",
+            "--max_frames",
+            "8",
+            "--qlora",
+            "true",
+            "--no_gradient_checkpointing",
+            "--set",
+            "lr=5e-4",
+            "--lr_schedule",
+            "linear",
+        ]
+    )
     got = build_config(args.config, args.overrides, {"train_config": {"max_frames": 16, "seed": 3}})
     # file < Pipes extras < --set < flags; fields not given keep the file's value
     assert (got.lr, got.max_frames, got.qlora, got.gradient_checkpointing, got.lr_schedule, got.seed) == (
-        1e-3, 8, True, False, "linear", 3)
+        1e-3,
+        8,
+        True,
+        False,
+        "linear",
+        3,
+    )
     assert (got.base_model, got.output_dir, got.max_steps) == ("m", "o", None)
     assert build_config(*vars(parse_cli(["--config", str(path)])).values()) == cfg
     with pytest.raises(SystemExit):
@@ -190,15 +249,32 @@ def test_cli_under_dagster_pipes_reports_logs_and_materialization(tiny_model_dir
 
     cfg = _cfg(tiny_model_dir, colour_dataset, tmp_path / "pipes", max_steps=2, save_steps=0)
     messages = tmp_path / "messages.jsonl"
-    context = {"asset_keys": ["tiny_adapter"], "code_version_by_asset_key": None,
-               "provenance_by_asset_key": None, "partition_key": None, "partition_key_range": None,
-               "partition_time_window": None, "run_id": "r1", "job_name": "j", "retry_number": 0,
-               "extras": {"train_config": cfg.to_dict()}}
+    context = {
+        "asset_keys": ["tiny_adapter"],
+        "code_version_by_asset_key": None,
+        "provenance_by_asset_key": None,
+        "partition_key": None,
+        "partition_key_range": None,
+        "partition_time_window": None,
+        "run_id": "r1",
+        "job_name": "j",
+        "retry_number": 0,
+        "extras": {"train_config": cfg.to_dict()},
+    }
     env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_PIPES")}
-    env.update(HF_HUB_OFFLINE="1", DAGSTER_PIPES_CONTEXT=encode_param({"data": context}),
-               DAGSTER_PIPES_MESSAGES=encode_param({"path": str(messages)}))
-    proc = subprocess.run([sys.executable, "-m", "anime_pipeline.training"], capture_output=True, text=True,
-                          env=env, timeout=300, cwd=Path(__file__).resolve().parents[2])
+    env.update(
+        HF_HUB_OFFLINE="1",
+        DAGSTER_PIPES_CONTEXT=encode_param({"data": context}),
+        DAGSTER_PIPES_MESSAGES=encode_param({"path": str(messages)}),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "anime_pipeline.training"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     msgs = [json.loads(line) for line in messages.read_text().splitlines() if line.strip()]
     methods = [m["method"] for m in msgs]
@@ -216,10 +292,22 @@ def test_cached_second_epoch_builds_no_pixels(tiny_model_dir, colour_dataset, tm
 
     built = []
     real_uint8 = FramesProcessor.frame_uint8
-    monkeypatch.setattr(FramesProcessor, "frame_uint8", lambda self, img: built.append(1) or real_uint8(self, img))
+    monkeypatch.setattr(
+        FramesProcessor, "frame_uint8", lambda self, img: built.append(1) or real_uint8(self, img)
+    )
     n_train = colour_dataset["n_train"]
-    cfg = _cfg(tiny_model_dir, colour_dataset, tmp_path / "c", max_steps=None, epochs=2, batch_size=4,
-               grad_accum=1, save_steps=0, feature_cache=True, uint8_pixels=True)
+    cfg = _cfg(
+        tiny_model_dir,
+        colour_dataset,
+        tmp_path / "c",
+        max_steps=None,
+        epochs=2,
+        batch_size=4,
+        grad_accum=1,
+        save_steps=0,
+        feature_cache=True,
+        uint8_pixels=True,
+    )
     res = train(cfg)
     assert res.epochs == pytest.approx(2.0)
     # every frame preprocessed exactly once: the train frames in epoch 1, the 2 val samples before training
@@ -229,8 +317,12 @@ def test_cached_second_epoch_builds_no_pixels(tiny_model_dir, colour_dataset, tm
 
 
 def test_uint8_pixels_give_the_same_run(tiny_model_dir, colour_dataset, tmp_path):
-    a = train(_cfg(tiny_model_dir, colour_dataset, tmp_path / "f32", max_steps=2, save_steps=0, uint8_pixels=False))
-    b = train(_cfg(tiny_model_dir, colour_dataset, tmp_path / "u8", max_steps=2, save_steps=0, uint8_pixels=True))
+    a = train(
+        _cfg(tiny_model_dir, colour_dataset, tmp_path / "f32", max_steps=2, save_steps=0, uint8_pixels=False)
+    )
+    b = train(
+        _cfg(tiny_model_dir, colour_dataset, tmp_path / "u8", max_steps=2, save_steps=0, uint8_pixels=True)
+    )
     assert b.loss_history == pytest.approx(a.loss_history, rel=1e-6, abs=1e-7)
     assert b.val_loss_after == pytest.approx(a.val_loss_after, rel=1e-6)
 
@@ -242,13 +334,31 @@ def test_run_name_is_deterministic_per_data_version_and_configuration():
     name = run_name(cfg, "f" * 64, "v1")
     assert name.startswith("f" * 12 + "-") and len(name) == 25
     # run control (where, how often to log/save, loader workers) does not make another run
-    same = TrainConfig(base_model="m", train_samples="t.parquet", output_dir="b", lr=1e-4, log_every=7,
-                       num_workers=3, save_steps=5, feature_cache=True)
+    same = TrainConfig(
+        base_model="m",
+        train_samples="t.parquet",
+        output_dir="b",
+        lr=1e-4,
+        log_every=7,
+        num_workers=3,
+        save_steps=5,
+        feature_cache=True,
+    )
     assert run_name(same, "f" * 64, "v1") == name
-    others = [run_name(TrainConfig(base_model="m", train_samples="t.parquet", output_dir="a", lr=2e-4), "f" * 64, "v1"),
-              run_name(TrainConfig(base_model="m", train_samples="t.parquet", output_dir="a", lr=1e-4,
-                                   lr_schedule="linear"), "f" * 64, "v1"),
-              run_name(cfg, "e" * 64, "v1"), run_name(cfg, "f" * 64, "v2")]
+    others = [
+        run_name(
+            TrainConfig(base_model="m", train_samples="t.parquet", output_dir="a", lr=2e-4), "f" * 64, "v1"
+        ),
+        run_name(
+            TrainConfig(
+                base_model="m", train_samples="t.parquet", output_dir="a", lr=1e-4, lr_schedule="linear"
+            ),
+            "f" * 64,
+            "v1",
+        ),
+        run_name(cfg, "e" * 64, "v1"),
+        run_name(cfg, "f" * 64, "v2"),
+    ]
     assert len({name, *others}) == 5
     with pytest.raises(ValueError, match="data version"):
         run_name(cfg, "")
@@ -260,12 +370,27 @@ def test_a_sample_too_long_for_max_length_is_recorded_and_skipped(tiny_model_dir
     train_t, val_t = colour_titles()
     long_answer = " ".join(["The red world turns blue and the white square drifts left."] * 30)
     train_t = [*train_t[:4], {"mal_id": 9999, "colours": ["red", "blue"], "synopsis": long_answer}]
-    ds = {"home": tmp_path, "train": write_dataset(tmp_path, train_t, split="train"),
-          "val": write_dataset(tmp_path, [*val_t[:2], {"mal_id": 9998, "colours": ["red"], "synopsis": long_answer}],
-                               split="val")}
+    ds = {
+        "home": tmp_path,
+        "train": write_dataset(tmp_path, train_t, split="train"),
+        "val": write_dataset(
+            tmp_path, [*val_t[:2], {"mal_id": 9998, "colours": ["red"], "synopsis": long_answer}], split="val"
+        ),
+    }
     events: list[dict] = []
-    res = train(_cfg(tiny_model_dir, ds, tmp_path / "out", max_steps=1, save_steps=0, grad_accum=1,
-                     max_length=100, val_max_samples=None), reporter=events.append)
+    res = train(
+        _cfg(
+            tiny_model_dir,
+            ds,
+            tmp_path / "out",
+            max_steps=1,
+            save_steps=0,
+            grad_accum=1,
+            max_length=100,
+            val_max_samples=None,
+        ),
+        reporter=events.append,
+    )
     assert res.steps == 1 and res.train_samples == 4 and res.val_samples == 2 and res.skipped_samples == 2
     skipped = [e for e in events if e["event"] == "skipped"]
     assert [(e["mal_id"], e["split"]) for e in skipped] == [(9999, "train"), (9998, "val")]
