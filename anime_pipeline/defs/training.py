@@ -17,6 +17,7 @@ from anime_pipeline.defs._meta import (
 from anime_pipeline.defs.dataset import SPLIT_FILES, pull_split, split_data_version, train_val_split
 from anime_pipeline.defs.media import DEMO_FRAMES, LIVE_FRAMES
 from anime_pipeline.defs.resources import DataStoreResource, GpuLauncherResource, PipelineResource
+from anime_pipeline.training.config import TrainConfig
 
 CODE_VERSION = "finetuned_adapter-v1"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -69,11 +70,15 @@ class FinetuneConfig(dg.Config):
         default=_DEFAULTS["batch_size"], description="Samples per device step (demo 4, live 1)."
     )
     grad_accum: int = Field(default=1, description="Device steps per optimizer step.")
-    lora_r: int = Field(default=16, description="LoRA rank.")
-    lora_alpha: int = Field(default=32, description="LoRA alpha (scaling = alpha / r).")
-    lora_dropout: float = Field(default=0.05, description="Dropout on the LoRA branch.")
-    use_dora: bool = Field(default=False, description="Weight-decomposed LoRA (DoRA) instead of plain LoRA.")
-    qlora: bool = Field(default=False, description="Load the base model in 4-bit (bitsandbytes; CUDA only).")
+    lora_r: int = Field(default=TrainConfig.lora_r, description="LoRA rank.")
+    lora_alpha: int = Field(default=TrainConfig.lora_alpha, description="LoRA alpha (scaling = alpha / r).")
+    lora_dropout: float = Field(default=TrainConfig.lora_dropout, description="Dropout on the LoRA branch.")
+    use_dora: bool = Field(
+        default=TrainConfig.use_dora, description="Weight-decomposed LoRA (DoRA) instead of plain LoRA."
+    )
+    qlora: bool = Field(
+        default=TrainConfig.qlora, description="Load the base model in 4-bit (bitsandbytes; CUDA only)."
+    )
     max_frames: int | None = Field(
         default=_DEFAULTS["max_frames"],
         description=f"Frames per sample fed to the model, spread uniformly (demo {DEMO_FRAMES}, live {LIVE_FRAMES}: "
@@ -137,8 +142,6 @@ def resolve_base_model(settings, data_store: DataStoreResource | None = None) ->
 
 
 def build_train_config(config: FinetuneConfig, settings, run_dir: Path, base_model: str):
-    from anime_pipeline.training.config import TrainConfig
-
     demo = settings.profile == "demo"
     d = TRAINING_DEFAULTS[settings.profile]
     return TrainConfig(

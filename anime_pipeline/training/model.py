@@ -31,6 +31,8 @@ import torch.nn.functional as F
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+    from anime_pipeline.training.config import TrainConfig
+
 log = logging.getLogger(__name__)
 
 TEXT_LORA_TARGET = r".*text_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -183,10 +185,6 @@ def quiet_peft():
         yield
 
 
-def _cfg(cfg, name: str, default):
-    return getattr(cfg, name, default) if cfg is not None else default
-
-
 def load_base_model(
     model_id_or_dir: str,
     *,
@@ -219,31 +217,31 @@ def load_base_model(
     return model
 
 
-def load_for_training(model_id_or_dir: str, cfg=None):
+def load_for_training(model_id_or_dir: str, cfg: TrainConfig):
     """Base model + LoRA/DoRA adapters on the text model's q/k/v/o/gate/up/down projections.
 
-    `cfg` is a `TrainConfig` (or anything with its attribute names): `lora_r`, `lora_alpha`,
-    `lora_dropout`, `use_dora`, `qlora`, `gradient_checkpointing`, `attn_implementation`, `device`,
-    `dtype`. Returns a peft model in train mode whose only trainable parameters are the adapters.
+    Reads the `TrainConfig` fields `lora_r`, `lora_alpha`, `lora_dropout`, `use_dora`, `qlora`,
+    `gradient_checkpointing`, `attn_implementation`, `device`, `dtype` (their defaults live there only).
+    Returns a peft model in train mode whose only trainable parameters are the adapters.
     """
     from peft import LoraConfig, get_peft_model
 
     model = load_base_model(
         model_id_or_dir,
-        device=_cfg(cfg, "device", "auto"),
-        dtype=_cfg(cfg, "dtype", "auto"),
-        attn_implementation=_cfg(cfg, "attn_implementation", "auto"),
-        qlora=bool(_cfg(cfg, "qlora", False)),
+        device=cfg.device,
+        dtype=cfg.dtype,
+        attn_implementation=cfg.attn_implementation,
+        qlora=cfg.qlora,
     )
     model.config.use_cache = False
-    if _cfg(cfg, "gradient_checkpointing", True):
+    if cfg.gradient_checkpointing:
         enable_text_checkpointing(model)
     lora = LoraConfig(
-        r=int(_cfg(cfg, "lora_r", 16)),
-        lora_alpha=int(_cfg(cfg, "lora_alpha", 32)),
-        lora_dropout=float(_cfg(cfg, "lora_dropout", 0.05)),
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
         target_modules=TEXT_LORA_TARGET,
-        use_dora=bool(_cfg(cfg, "use_dora", False)),
+        use_dora=cfg.use_dora,
         bias="none",
     )
     with quiet_peft():
