@@ -12,7 +12,13 @@ from pathlib import Path
 import torch
 
 from anime_pipeline.training.collator import VideoPromptCollator, VideoSFTCollator
-from anime_pipeline.training.model import answer_loss, load_base_model, model_inputs, quiet_peft, to_device
+from anime_pipeline.training.model import (
+    load_base_model,
+    model_inputs,
+    quiet_peft,
+    summed_answer_loss,
+    to_device,
+)
 
 
 def _device(model) -> torch.device:
@@ -122,16 +128,8 @@ def compute_loss(
     """Mean cross-entropy over the answer tokens (+ closing `<end_of_utterance>`) of all samples."""
     collator = VideoSFTCollator(processor, max_length=max_length)
     device = _device(model)
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    try:
-        for chunk in _chunks(list(samples), max(1, int(batch_size))):
-            loss_sum, n = answer_loss(model, to_device(collator(chunk), device))
-            total += float(loss_sum)
-            count += n
-    finally:
-        model.train(was_training)
+    chunks = _chunks(list(samples), max(1, int(batch_size)))
+    total, count = summed_answer_loss(model, ((to_device(collator(c), device), None) for c in chunks))
     if count == 0:
         raise ValueError("no answer tokens to score")
     return total / count

@@ -23,6 +23,7 @@ import importlib.util
 import logging
 import warnings
 import weakref
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -366,3 +367,21 @@ def answer_loss(
         return hidden.sum() * 0.0, 0
     logits = base.lm_head(hidden[sel]).float()
     return F.cross_entropy(logits, target[sel], reduction="sum"), n
+
+
+@torch.no_grad()
+def summed_answer_loss(model, batches: Iterable[tuple[dict, list[torch.Tensor] | None]]) -> tuple[float, int]:
+    """(summed answer-token loss, labelled tokens) over `(batch, image_features or None)` pairs, with the
+    model in eval mode meanwhile and no autograd: the one scoring loop of training's validation and of
+    evaluation. `batches` may be a generator; it runs under the same no-grad, eval-mode context."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for batch, feats in batches:
+            loss_sum, n = answer_loss(model, batch, image_features=feats)
+            total += float(loss_sum)
+            count += n
+    finally:
+        model.train(was_training)
+    return total, count

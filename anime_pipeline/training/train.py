@@ -187,22 +187,16 @@ def _barrier() -> None:
 def evaluate(model, loader, device: torch.device, *, cache=None, processor=None) -> float | None:
     """Mean answer-token loss over a loader of SFT batches (token-weighted). Under data parallelism each
     rank's loader holds its shard and the sums are added over ranks (every rank gets the result)."""
-    from anime_pipeline.training.model import answer_loss
+    from anime_pipeline.training.model import summed_answer_loss
 
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    try:
+    def prepared():
         for batch in loader:
             batch.pop("frames_kept", None)
             batch.pop("frames_total", None)
             batch = prepare_batch(batch, device, processor)
-            feats = cached_features(cache, model, batch)
-            loss_sum, n = answer_loss(model, batch, image_features=feats)
-            total += float(loss_sum)
-            count += n
-    finally:
-        model.train(was_training)
+            yield batch, cached_features(cache, model, batch)
+
+    total, count = summed_answer_loss(model, prepared())
     loss_total, token_count = _all_reduce_sum([total, count], device)
     return loss_total / token_count if token_count else None
 
