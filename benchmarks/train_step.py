@@ -38,6 +38,9 @@ class TimedLoader:
     def __len__(self):
         return len(self.loader)
 
+    def __getattr__(self, name):  # set_epoch, batch_sampler, ...: what Trainer asks of its loader
+        return getattr(self.loader, name)
+
     def __iter__(self):
         it = iter(self.loader)
         while True:
@@ -53,18 +56,16 @@ class TimedLoader:
 def run(
     samples: Path, root: Path, tiny: Path, workers: int, steps: int, frames: int, threads: int | None
 ) -> dict:
-    from anime_pipeline.training import data as data_mod
+    from transformers import Trainer
+
     from anime_pipeline.training.train import TrainConfig, train
 
     timed: list[TimedLoader] = []
-    original = data_mod.make_dataloader
+    original = Trainer.get_train_dataloader
 
-    def patched(*args, **kwargs):
-        loader = original(*args, **kwargs)
-        if kwargs.get("sampler") is not None:  # the training loader (val loaders get no sampler)
-            timed.append(TimedLoader(loader))
-            return timed[-1]
-        return loader
+    def patched(self):  # the training loader, as Trainer builds it (validation loaders are ours)
+        timed.append(TimedLoader(original(self)))
+        return timed[-1]
 
     events: list[dict] = []
     cfg = TrainConfig(
@@ -82,11 +83,11 @@ def run(
         torch_threads=threads,
         lr_schedule="constant",
     )
-    data_mod.make_dataloader = patched
+    Trainer.get_train_dataloader = patched  # type: ignore[method-assign]
     try:
         result = train(cfg, events.append)
     finally:
-        data_mod.make_dataloader = original
+        Trainer.get_train_dataloader = original  # type: ignore[method-assign]
     waits = timed[0].waits[:steps]
     elapsed = [e["elapsed_s"] for e in events if e.get("event") == "progress"]
     step_s = [b - a for a, b in zip([0.0, *elapsed], elapsed)]
