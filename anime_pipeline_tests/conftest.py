@@ -29,3 +29,16 @@ def _offline_env():
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     yield
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run `evaluation/test_evaluation_run.py` last. After its in-process fine-tune + evaluation, a later
+    in-process `dg.materialize` under `capfd` (faults/test_security_faults.py, the MAL secret scan) closes
+    pytest's own global stderr capture file ("I/O operation on closed file", then "lost sys.stderr"):
+    reproduced with just those two files, not yet traced to its cause. Each passes on its own and in
+    this order; the interaction is an open item in docs/RELIABILITY.md."""
+    last = [
+        it for it in items if it.nodeid.startswith("anime_pipeline_tests/evaluation/test_evaluation_run.py")
+    ]
+    if last:
+        items[:] = [it for it in items if it not in last] + last
