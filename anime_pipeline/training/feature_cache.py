@@ -19,12 +19,11 @@ which gives the same loss as the `pixel_values` path.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from anime_pipeline.paths import atomic_path
 from anime_pipeline.training.model import encode_frames, smolvlm_parts, unwrap
 
 
@@ -99,14 +98,8 @@ class FeatureCache:
 
         p = self.path(key)
         p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=p.parent)
-        os.close(fd)
-        try:
-            save_file({"features": feats.detach().to("cpu").contiguous()}, tmp)
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(p, suffix=".safetensors") as tmp:
+            save_file({"features": feats.detach().to("cpu").contiguous()}, str(tmp))
 
     def get(
         self,

@@ -50,6 +50,7 @@ from typing import Any
 
 import torch
 
+from anime_pipeline.paths import atomic_path
 from anime_pipeline.training.config import TrainConfig, TrainResult
 
 __all__ = ["ResumeError", "TrainConfig", "TrainResult", "evaluate", "lr_factor", "save_adapter", "train"]
@@ -373,13 +374,12 @@ def _make_progress_callback():
         def on_save(self, args, state, control, **kwargs):
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if args.should_save:  # written last: marks the checkpoint complete
-                tmp = path / f".{RUN_STATE}.tmp"
-                tmp.write_text(
-                    json.dumps(
-                        {"config": self.cfg.to_dict(), "world_size": self.world_size, "state": self.run}
+                with atomic_path(path / RUN_STATE) as tmp:
+                    tmp.write_text(
+                        json.dumps(
+                            {"config": self.cfg.to_dict(), "world_size": self.world_size, "state": self.run}
+                        )
                     )
-                )
-                os.replace(tmp, path / RUN_STATE)
             self.report({"event": "checkpoint", "step": state.global_step, "path": str(path)})
 
     return _Progress
