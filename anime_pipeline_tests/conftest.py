@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +16,12 @@ def data_home(tmp_path, monkeypatch):
     home.mkdir()
     monkeypatch.setenv("ANIME_PIPELINE_HOME", str(home))
     return home
+
+
+def dagster_dev_command(port: int) -> list[str]:
+    """`dagster dev` of this venv on the repo's workspace, bound to loopback only (the UI has no login)."""
+    dagster = str(Path(sys.executable).parent / "dagster")
+    return [dagster, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
 
 
 def free_port() -> int:

@@ -24,7 +24,7 @@ import dagster as dg
 import pytest
 
 from anime_pipeline import schemas
-from anime_pipeline_tests.conftest import free_port
+from anime_pipeline_tests.conftest import dagster_dev_command, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -136,16 +136,7 @@ def _start_dagster_dev(dagster_home: Path, data_home: Path, log: Path) -> tuple[
     )
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "dagster"),
-                "dev",
-                "-w",
-                "workspace.yaml",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-            ],
+            dagster_dev_command(port),
             cwd=REPO,
             env=env,
             stdout=out,
