@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -24,6 +32,69 @@ def dagster_dev_command(port: int) -> list[str]:
     return [dagster, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
 
 
+class DagsterDev:
+    """`dagster dev` on loopback in its own process group (so stopping it stops its webserver, daemon and
+    code server), its output in `log`; failures quote the log's tail, since CI keeps no files."""
+
+    def __init__(self, dagster_home: Path, data_home: Path, log: Path, **env: str):
+        self.log = log
+        self.base = f"http://127.0.0.1:{free_port()}"
+        full_env = dict(os.environ, DAGSTER_HOME=str(dagster_home), ANIME_PIPELINE_HOME=str(data_home), **env)
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                dagster_dev_command(int(self.base.rsplit(":", 1)[1])),
+                cwd=REPO,
+                env=full_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def tail(self, chars: int = 6000) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return f"--- last of {self.log.name} ---\n{text[-chars:]}"
+
+    def graphql(self, query: str) -> dict:
+        req = urllib.request.Request(
+            f"{self.base}/graphql",
+            data=json.dumps({"query": query}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        body = json.loads(urllib.request.urlopen(req, timeout=10).read())
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    def wait_for_assets(self, query: str, timeout_s: float = 300) -> list[dict]:
+        """Polls until `query` returns asset nodes; the first start of a fresh venv compiles every module."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert self.proc.poll() is None, (
+                f"dagster dev exited early (rc {self.proc.returncode})\n{self.tail()}"
+            )
+            try:
+                nodes = self.graphql(query)["assetNodes"]
+                if nodes:
+                    return nodes
+            except (OSError, ValueError, KeyError, TypeError, AssertionError):
+                pass
+            assert time.monotonic() < deadline, (
+                f"dagster dev served no assets in {timeout_s:.0f} s\n{self.tail()}"
+            )
+            time.sleep(1)
+
+    def stop(self, timeout_s: float = 30) -> bool:
+        """SIGTERM to the group; True when it stopped in time (else it is killed)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout_s)
+            return True
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -37,16 +108,3 @@ def _offline_env():
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     yield
-
-
-def pytest_collection_modifyitems(session, config, items):
-    """Run `evaluation/test_evaluation_run.py` last. After its in-process fine-tune + evaluation, a later
-    in-process `dg.materialize` under `capfd` (faults/test_security_faults.py, the MAL secret scan) closes
-    pytest's own global stderr capture file ("I/O operation on closed file", then "lost sys.stderr"):
-    reproduced with just those two files, not yet traced to its cause. Each passes on its own and in
-    this order; the interaction is an open item in docs/RELIABILITY.md."""
-    last = [
-        it for it in items if it.nodeid.startswith("anime_pipeline_tests/evaluation/test_evaluation_run.py")
-    ]
-    if last:
-        items[:] = [it for it in items if it not in last] + last

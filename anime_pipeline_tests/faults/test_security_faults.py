@@ -6,10 +6,12 @@ from __future__ import annotations
 import ast
 import base64
 import json
-import logging
+import os
 import re
 import secrets
 import sqlite3
+import subprocess
+import sys
 import urllib.parse
 from pathlib import Path
 
@@ -72,18 +74,42 @@ def test_scanner_finds_a_planted_secret(fault, tmp_path):
     fault.titles_lost = 0
 
 
-def test_mal_client_id_never_leaks_from_a_live_run(fault, tmp_path, monkeypatch, capfd, caplog):
+# The live run happens in a child interpreter: its stdout/stderr are then the real file descriptors a
+# worker writes to (pytest's own capture is not in the way), and Dagster's compute-log fd redirection
+# never runs inside the test process.
+LIVE_RUN = """
+import json, logging, os, sys
+logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
+import dagster as dg
+from anime_pipeline.definitions import defs
+from anime_pipeline.defs.resources import build_resources
+assets = list(defs.assets or []) + list(defs.asset_checks or [])
+with dg.DagsterInstance.from_config(os.environ["DAGSTER_HOME"]) as instance:
+    result = dg.materialize(
+        assets,
+        selection=["titles", "synopses"],
+        instance=instance,
+        resources=build_resources(),
+        raise_on_error=False,
+        run_config={
+            "loggers": {"console": {"config": {"log_level": "DEBUG"}}},
+            "ops": {"synopses": {"config": {"min_chars": 80}}},
+        },
+    )
+    events = [json.dumps(dg.serialize_value(e)) for e in instance.all_logs(result.run_id)]
+    run_config = json.dumps(instance.get_run_by_id(result.run_id).run_config, default=str)
+with open(sys.argv[1], "w") as f:
+    json.dump({"success": result.success, "events": events, "run_config": run_config}, f)
+"""
+
+
+def test_mal_client_id_never_leaks_from_a_live_run(fault, tmp_path):
     fault.record(
         "live profile titles+synopses via dg.materialize with MAL_CLIENT_ID set; MAL echoes the id "
         "in an error body; a cross-host redirect",
         "the server receives the id in X-MAL-CLIENT-ID; it is absent from the event log DB, compute "
         "logs, stdout/stderr, Python logs, HTTP cache and every Parquet output",
     )
-    import dagster as dg
-
-    from anime_pipeline.definitions import defs
-    from anime_pipeline.defs.resources import build_resources
-
     secret = "mal-" + secrets.token_hex(16)
     home, dagster_home = tmp_path / "data", tmp_path / "dagster"
     dagster_home.mkdir()
@@ -113,31 +139,23 @@ def test_mal_client_id_never_leaks_from_a_live_run(fault, tmp_path, monkeypatch,
             "ANIME_PIPELINE_JIKAN_URL": server.jikan_url,
             "MAL_CLIENT_ID": secret,
         }
-        for k, v in env.items():
-            monkeypatch.setenv(k, v)
-        caplog.set_level(logging.DEBUG)
-        assets = list(defs.assets or []) + list(defs.asset_checks or [])
-        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
-            result = dg.materialize(
-                assets,
-                selection=["titles", "synopses"],
-                instance=instance,
-                resources=build_resources(env=env),
-                raise_on_error=False,
-                run_config={
-                    "loggers": {"console": {"config": {"log_level": "DEBUG"}}},
-                    "ops": {"synopses": {"config": {"min_chars": 80}}},
-                },
-            )
-            assert result.success
-            events = [
-                json.dumps(dg.serialize_value(e) if hasattr(dg, "serialize_value") else str(e))
-                for e in instance.all_logs(result.run_id)
-            ]
-            run_config = json.dumps(instance.get_run_by_id(result.run_id).run_config, default=str)
+        report = tmp_path / "run.json"
+        child = subprocess.run(
+            [sys.executable, "-c", LIVE_RUN, str(report)],
+            env={**os.environ, **env},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         mal = [r for r in server.requests if r.path.startswith("/mal/")]
         others = [r for r in server.requests if not r.path.startswith("/mal/")]
-    out, err = capfd.readouterr()
+    assert child.returncode == 0, child.stderr[-4000:]
+    run = json.loads(report.read_text())
+    assert run["success"], child.stderr[-4000:]
+    events, run_config = run["events"], run["run_config"]
+    out, err = child.stdout, child.stderr
+    assert "STEP_SUCCESS" in err and "DEBUG" in err, "the scan below reads the run's console and Python logs"
 
     # the server did get it, only on MAL requests
     assert mal and all(r.headers.get("X-MAL-CLIENT-ID") == secret for r in mal)
@@ -155,7 +173,6 @@ def test_mal_client_id_never_leaks_from_a_live_run(fault, tmp_path, monkeypatch,
     texts = {
         "stdout": out,
         "stderr": err,
-        "python logs": caplog.text,
         "event log": "\n".join(events),
         "run config": run_config,
     }

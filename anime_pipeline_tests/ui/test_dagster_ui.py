@@ -13,10 +13,7 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -24,7 +21,7 @@ import dagster as dg
 import pytest
 
 from anime_pipeline import schemas
-from anime_pipeline_tests.conftest import dagster_dev_command, free_port
+from anime_pipeline_tests.conftest import DagsterDev
 
 pytestmark = pytest.mark.slow
 
@@ -124,37 +121,6 @@ def _subset_ids() -> list[int]:
 EXISTING_UI = os.environ.get("ANIME_PIPELINE_UI_URL", "").rstrip("/")
 
 
-def _start_dagster_dev(dagster_home: Path, data_home: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    """`dagster dev` on loopback; the schedule and sensor stay off so no run starts behind the test's back."""
-    port = free_port()
-    env = dict(
-        os.environ,
-        DAGSTER_HOME=str(dagster_home),
-        ANIME_PIPELINE_HOME=str(data_home),
-        ANIME_PIPELINE_CATALOG_SCHEDULE="off",
-        ANIME_PIPELINE_MEDIA_SENSOR="off",
-    )
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            dagster_dev_command(port),
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
 def demo_instance(tmp_path_factory):
     """A demo run (catalog_job, media_job per title, training_job) on an instance on disk, then `dagster dev`
@@ -181,7 +147,7 @@ def demo_instance(tmp_path_factory):
 
     mp = pytest.MonkeyPatch()
     mp.setattr(catalog_defs, "demo_catalog", subset)
-    proc = None
+    dev = None
     try:
         with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
             summary = run_all(
@@ -196,23 +162,19 @@ def demo_instance(tmp_path_factory):
         mp.undo()
         assert summary["failed_titles"] == [] and summary["titles"] == len(keep), summary
         # started after the demo: its daemon never races the demo's runs, and the storages exist already
-        proc, base = _start_dagster_dev(dagster_home, settings.home, log)
-
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, f"dagster dev exited early; see {log}"
-            assert time.monotonic() < deadline, f"dagster dev did not serve the assets in time; see {log}"
-            try:
-                if _graphql(base, "{ assetNodes { assetKey { path } } }")["assetNodes"]:
-                    break
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
-            time.sleep(1)
-        yield settings, base
+        dev = DagsterDev(
+            dagster_home,
+            settings.home,
+            log,
+            ANIME_PIPELINE_CATALOG_SCHEDULE="off",
+            ANIME_PIPELINE_MEDIA_SENSOR="off",
+        )
+        dev.wait_for_assets("{ assetNodes { assetKey { path } } }")
+        yield settings, dev.base
     finally:
         mp.undo()
-        if proc is not None:
-            _stop(proc)
+        if dev is not None:
+            dev.stop()
 
 
 def _graphql(base: str, query: str) -> dict:
