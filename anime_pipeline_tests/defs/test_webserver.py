@@ -42,14 +42,26 @@ def test_dagster_dev_serves_asset_graph(tmp_path):
     finally:
         stopped_on_term = dev.stop()
     assert stopped_on_term, f"dagster dev did not stop within 30 s of SIGTERM\n{dev.tail()}"
-    # ... and took its webserver, daemon and code server with it (nothing of its process group is left)
+    # ... and took its webserver, daemon and code server with it: no live process of its group is left
+    # (zombies are ignored: an orphan is reaped by PID 1, which in some containers never reaps)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(dev.proc.pid, 0)
-        except ProcessLookupError:
-            break
+    while (left := live_group_members(dev.proc.pid)) and time.monotonic() < deadline:
         time.sleep(0.5)
-    else:
+    if left:
         os.killpg(dev.proc.pid, signal.SIGKILL)
-        raise AssertionError(f"processes of dagster dev's group outlived it by 30 s\n{dev.tail()}")
+        raise AssertionError(f"processes of dagster dev's group outlived it by 30 s: {left}\n{dev.tail()}")
+
+
+def live_group_members(pgid: int) -> list[str]:
+    """`pid state command` of every process in group `pgid` that is not a zombie (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # exited while we looked
+        comm_end = text.rindex(")")
+        fields = text[comm_end + 2 :].split()  # state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            out.append(f"{stat.parent.name} {fields[0]} {text[text.index('(') + 1 : comm_end]}")
+    return out
