@@ -62,6 +62,11 @@ class FramesConfig(dg.Config):
     )
     jpeg_quality: int = Field(default=90, description="JPEG quality of stored frames.")
     timeout_s: float = Field(default=600.0, description="Time limit for sampling one episode.")
+    workers: int = Field(
+        default=0,
+        description="Exact mode: decoder processes per episode, each taking a contiguous share of the samples "
+        "(0: one per available core, at most 4). Keyframe mode always uses one.",
+    )
 
 
 def partition_mal_id(key: str) -> int:
@@ -221,6 +226,7 @@ def frame_shards(
         max_side=config.max_side,
         mode=config.mode or ("exact" if s.profile == "demo" else "keyframe"),
         timeout_s=config.timeout_s,
+        workers=config.workers,
     )
     shard_rel = shard_key(mal_id)
     dest = s.home / shard_rel

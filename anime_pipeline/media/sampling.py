@@ -45,6 +45,9 @@ Time limit
     fresh worker. A thread could not be stopped once stuck inside a C decoder, and a plain subprocess
     (unlike multiprocessing) does not re-import the caller's `__main__` and works from daemonic processes.
     `timeout_s=None` decodes in the calling process (no protection; used by fast unit tests).
+    Exact mode splits the samples into contiguous runs decoded by several workers at once (one per core by
+    default, `SamplingConfig.workers`; `decode_split`): each sample is a seek plus half a GOP of decoding,
+    which FFmpeg's frame threads barely overlap, while separate processes do.
 
 Output size
     Frames are stored at their display aspect: a non-square sample aspect ratio (anamorphic DVD rips,
@@ -72,6 +75,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, TypedDict
@@ -99,6 +103,7 @@ class SamplingConfig:
     mode: str = "exact"  # "exact" | "keyframe"
     decoder: str = "auto"  # "auto" | "decord" | "pyav"
     timeout_s: float | None = 600.0  # per episode; None: decode in-process without a limit
+    workers: int = 0  # exact mode: decoder processes per episode (0: one per available core, at most 4)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -117,6 +122,8 @@ class SamplingConfig:
             raise ValueError(f"max_side must be an integer >= 16, got {self.max_side!r}")
         if self.timeout_s is not None and not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be positive or None, got {self.timeout_s!r}")
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
+            raise ValueError(f"workers must be an integer >= 0 (0: automatic), got {self.workers!r}")
 
     def as_metadata(self) -> dict[str, Any]:
         return asdict(self)
@@ -246,12 +253,13 @@ def _decode_decord(
     frame_pixels: int,
     window: tuple[float, float] | None = None,
     sar: float | None = None,
+    threads: int = 0,
 ) -> list[tuple[float, Image.Image]]:
     import decord
 
     lo, hi = window or (-math.inf, math.inf)
 
-    vr = decord.VideoReader(path, ctx=decord.cpu(0))
+    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=threads)
     n = len(vr)
     if n == 0:
         raise MediaError(f"{path}: decord found no frames")
@@ -296,7 +304,7 @@ def _decode_decord(
 
 # -------------------------------------------------------------------------------------------- PyAV
 class _PyAVReader:
-    def __init__(self, path: str):
+    def __init__(self, path: str, threads: int = 0):
         import av
 
         self.path = path
@@ -306,6 +314,8 @@ class _PyAVReader:
             raise MediaError(f"{path}: no video stream")
         self.stream = s = streams[0]
         s.thread_type = "AUTO"
+        if threads:  # 0: FFmpeg's choice (one per core)
+            s.codec_context.thread_count = threads
         tb = s.time_base
         if tb is None:
             raise MediaError(f"{path}: the video stream has no time base (timestamps cannot be read)")
@@ -570,8 +580,9 @@ def _decode_pyav(
     frame_pixels: int = 0,
     window: tuple[float, float] | None = None,
     sar: float | None = None,
+    threads: int = 0,
 ) -> list[tuple[float, Image.Image]]:
-    reader = _PyAVReader(path)
+    reader = _PyAVReader(path, threads)
     lo, hi = window or (-math.inf, math.inf)
     if sar is None:
         sar = reader.sar
@@ -650,6 +661,7 @@ class DecodeJob(TypedDict):
     container: str
     window: tuple[float, float] | None
     sar: float | None
+    threads: int
 
 
 def decode_targets(
@@ -665,16 +677,18 @@ def decode_targets(
     container: str = "",
     window: tuple[float, float] | None = None,
     sar: float | None = None,
+    threads: int = 0,
 ) -> list[tuple[float, Image.Image]]:
     """Decode the frames for `targets` (in this process); MediaError when no backend can.
 
     `window`: (start, end) seconds a keyframe must lie in (`plan_window`); `sar`: the sample aspect ratio
-    from the probe (None: read from the stream by PyAV, square pixels for decord)."""
+    from the probe (None: read from the stream by PyAV, square pixels for decord); `threads`: decoder
+    threads (0: one per core)."""
     errors = []
     for name in _backends(decoder, mode, vfr, container):
         fn = _decode_decord if name == "decord" else _decode_pyav
         try:
-            frames = fn(path, targets, mode, max_side, frame_pixels, window, sar)
+            frames = fn(path, targets, mode, max_side, frame_pixels, window, sar, threads)
         except Exception as e:  # any decoder failure: try the next backend
             msg = str(e).replace(f"{path}: ", "").strip()[:300]
             errors.append(
@@ -715,7 +729,9 @@ def worker_env(environ) -> dict[str, str]:
 _HEADER = struct.Struct(">Q")
 _MAX_REPLY = 1 << 31  # bytes; a longer announced reply is garbage
 _MAX_JOBS = 256  # a worker is replaced after this many jobs (bounds memory growth in native libraries)
-_IDLE_KEPT = 2  # idle workers kept per process
+_AUTO_WORKERS_MAX = 4  # exact mode, workers=0: decoder processes per episode, at most
+_MIN_TARGETS_PER_WORKER = 4  # fewer targets than this per process: not worth another process
+_IDLE_KEPT = _AUTO_WORKERS_MAX  # idle workers kept per process
 
 
 class _WorkerDied(Exception):
@@ -891,13 +907,15 @@ class _WorkerPool:
         for old in extra:
             old.kill()
 
-    def prestart(self, argv: list[str]) -> None:
-        """Start a worker now (its interpreter start and imports overlap with the caller's probing)."""
+    def prestart(self, argv: list[str], n: int = 1) -> None:
+        """Have `n` idle workers ready, starting the missing ones now (their interpreter start and imports
+        overlap with the caller's probing). Started by the calling thread: a worker dies with the thread
+        that started it (PR_SET_PDEATHSIG), so short-lived threads must not start them."""
         self._mine()
         with self._lock:
-            if any(w.argv == argv and w.alive() for w in self._idle):
-                return
-        self.give(DecoderWorker(argv))
+            ready = sum(1 for w in self._idle if w.argv == argv and w.alive())
+        for _ in range(n - ready):
+            self.give(DecoderWorker(argv))
 
     def close(self) -> None:
         self._mine()
@@ -911,9 +929,66 @@ _POOL = _WorkerPool()
 atexit.register(_POOL.close)
 
 
-def prestart_worker() -> None:
-    """Start a decoder worker in the background if none is idle (see `_WorkerPool.prestart`)."""
-    _POOL.prestart(_worker_argv())
+def prestart_worker(n: int = 1) -> None:
+    """Start decoder workers in the background until `n` are idle (see `_WorkerPool.prestart`)."""
+    _POOL.prestart(_worker_argv(), n)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def decode_split(mode: str, n_targets: int, workers: int = 0, cores: int | None = None) -> tuple[int, int]:
+    """(decoder processes, decoder threads in each) for one episode.
+
+    Exact mode decodes about half a GOP per sample, each sample on its own after a seek: FFmpeg's frame
+    threads lose most of their overlap at every seek, while processes that each take a contiguous share of
+    the samples decode fully in parallel (2 single-threaded processes: 1.8x one process with 2 threads on
+    a 2-core machine, docs/BENCHMARKS.md). So exact mode uses `workers` processes (0: one per available
+    core, at most `_AUTO_WORKERS_MAX`), each with an equal share of the cores as threads, and never fewer
+    than `_MIN_TARGETS_PER_WORKER` samples per process. Keyframe mode decodes one frame per sample: one
+    process, FFmpeg's own threading."""
+    if mode != "exact":
+        return 1, 0
+    cores = cores or available_cores()
+    k = workers or min(cores, _AUTO_WORKERS_MAX)
+    k = max(1, min(k, n_targets // _MIN_TARGETS_PER_WORKER))
+    return (1, 0) if k == 1 else (k, max(1, cores // k))
+
+
+def split_targets(targets: list[float], k: int) -> list[list[float]]:
+    """`targets` in `k` contiguous runs of (nearly) equal length, in order."""
+    n = len(targets)
+    return [targets[i * n // k : (i + 1) * n // k] for i in range(k)]
+
+
+def merge_packed(parts: list[list[tuple]]) -> list[tuple]:
+    """The packed frames of contiguous runs, in order, each frame once (two runs can end on the same frame
+    where samples are denser than frames)."""
+    out: list[tuple] = []
+    for part in parts:
+        for item in part:
+            if not out or item[0] > out[-1][0]:
+                out.append(item)
+    return out
+
+
+def _decode_in_workers(job: dict, *, timeout_s: float, workers: int, what: str) -> list[tuple]:
+    """`job` in decoder workers: split across processes per `decode_split`, run concurrently (each with the
+    episode's time limit), merged in order."""
+    k, threads = decode_split(job["mode"], len(job["targets"]), workers)
+    jobs = [{**job, "targets": run, "threads": threads} for run in split_targets(job["targets"], k)]
+    if k == 1:
+        return run_worker(jobs[0], timeout_s=timeout_s, what=what)
+    _POOL.prestart(_worker_argv(), k)  # started here, by the long-lived calling thread
+    with ThreadPoolExecutor(k, thread_name_prefix="decode") as ex:
+        futures = [ex.submit(run_worker, j, timeout_s=timeout_s, what=what) for j in jobs]
+        parts = [f.result() for f in futures]
+    return merge_packed(parts)
 
 
 def close_workers() -> None:
@@ -985,11 +1060,14 @@ def sample_frames(
         container=probe.container,
         window=plan_window(probe.duration_s, cfg),
         sar=probe.sample_aspect_ratio,
+        threads=0,
     )
     if jpeg_quality is not None and not 1 <= jpeg_quality <= 100:
         raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
     if cfg.timeout_s is None:
         packed = pack_frames(decode_targets(**job), jpeg_quality)
     else:
-        packed = run_worker({**job, "jpeg_quality": jpeg_quality}, timeout_s=cfg.timeout_s, what=str(p))
+        packed = _decode_in_workers(
+            {**job, "jpeg_quality": jpeg_quality}, timeout_s=cfg.timeout_s, workers=cfg.workers, what=str(p)
+        )
     return unpack_frames(packed, jpeg_quality)

@@ -22,7 +22,14 @@ from anime_pipeline.schemas import FRAMES
 
 from .errors import MediaError
 from .probe import VideoProbe, probe_video
-from .sampling import SampledFrame, SamplingConfig, encode_jpeg, prestart_worker, sample_frames
+from .sampling import (
+    SampledFrame,
+    SamplingConfig,
+    decode_split,
+    encode_jpeg,
+    prestart_worker,
+    sample_frames,
+)
 
 # one of the codecs polars' `write_parquet` accepts
 ParquetCompression = Literal["lz4", "uncompressed", "snappy", "gzip", "brotli", "zstd"]
@@ -175,7 +182,8 @@ def extract_frame_shard(
     """
     cfg = cfg or SamplingConfig()
     if cfg.timeout_s is not None:
-        prestart_worker()  # the decoder worker starts while the file is probed / hashed
+        # the decoder workers start while the file is probed / hashed (exact mode: one per core)
+        prestart_worker(decode_split(cfg.mode, cfg.num_frames, cfg.workers)[0])
     if probe is not None and probe.sha256:
         try:
             size = Path(video_path).stat().st_size

@@ -92,6 +92,9 @@ def test_plan_rejects_bad_duration(bad):
         dict(skip_s=-1),
         dict(max_side=4),
         dict(timeout_s=0),
+        dict(workers=-1),
+        dict(workers=1.5),
+        dict(workers=True),
     ],
 )
 def test_config_validation(kw):

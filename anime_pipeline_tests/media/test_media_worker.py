@@ -87,3 +87,72 @@ def test_jpeg_from_the_worker_is_what_the_shard_stores(normal_clip):
     for a, b in zip(got, rgb):
         assert a.rgb().size == b.image.size and sampling.encode_jpeg(b.image, 90) == a.jpeg
     close_workers()
+
+
+# ------------------------------------------------------------------ exact mode across worker processes
+def test_decode_split():
+    from anime_pipeline.media.sampling import decode_split
+
+    # exact mode: a process per core (at most 4), the cores shared out as threads
+    assert decode_split("exact", 64, cores=2) == (2, 1)
+    assert decode_split("exact", 64, cores=16) == (4, 4)
+    assert decode_split("exact", 64, workers=3, cores=2) == (3, 1)
+    assert decode_split("exact", 64, workers=1, cores=8) == (1, 0)  # one process, FFmpeg's threads
+    # never fewer than 4 samples per process
+    assert decode_split("exact", 7, cores=8) == (1, 0)
+    assert decode_split("exact", 12, cores=8) == (3, 2)
+    # keyframe mode decodes one frame per sample: one process
+    assert decode_split("keyframe", 64, workers=4, cores=8) == (1, 0)
+
+
+def test_split_and_merge_keep_order_and_drop_the_shared_frame():
+    from anime_pipeline.media.sampling import merge_packed, split_targets
+
+    ts = [0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5]
+    runs = split_targets(ts, 3)
+    assert [len(r) for r in runs] == [2, 2, 3] and [t for r in runs for t in r] == ts
+    # two runs ending on the same frame (samples denser than frames): kept once, order kept
+    parts = [[(0.4, (2, 2), "jpeg", b"a"), (1.2, (2, 2), "jpeg", b"b")], [(1.2, (2, 2), "jpeg", b"b")], []]
+    assert [p[0] for p in merge_packed(parts)] == [0.4, 1.2]
+
+
+@pytest.mark.parametrize("container", ["mp4", "ts"])
+def test_exact_mode_in_several_workers_gives_the_frames_of_one(tmp_path, container):
+    from anime_pipeline_tests.fixtures import media as fx
+
+    close_workers()
+    clip = fx.make_clip(tmp_path / "gop30.mp4", seconds=12.0, gop=30)  # B-frames, keyframe every 3 s
+    if container == "ts":
+        fx.ffmpeg("-i", str(clip), "-c", "copy", str(tmp_path / "gop30.ts"))
+        clip = tmp_path / "gop30.ts"
+    one = sample_frames(clip, SamplingConfig(num_frames=30, timeout_s=60, workers=1, decoder="pyav"))
+    assert len(_idle_pids()) == 1
+    close_workers()
+    three = sample_frames(clip, SamplingConfig(num_frames=30, timeout_s=60, workers=3, decoder="pyav"))
+    served = [w for w in sampling._POOL._idle if w.jobs == 1]
+    assert len(served) == 3, "each of the three processes decoded one run of the samples"
+    assert [f.frame_index for f in three] == list(range(len(one)))
+    assert [f.timestamp_s for f in three] == [f.timestamp_s for f in one]
+    assert all(a.image.tobytes() == b.image.tobytes() for a, b in zip(one, three))
+    pids = sorted(_idle_pids())
+    sample_frames(clip, SamplingConfig(num_frames=30, timeout_s=60, workers=3, decoder="pyav"))
+    assert sorted(_idle_pids()) == pids  # the next episode reuses the same three processes
+    close_workers()
+
+
+def test_a_failing_run_fails_the_episode_with_a_media_error(normal_clip, monkeypatch):
+    close_workers()
+    calls = []
+    real = sampling.run_worker
+
+    def flaky(job, **kw):
+        calls.append(job["targets"])
+        if len(calls) == 2:
+            raise MediaError(f"{normal_clip}: decoder failed on run 2")
+        return real(job, **kw)
+
+    monkeypatch.setattr(sampling, "run_worker", flaky)
+    with pytest.raises(MediaError, match="run 2"):
+        sample_frames(normal_clip, SamplingConfig(num_frames=16, timeout_s=60, workers=2))
+    assert len(calls) == 2 and calls[0][-1] < calls[1][0]  # two contiguous runs, in order
+    close_workers()
