@@ -1,4 +1,5 @@
-"""Hugging Face model card (README.md) for a fine-tuned LoRA adapter."""
+"""Hugging Face model card (README.md) for a fine-tuned LoRA adapter, built with huggingface_hub's
+`ModelCard` / `ModelCardData` (the metadata and `model-index` exactly as the Hub writes and validates them)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from anime_pipeline.markdown import md_table as _table
 from anime_pipeline.paths import atomic_path
@@ -98,39 +99,38 @@ def _metric_keys(info: ModelCardInfo) -> list[str]:
     return keys
 
 
-def front_matter(info: ModelCardInfo) -> dict:
-    metrics = [
-        {"type": key, "value": _plain(value), "name": METRIC_NAMES.get(key, key)}
+def card_data(info: ModelCardInfo) -> ModelCardData:
+    """The card's metadata as huggingface_hub builds it: `model-index` from one `EvalResult` per metric the
+    fine-tuned adapter has a value for (none recorded: no `model-index`, which the Hub requires metrics in)."""
+    results = [
+        EvalResult(
+            task_type=PIPELINE_TAG,
+            task_name="Video captioning (first-episode synopsis)",
+            dataset_type=info.datasets[0] if info.datasets else "anime_pipeline",
+            dataset_name=info.dataset_name,
+            dataset_split=info.eval_split,
+            metric_type=key,
+            metric_value=_plain(value),
+            metric_name=METRIC_NAMES.get(key, key),
+        )
         for key, value in info.finetuned_metrics.items()
         if _plain(value) is not None
     ]
-    meta: dict[str, Any] = {
-        "base_model": info.base_model,
-        "library_name": "peft",
-        "tags": list(TAGS),
-        "pipeline_tag": PIPELINE_TAG,
-    }
-    if info.license:
-        meta["license"] = info.license
-    if info.datasets:
-        meta["datasets"] = list(info.datasets)
-    meta["model-index"] = [
-        {
-            "name": info.model_name,
-            "results": [
-                {
-                    "task": {"type": PIPELINE_TAG, "name": "Video captioning (first-episode synopsis)"},
-                    "dataset": {
-                        "name": info.dataset_name,
-                        "type": info.datasets[0] if info.datasets else "anime_pipeline",
-                        "split": info.eval_split,
-                    },
-                    "metrics": metrics,
-                }
-            ],
-        }
-    ]
-    return meta
+    return ModelCardData(
+        base_model=info.base_model,
+        library_name="peft",
+        tags=list(TAGS),
+        pipeline_tag=PIPELINE_TAG,
+        license=info.license or None,
+        datasets=list(info.datasets) or None,
+        model_name=info.model_name,
+        eval_results=results or None,
+    )
+
+
+def front_matter(info: ModelCardInfo) -> dict:
+    """The YAML front matter as a dict (what the Hub reads)."""
+    return card_data(info).to_dict()
 
 
 def _counts(d: dict[str, int]) -> str:
@@ -139,7 +139,7 @@ def _counts(d: dict[str, int]) -> str:
 
 def render_model_card(info: ModelCardInfo) -> str:
     """The README.md text: YAML front matter, then description, data, training, metrics, lineage, limitations."""
-    header = yaml.safe_dump(front_matter(info), sort_keys=False, allow_unicode=True).strip()
+    header = card_data(info).to_yaml()
     total = info.train_samples + info.val_samples
     data_rows: list[list[Any]] = [
         ["Train samples (titles)", info.train_samples],
@@ -198,7 +198,7 @@ def render_model_card(info: ModelCardInfo) -> str:
         "## Lineage\n\n" + _table(["", "Value"], lineage_rows),
         "## Limitations\n\n" + "\n".join(f"- {item}" for item in info.limitations),
     ]
-    return "\n\n".join(sections) + "\n"
+    return str(ModelCard("\n\n".join(sections) + "\n"))
 
 
 def write_model_card(adapter_dir: Path, info: ModelCardInfo) -> Path:

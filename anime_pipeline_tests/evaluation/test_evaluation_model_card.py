@@ -76,8 +76,22 @@ def test_missing_values_render(tmp_path):
     )
     meta, _body = split_card(card)
     assert "datasets" not in meta
-    assert meta["model-index"][0]["results"][0]["metrics"] == []
+    assert "model-index" not in meta  # the Hub requires metrics in a model-index entry: none recorded, none
     path = write_model_card(tmp_path / "adapter", info())
     assert path == tmp_path / "adapter" / "README.md"
     assert path.read_text(encoding="utf-8") == render_model_card(info())
     assert [p.name for p in (tmp_path / "adapter").iterdir()] == ["README.md"]
+
+
+def test_the_hub_library_reads_the_card_back(tmp_path):
+    from huggingface_hub import ModelCard
+
+    path = write_model_card(tmp_path / "adapter", info())
+    card = ModelCard.load(path)
+    assert card.data.base_model == "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
+    assert card.data.model_name == "smolvlm2-anime-lora"
+    results = {r.metric_type: r for r in card.data.eval_results}
+    assert sorted(results) == ["bleu", "cider", "content", "rouge_l"]
+    assert results["bleu"].metric_value == 8.25 and results["bleu"].dataset_split == "validation"
+    assert results["rouge_l"].metric_name == "ROUGE-L (F)"
+    assert card.text.lstrip().startswith("# smolvlm2-anime-lora")
