@@ -31,6 +31,11 @@ def build_jobs(automation: AutomationSettings) -> list[dg.UnresolvedAssetJobDefi
             selection=dg.AssetSelection.assets(*MEDIA_ASSETS),
             partitions_def=mal_id_partitions,
             description="Acquire episode 1 and extract its frame shard for one title (partition = MAL id).",
+            # one run per title: by default both steps run in the run worker, so a title pays one interpreter
+            # start and one import of the project, not one per step (ANIME_PIPELINE_MEDIA_EXECUTOR)
+            executor_def=dg.in_process_executor
+            if automation.media_executor == "in_process"
+            else dg.multi_or_in_process_executor,  # Dagster's default: a process per step
         ),
         dg.define_asset_job(
             "training_job",

@@ -24,6 +24,7 @@ CASES = {
     "train_step": (["--quick"], {"benchmark", "wait_fraction", "wait_fraction_incl_first", "target_met"}),
     "gpu": (["--quick", "--tiny", "--device", "cpu"], {"benchmark", "results", "epoch_minutes", "skipped"}),
     "incremental": (["--quick"], {"benchmark", "requests", "request_ratio", "wall_ratio", "change_detected"}),
+    "media_run": (["--quick"], {"benchmark", "runs", "summary", "ratio"}),
 }
 
 

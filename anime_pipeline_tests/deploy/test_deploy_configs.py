@@ -241,12 +241,20 @@ def test_dockerfile_builds_torch_first_then_the_project_with_the_gpu_extra():
 
 
 def test_documented_media_job_run_config_is_valid():
-    """docs/DEPLOYMENT.md's multiprocess snippet is accepted by the real `media_job`."""
+    """docs/DEPLOYMENT.md's multiprocess snippet is accepted by the real `media_job` with
+    ANIME_PIPELINE_MEDIA_EXECUTOR=multiprocess (the default runs both steps in the run worker)."""
+    import dagster as dg
     from dagster._config import validate_config
 
-    from anime_pipeline.definitions import defs
+    from anime_pipeline.definitions import build_defs
+    from anime_pipeline.settings import Settings
 
-    job = defs.resolve_job_def("media_job")
+    default = build_defs(Settings.from_env({})).resolve_job_def("media_job")
+    assert default.executor_def is dg.in_process_executor
+    job = build_defs(Settings.from_env({"ANIME_PIPELINE_MEDIA_EXECUTOR": "multiprocess"})).resolve_job_def(
+        "media_job"
+    )
+    assert job.executor_def is dg.multi_or_in_process_executor
     doc = (REPO / "docs" / "DEPLOYMENT.md").read_text()
     snippet = re.search(r"```yaml\n(execution:\n.*?)```", doc, flags=re.S)
     assert snippet, "the multiprocess run-config snippet is missing from docs/DEPLOYMENT.md"

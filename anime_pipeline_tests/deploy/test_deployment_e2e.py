@@ -46,6 +46,8 @@ def deployment(s3_env, postgres_server, tmp_path, monkeypatch):
         **postgres_server.env(),
         "DAGSTER_HOME": str(dagster_home),
         "ANIME_PIPELINE_PROFILE": "demo",
+        # every step in its own process, media_job's two included (its default runs them in one)
+        "ANIME_PIPELINE_MEDIA_EXECUTOR": "multiprocess",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)

@@ -166,6 +166,10 @@ def test_ecs_task_params_request_gpus_and_carry_no_secrets(tmp_path):
         ),
         ({"ANIME_PIPELINE_CATALOG_CRON": "daily"}, r"ANIME_PIPELINE_CATALOG_CRON='daily' is not a cron"),
         (
+            {"ANIME_PIPELINE_MEDIA_EXECUTOR": "k8s_job"},
+            r"ANIME_PIPELINE_MEDIA_EXECUTOR='k8s_job' is not one of in_process, multiprocess",
+        ),
+        (
             {"ANIME_PIPELINE_CATALOG_MAX_RUNTIME_S": "soon"},
             r"ANIME_PIPELINE_CATALOG_MAX_RUNTIME_S='soon' is not an integer",
         ),
