@@ -56,7 +56,7 @@ class FramesConfig(dg.Config):
     mode: str | None = Field(
         default=None,
         description="`exact` decodes the exact frame; `keyframe` takes the keyframe nearest each target inside "
-        "[skip_s, duration - skip_s] (about 85x faster than a full decode on a 24-min episode, drift ≤ half a "
+        "[skip_s, duration - skip_s] (73-85x faster than a full decode on a 24-min episode, drift ≤ half a "
         "GOP; docs/BENCHMARKS.md), the exact frame where no unused keyframe fits. Unset: keyframe live, exact "
         "in the demo (short clips).",
     )
