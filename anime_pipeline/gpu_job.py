@@ -6,7 +6,9 @@ It shares no disk with the run that launched it. The job arrives in the Pipes co
 process's own environment), which paths to fetch, what to run (`train` or `eval`) and which paths to
 publish afterwards. Paths inside the job are written `{home}/<relative path>` and resolved against this
 process's local dir (`ANIME_PIPELINE_CACHE_DIR`, which may start empty). Outputs are published before
-the materialization is reported, so the asset never points at an object that is not there yet.
+the materialization is reported, so the asset never points at an object that is not there yet. A
+training job also publishes each checkpoint as soon as it is written (`CheckpointPublisher`), so a killed
+pod's retry resumes from its last checkpoint.
 
 Under torchrun (several GPUs) every rank fetches and runs; only rank 0 reports and publishes.
 
@@ -111,14 +113,56 @@ def eval_job(
 
 
 # The stable calls into training and evaluation ----------------------------------------------------
-def run_training(config: dict, log: Callable[[str], None]) -> dict:
-    """Train with `config` (a TrainConfig dict); the result's flat metadata."""
+def run_training(
+    config: dict, log: Callable[[str], None], on_event: Callable[[dict], None] | None = None
+) -> dict:
+    """Train with `config` (a TrainConfig dict); the result's flat metadata. `on_event` also sees every
+    training event (rank 0)."""
     from anime_pipeline.progress import format_event
     from anime_pipeline.training.config import TrainConfig
     from anime_pipeline.training.train import train
 
-    result = train(TrainConfig.from_dict(config), reporter=lambda event: log(format_event(event)))
+    def report(event: dict) -> None:
+        log(format_event(event))
+        if on_event is not None:
+            on_event(event)
+
+    result = train(TrainConfig.from_dict(config), reporter=report)
     return dict(result.metadata())
+
+
+class CheckpointPublisher:
+    """Publishes each checkpoint to the data store as soon as the trainer has written it, so a pod that is
+    killed mid-run (preempted, OOM) leaves its progress in the store and the retry resumes from there
+    instead of from the previous attempt's last checkpoint.
+
+    The checkpoint's files go up first and its `run_state.json` (the marker of a complete checkpoint, see
+    `training.train`) last, so an upload cut short never leaves a checkpoint that looks complete. Folders the
+    trainer has rotated away locally (`keep_checkpoints`) are deleted from the store too: a resume pulls only
+    what it can use. Nothing to do for a local data dir (the trainer writes into the store itself)."""
+
+    def __init__(self, store, log: Callable[[str], None]):
+        self.store, self.log = store, log
+
+    def __call__(self, event: dict) -> None:
+        if event.get("event") != "checkpoint" or not getattr(self.store, "remote", False):
+            return
+        from anime_pipeline.training.train import RUN_STATE
+
+        root = Path(self.store.root)
+        ckpt = Path(event["path"])
+        files = sorted(p for p in ckpt.rglob("*") if p.is_file() and not p.name.startswith("."))
+        ordered = [p for p in files if p.name != RUN_STATE] + [p for p in files if p.name == RUN_STATE]
+        for f in ordered:
+            self.store.push(f.relative_to(root).as_posix())
+        parent = ckpt.parent.relative_to(root).as_posix()
+        present = {p.name for p in ckpt.parent.iterdir() if p.is_dir()}
+        stale = sorted({rel[len(parent) + 1 :].split("/", 1)[0] for rel in self.store.list(parent)} - present)
+        for name in stale:
+            self.store.delete(f"{parent}/{name}")
+        rel = ckpt.relative_to(root).as_posix()
+        gone = f"; removed rotated {', '.join(stale)}" if stale else ""
+        self.log(f"gpu_job: published {rel} ({len(files)} files) to {self.store.uri(rel)}{gone}")
 
 
 def run_evaluation(args: dict, log: Callable[[str], None], examples: int) -> dict:
@@ -179,7 +223,9 @@ def execute(job: dict, log: Callable[[str], None], *, publish: bool = True) -> d
     store.pull(*job.get("optional_inputs", []), missing_ok=True)
     log(f"gpu_job: {job['kind']} with data from {store.location} in {root} (started empty: {started_empty})")
     if job["kind"] == "train":
-        md = run_training(from_ref(job["config"], root), log)
+        md = run_training(
+            from_ref(job["config"], root), log, CheckpointPublisher(store, log) if publish else None
+        )
     else:
         md = run_evaluation(from_ref(job["args"], root), log, int(job.get("examples", 3)))
     if publish:

@@ -173,6 +173,18 @@ class ObjectStore:
                 out.append(obj["Key"][strip:])
         return sorted(out)
 
+    def delete_tree(self, relative_dir: str | os.PathLike[str]) -> int:
+        """Delete every object under `relative_dir` (a folder, never the whole prefix); the count deleted."""
+        if not relative_key(relative_dir):
+            raise ValueError("delete_tree needs a folder below the prefix")
+        keys = [self.key(rel) for rel in self.list_paths(relative_dir)]
+        for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1,000 keys
+            self.s3().delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True},
+            )
+        return len(keys)
+
     # Publish / fetch ---------------------------------------------------------------------------
     def publish_file(self, local_path: Path, home: Path) -> Published:
         """Upload a file of the data dir to its mirror key; skipped when size and sha256 already match."""
@@ -326,6 +338,19 @@ class LocalDataStore:
     def exists(self, relative_path: str) -> bool:
         return self.path(relative_path).exists()
 
+    def delete(self, relative_dir: str) -> int:
+        """Remove a folder of the data dir (files counted); a missing one is nothing to do."""
+        import shutil
+
+        base = self.path(relative_dir)
+        if base == self.root:
+            raise ValueError("delete needs a folder below the data dir")
+        if not base.is_dir():
+            return 0
+        n = sum(1 for p in base.rglob("*") if p.is_file())
+        shutil.rmtree(base)
+        return n
+
     def list(self, relative_dir: str) -> list[str]:
         base = self.path(relative_dir)
         if not base.is_dir():
@@ -403,6 +428,10 @@ class ObjectDataStore:
     def exists(self, relative_path: str) -> bool:
         """An object at `relative_path` (not a folder)."""
         return self.objects.head(relative_path) is not None
+
+    def delete(self, relative_dir: str) -> int:
+        """Delete the objects under a folder (the local copy is left alone); the count deleted."""
+        return self.objects.delete_tree(relative_dir)
 
     def list(self, relative_dir: str) -> list[str]:
         return self.objects.list_paths(relative_dir)

@@ -35,6 +35,7 @@ Effective batch = batch_size × grad_accum × world size. The model is trained i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -57,6 +58,7 @@ __all__ = ["ResumeError", "TrainConfig", "TrainResult", "evaluate", "lr_factor",
 
 Reporter = Callable[[dict], None]
 RUN_STATE = "run_state.json"
+_PATH_KEYS = ("base_model", "train_samples")  # compared relative to data_home (`_resume_view`)
 # Fields that must match for a checkpoint to be resumed: data, model, adapter and the whole optimisation
 # schedule (a resumed run must continue the same learning-rate curve over the same number of steps).
 RESUME_KEYS = (
@@ -385,6 +387,20 @@ def _make_progress_callback():
     return _Progress
 
 
+def _resume_view(config: dict) -> dict:
+    """The resume keys of a config, a path inside its `data_home` written relative to it: the same data in
+    another machine's own dir (a retry on a fresh pod, a subprocess with its own cache dir) is the same run."""
+    home = config.get("data_home")
+    out = {}
+    for k in RESUME_KEYS:
+        v = config.get(k)
+        if k in _PATH_KEYS and home and isinstance(v, str):
+            with contextlib.suppress(ValueError, OSError):
+                v = "{data_home}/" + Path(v).resolve().relative_to(Path(home).resolve()).as_posix()
+        out[k] = v
+    return out
+
+
 def _checkpoints(root: Path) -> list[tuple[int, Path]]:
     """Complete checkpoints (`checkpoint-N` holding run_state.json), oldest first."""
     if not root.is_dir():
@@ -531,11 +547,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     if existing and cfg.resume:
         step_no, ck = existing[-1]
         saved = json.loads((ck / RUN_STATE).read_text())
-        mismatch = {
-            k: (saved["config"].get(k), getattr(cfg, k))
-            for k in RESUME_KEYS
-            if saved["config"].get(k) != getattr(cfg, k)
-        }
+        then, now = _resume_view(saved["config"]), _resume_view(cfg.to_dict())
+        mismatch = {k: (then[k], now[k]) for k in RESUME_KEYS if then[k] != now[k]}
         if saved.get("world_size", 1) != world_size:
             mismatch["world_size"] = (saved.get("world_size", 1), world_size)
         if mismatch:

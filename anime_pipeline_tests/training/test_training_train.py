@@ -397,3 +397,21 @@ def test_a_sample_too_long_for_max_length_is_recorded_and_skipped(tiny_model_dir
     assert "max_length=100" in skipped[0]["error"]
     recorded = json.loads((tmp_path / "out" / "skipped.json").read_text())
     assert [r["mal_id"] for r in recorded] == [9999, 9998] and res.metadata()["skipped_samples"] == 2
+
+
+def test_resume_compares_data_paths_relative_to_the_data_home(tmp_path):
+    from anime_pipeline.training.train import _resume_view
+
+    def cfg(home, train="splits/train.parquet", base="/models/base"):
+        return {
+            "data_home": str(tmp_path / home),
+            "train_samples": str(tmp_path / home / train),
+            "base_model": base,
+        }
+
+    # the same split in another machine's own dir: the same run
+    assert _resume_view(cfg("pod1")) == _resume_view(cfg("pod2"))
+    assert _resume_view(cfg("pod1"))["train_samples"] == "{data_home}/splits/train.parquet"
+    # another split, or another base model outside the data home: not the same run
+    assert _resume_view(cfg("pod1")) != _resume_view(cfg("pod2", train="splits/other.parquet"))
+    assert _resume_view(cfg("pod1")) != _resume_view(cfg("pod1", base="/models/other"))
