@@ -206,7 +206,7 @@ def frame_shards(
     The metadata shows a contact sheet of the sampled frames.
     """
     from anime_pipeline.media.probe import VideoProbe
-    from anime_pipeline.media.sampling import SamplingConfig
+    from anime_pipeline.media.sampling import SamplingConfig, decode_split
     from anime_pipeline.media.shards import extract_frame_shard, read_frame_shard, shard_key
 
     s = pipeline.settings()
@@ -261,7 +261,8 @@ def frame_shards(
             "first_frame_s": round(min(stamps), 2),
             "last_frame_s": round(max(stamps), 2),
             "compute_s": seconds(elapsed),
-            "sampling": f"{cfg.strategy}, {num_frames} frames, {cfg.mode} seek, {cfg.skip_s:g} s skipped at both ends",
+            "sampling": f"{cfg.strategy}, {num_frames} frames, {cfg.mode} seek, {cfg.skip_s:g} s skipped at both ends, "
+            f"{decode_split(cfg.mode, num_frames, cfg.workers)[0]} decoder process(es)",
             "path": path_meta(data_store.uri(shard_rel)),
             "contact_sheet": image_md(sheet, f"{title}: {df.height} frames, time in the video under each"),
             **table_metadata(
