@@ -13,6 +13,7 @@ from anime_pipeline.storage import data_store_from_settings
 from anime_pipeline_tests.training.conftest import (  # noqa: F401 (fixtures)
     colour_dataset,
     tiny_model_dir,
+    tiny_train_config,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
@@ -68,24 +69,19 @@ def test_a_pod_killed_after_a_checkpoint_is_resumed_from_it_by_the_next_pod(
 ):
     home = colour_dataset["home"]  # the orchestrator's data dir: splits and frames
     _store(s3_env, home).push("splits", "frames")
-    cfg = {
-        "base_model": str(tiny_model_dir),
-        "train_samples": str(colour_dataset["train"]),
-        "val_samples": str(colour_dataset["val"]),
-        "data_home": str(home),
-        "output_dir": str(home / "models" / "r1"),
-        "lora_r": 4,
-        "lora_alpha": 8,
-        "batch_size": 2,
-        "grad_accum": 1,
-        "max_steps": 4,
-        "save_steps": 1,
-        "keep_checkpoints": 1,
-        "torch_threads": 1,
-        "val_max_samples": 2,
-        "max_frames": 2,
-        "seed": 3,
-    }
+    cfg = tiny_train_config(
+        tiny_model_dir,
+        colour_dataset,
+        home / "models" / "r1",
+        batch_size=2,
+        grad_accum=1,
+        max_steps=4,
+        save_steps=1,
+        keep_checkpoints=1,
+        val_max_samples=2,
+        max_frames=2,
+        seed=3,
+    )
     store = {
         "data_uri": s3_env["ANIME_PIPELINE_HOME"],
         "endpoint_url": s3_env["ANIME_PIPELINE_S3_ENDPOINT_URL"],

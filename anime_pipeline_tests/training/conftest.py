@@ -158,3 +158,42 @@ def colour_dataset(tmp_path):
         "n_train": len(train),
         "n_val": len(val),
     }
+
+
+def tiny_train_config(tiny_model_dir: Path, ds: dict, out: Path, **overrides) -> dict:
+    """A TrainConfig dict for the tiny model on a dataset fixture (`colour_dataset`): LoRA r=4 on CPU, one
+    torch thread, a few steps with checkpoints. Each test overrides what it is about."""
+    cfg = dict(
+        base_model=str(tiny_model_dir),
+        train_samples=str(ds["train"]),
+        val_samples=str(ds["val"]),
+        data_home=str(ds["home"]),
+        output_dir=str(out),
+        lora_r=4,
+        lora_alpha=8,
+        lr=2e-3,
+        grad_accum=2,
+        save_steps=1,
+        keep_checkpoints=2,
+        torch_threads=1,
+        gradient_checkpointing=True,
+        warmup_steps=1,
+    )
+    cfg.update(overrides)
+    return cfg
+
+
+def pipes_context(extras: dict) -> dict:
+    """The Dagster Pipes context a launcher hands the training CLI (one asset, no partition), with `extras`."""
+    return {
+        "asset_keys": ["tiny_adapter"],
+        "code_version_by_asset_key": None,
+        "provenance_by_asset_key": None,
+        "partition_key": None,
+        "partition_key_range": None,
+        "partition_time_window": None,
+        "run_id": "r1",
+        "job_name": "j",
+        "retry_number": 0,
+        "extras": extras,
+    }

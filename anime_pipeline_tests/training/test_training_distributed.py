@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from anime_pipeline.training.data import EpochSampler
+from anime_pipeline_tests.training.conftest import pipes_context, tiny_train_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
@@ -47,30 +48,8 @@ def test_rank_shards_are_interleaved_even_and_cover_the_order(n, world):
 
 
 def _run_cfg(tiny_model_dir, ds, out: Path, **kw) -> dict:
-    base = dict(
-        base_model=str(tiny_model_dir),
-        train_samples=str(ds["train"]),
-        val_samples=str(ds["val"]),
-        data_home=str(ds["home"]),
-        output_dir=str(out),
-        lora_r=4,
-        lora_alpha=8,
-        lora_dropout=0.0,
-        lr=2e-3,
-        grad_accum=2,
-        max_steps=2,
-        save_steps=1,
-        keep_checkpoints=2,
-        torch_threads=1,
-        gradient_checkpointing=True,
-        warmup_steps=1,
-        val_max_samples=3,
-        seed=11,
-        device="cpu",
-        num_workers=0,
-    )
-    base.update(kw)
-    return base
+    base = dict(lora_dropout=0.0, max_steps=2, val_max_samples=3, seed=11, device="cpu", num_workers=0)
+    return tiny_train_config(tiny_model_dir, ds, out, **{**base, **kw})
 
 
 def _env() -> dict:
@@ -211,18 +190,7 @@ def test_torchrun_under_dagster_pipes_reports_once_from_rank_0(tiny_model_dir, c
         )
     )
     extras = {"train_config": {"output_dir": str(out), "max_steps": 1}}
-    context = {
-        "asset_keys": ["tiny_adapter"],
-        "code_version_by_asset_key": None,
-        "provenance_by_asset_key": None,
-        "partition_key": None,
-        "partition_key_range": None,
-        "partition_time_window": None,
-        "run_id": "r1",
-        "job_name": "j",
-        "retry_number": 0,
-        "extras": extras,
-    }
+    context = pipes_context(extras)
     messages = tmp_path / "messages.jsonl"
     env = _env()
     env.update(

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from anime_pipeline.training.train import ResumeError, TrainConfig, TrainResult, train
+from anime_pipeline_tests.training.conftest import pipes_context, tiny_train_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
@@ -21,29 +22,8 @@ class Interrupt(RuntimeError):
 
 
 def _cfg(tiny_model_dir, ds, out: Path, **kw) -> TrainConfig:
-    base = dict(
-        base_model=str(tiny_model_dir),
-        train_samples=str(ds["train"]),
-        val_samples=str(ds["val"]),
-        data_home=str(ds["home"]),
-        output_dir=str(out),
-        lora_r=4,
-        lora_alpha=8,
-        lora_dropout=0.1,
-        lr=2e-3,
-        batch_size=2,
-        grad_accum=2,
-        max_steps=6,
-        save_steps=2,
-        keep_checkpoints=2,
-        torch_threads=1,
-        gradient_checkpointing=True,
-        warmup_steps=1,
-        val_max_samples=2,
-        seed=7,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    base = dict(lora_dropout=0.1, batch_size=2, max_steps=6, save_steps=2, val_max_samples=2, seed=7)
+    return TrainConfig(**tiny_train_config(tiny_model_dir, ds, out, **{**base, **kw}))
 
 
 def test_config_json_roundtrip(tmp_path):
@@ -249,18 +229,7 @@ def test_cli_under_dagster_pipes_reports_logs_and_materialization(tiny_model_dir
 
     cfg = _cfg(tiny_model_dir, colour_dataset, tmp_path / "pipes", max_steps=2, save_steps=0)
     messages = tmp_path / "messages.jsonl"
-    context = {
-        "asset_keys": ["tiny_adapter"],
-        "code_version_by_asset_key": None,
-        "provenance_by_asset_key": None,
-        "partition_key": None,
-        "partition_key_range": None,
-        "partition_time_window": None,
-        "run_id": "r1",
-        "job_name": "j",
-        "retry_number": 0,
-        "extras": {"train_config": cfg.to_dict()},
-    }
+    context = pipes_context({"train_config": cfg.to_dict()})
     env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_PIPES")}
     env.update(
         HF_HUB_OFFLINE="1",
