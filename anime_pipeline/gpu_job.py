@@ -151,6 +151,10 @@ class CheckpointPublisher:
 
         root = Path(self.store.root)
         ckpt = Path(event["path"])
+        if not ckpt.resolve().is_relative_to(root.resolve()):
+            self.log(f"gpu_job: {ckpt} is outside the data dir {root}; checkpoint not published")
+            return
+        ckpt = root / ckpt.resolve().relative_to(root.resolve())
         files = sorted(p for p in ckpt.rglob("*") if p.is_file() and not p.name.startswith("."))
         ordered = [p for p in files if p.name != RUN_STATE] + [p for p in files if p.name == RUN_STATE]
         for f in ordered:

@@ -54,6 +54,10 @@ def test_checkpoint_files_go_up_marker_last_and_rotated_ones_are_deleted(s3_env,
     assert listed and all(p.startswith("models/r1/checkpoints/checkpoint-4/") for p in listed)
     assert "removed rotated checkpoint-2" in logs[-1]
     publish({"event": "progress", "step": 5})  # other events: nothing to do
+    outside = tmp_path / "elsewhere" / "checkpoint-5"
+    outside.mkdir(parents=True)
+    publish({"event": "checkpoint", "step": 5, "path": str(outside)})  # not the store's: said, not uploaded
+    assert "outside the data dir" in logs[-1] and store.list("models/r1/checkpoints") == listed
     # a local data dir is the store itself: nothing is moved
     local = data_store_from_settings(Settings.from_env({"ANIME_PIPELINE_HOME": str(tmp_path / "local")}))
     CheckpointPublisher(local, logs.append)({"event": "checkpoint", "path": str(tmp_path / "x")})
