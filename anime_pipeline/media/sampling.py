@@ -74,8 +74,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, TypedDict
@@ -799,6 +799,13 @@ class DecoderWorker:
 
     close = kill
 
+    def interrupt(self) -> None:
+        """SIGKILL the worker's process group from another thread; the thread waiting on its reply then sees
+        it die and cleans up (its pipes are not closed here: that would leave the reader blocked)."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(OSError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
     def _stderr_tail(self) -> str:
         try:
             self._stderr.seek(0, os.SEEK_END)
@@ -984,10 +991,40 @@ def _decode_in_workers(job: dict, *, timeout_s: float, workers: int, what: str) 
     jobs = [{**job, "targets": run, "threads": threads} for run in split_targets(job["targets"], k)]
     if k == 1:
         return run_worker(jobs[0], timeout_s=timeout_s, what=what)
+    cancelled = threading.Event()
+    busy: set[DecoderWorker] = set()
+    lock = threading.Lock()
+
+    def run(part: dict) -> list[tuple]:
+        mine: list[DecoderWorker] = []
+
+        def took(w: DecoderWorker) -> None:
+            mine.append(w)
+            with lock:
+                busy.add(w)
+
+        try:
+            return run_worker(part, timeout_s=timeout_s, what=what, on_take=took, cancelled=cancelled)
+        finally:
+            with lock:
+                busy.difference_update(mine)
+
     _POOL.prestart(_worker_argv(), k)  # started here, by the long-lived calling thread
     with ThreadPoolExecutor(k, thread_name_prefix="decode") as ex:
-        futures = [ex.submit(run_worker, j, timeout_s=timeout_s, what=what) for j in jobs]
-        parts = [f.result() for f in futures]
+        futures = [ex.submit(run, j) for j in jobs]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)  # the first failure, not the first share, decides
+            for f in futures:
+                if f.done() and f.exception() is not None:
+                    f.result()  # raises it
+            parts = [f.result() for f in futures]
+        except BaseException:  # a share failed, or the run was interrupted: stop the others now
+            cancelled.set()
+            with lock:
+                doomed = list(busy)
+            for w in doomed:
+                w.interrupt()
+            raise
     return merge_packed(parts)
 
 
@@ -996,14 +1033,36 @@ def close_workers() -> None:
     _POOL.close()
 
 
-def run_worker(job: dict, *, timeout_s: float, what: str, argv: list[str] | None = None) -> Any:
+def run_worker(
+    job: dict,
+    *,
+    timeout_s: float,
+    what: str,
+    argv: list[str] | None = None,
+    on_take: Callable[[DecoderWorker], None] | None = None,
+    cancelled: threading.Event | None = None,
+) -> Any:
     """Run `job` in a decoder worker (reused across episodes; see the module docstring); MediaError on timeout,
     crash or failure. A reused worker found dead before it answered (e.g. killed with the thread that
-    started it, PR_SET_PDEATHSIG) is replaced once; a timeout is never retried."""
+    started it, PR_SET_PDEATHSIG) is replaced once; a timeout is never retried.
+
+    `on_take` is told which worker serves the job (so another thread can `interrupt` it); once `cancelled`
+    is set, no worker is taken or replaced any more."""
     argv = list(argv or _worker_argv())
     raw_job = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def stopped() -> bool:
+        return cancelled is not None and cancelled.is_set()
+
     for attempt in (1, 2):
+        if stopped():
+            raise MediaError(f"{what}: decoding stopped (another part of the episode failed)")
         worker, reused = _POOL.take(argv)
+        if on_take is not None:
+            on_take(worker)
+        if stopped():  # cancelled while taking it: the canceller may not have seen this worker
+            _POOL.give(worker)
+            raise MediaError(f"{what}: decoding stopped (another part of the episode failed)")
         try:
             raw = worker.request(raw_job, timeout_s)
         except TimeoutError:
@@ -1011,7 +1070,13 @@ def run_worker(job: dict, *, timeout_s: float, what: str, argv: list[str] | None
                 f"{what}: decoding did not finish within {timeout_s:g} s; the decoder was stopped"
             ) from None
         except _WorkerDied as e:
-            if reused and attempt == 1 and e.before_reply and e.returncode == -signal.SIGKILL:
+            if (
+                reused
+                and attempt == 1
+                and e.before_reply
+                and e.returncode == -signal.SIGKILL
+                and not stopped()
+            ):
                 continue
             raise MediaError(
                 f"{what}: the decoder process died (exit code {e.returncode}): {e.stderr_tail}"

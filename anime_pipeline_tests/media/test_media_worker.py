@@ -156,3 +156,46 @@ def test_a_failing_run_fails_the_episode_with_a_media_error(normal_clip, monkeyp
         sample_frames(normal_clip, SamplingConfig(num_frames=16, timeout_s=60, workers=2))
     assert len(calls) == 2 and calls[0][-1] < calls[1][0]  # two contiguous runs, in order
     close_workers()
+
+
+def test_when_one_run_fails_the_others_are_stopped_not_left_to_the_time_limit(normal_clip, monkeypatch):
+    import threading
+    import time
+
+    close_workers()
+    hang = [sys.executable, "-c", "import time; time.sleep(300)"]
+    hung_workers: list = []
+    hung_taken = threading.Event()
+    real = sampling.run_worker
+
+    def patched(job, **kw):
+        if job["targets"][0] == min(job_starts):  # the first run: a decoder that never answers
+            took = kw["on_take"]
+
+            def on_take(w):
+                took(w)
+                hung_workers.append(w)
+                hung_taken.set()
+
+            return real(job, **{**kw, "argv": hang, "on_take": on_take})
+        assert hung_taken.wait(30), "the first run never took its worker"
+        raise MediaError(f"{normal_clip}: the second run failed")
+
+    job_starts: list[float] = []
+    real_split = sampling.split_targets
+
+    def split(targets, k):
+        runs = real_split(targets, k)
+        job_starts.extend(r[0] for r in runs)
+        return runs
+
+    monkeypatch.setattr(sampling, "run_worker", patched)
+    monkeypatch.setattr(sampling, "split_targets", split)
+    t0 = time.monotonic()
+    with pytest.raises(MediaError, match="the second run failed"):
+        sample_frames(normal_clip, SamplingConfig(num_frames=16, timeout_s=240, workers=2))
+    # the hung decoder was killed at once (SIGKILL), not left to run until the 240 s limit
+    (w,) = hung_workers
+    assert w.proc.returncode == -signal.SIGKILL
+    assert time.monotonic() - t0 < 120
+    close_workers()
