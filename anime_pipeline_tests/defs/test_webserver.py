@@ -1,7 +1,5 @@
 """`dagster dev` starts on loopback, serves the asset graph over GraphQL and stops cleanly."""
 
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -48,7 +46,7 @@ def test_dagster_dev_serves_asset_graph(tmp_path):
     while (left := live_group_members(dev.proc.pid)) and time.monotonic() < deadline:
         time.sleep(0.5)
     if left:
-        os.killpg(dev.proc.pid, signal.SIGKILL)
+        dev.kill_group()
         raise AssertionError(f"processes of dagster dev's group outlived it by 30 s: {left}\n{dev.tail()}")
 
 
