@@ -14,7 +14,6 @@ from anime_pipeline.catalog.retention import RETIRED, retain_synopses, retain_ti
 from anime_pipeline.defs.partitions import MAL_ID_PARTITIONS_NAME
 from anime_pipeline.schemas import REJECTED, SYNOPSES, TITLES, conform, empty
 from anime_pipeline_tests.fixtures.catalog_server import CatalogServer, shikimori_anime
-from anime_pipeline_tests.fixtures.http import TEST_USER_AGENT
 
 
 def _titles(*ids: int, catalog: str = "shikimori", name: str = "v1") -> pl.DataFrame:
@@ -120,15 +119,7 @@ def test_titles_that_leave_the_listing_stay_in_titles_synopses_and_partitions(tm
         server.shikimori_titles = [shikimori_anime(i) for i in (1, 2, 3)]
         server.jikan_synopses = {i: f"{LONG}({i})" for i in range(1, 6)}
         server.mal_synopses, server.anilist_descriptions = {}, {}
-        env = {
-            "ANIME_PIPELINE_HOME": str(home),
-            "ANIME_PIPELINE_PROFILE": "live",
-            "ANIME_PIPELINE_USER_AGENT": TEST_USER_AGENT,
-            "ANIME_PIPELINE_SHIKIMORI_URL": server.shikimori_url,
-            "ANIME_PIPELINE_JIKAN_URL": server.jikan_url,
-            "ANIME_PIPELINE_MAL_URL": server.mal_url,
-            "ANIME_PIPELINE_ANILIST_URL": server.anilist_url,
-        }
+        env = server.live_env(ANIME_PIPELINE_HOME=str(home))
         assert _materialize_catalog(env, instance).success
         assert pl.read_parquet(home / "catalog" / "titles.parquet")["mal_id"].to_list() == [1, 2, 3]
 

@@ -77,16 +77,7 @@ def test_second_tick_runs_only_new_titles_and_refetches_nothing_unchanged(tmp_pa
         server.shikimori_titles = [shikimori_anime(i) for i in V1_IDS]
         server.jikan_synopses = {i: synopsis(i) for i in V1_IDS}
         server.mal_synopses, server.anilist_descriptions = {}, {}
-        env = {
-            "ANIME_PIPELINE_HOME": str(home),
-            "ANIME_PIPELINE_PROFILE": "live",
-            "ANIME_PIPELINE_USER_AGENT": "anime_pipeline-tests/1.0 (tests@example.org)",
-            "ANIME_PIPELINE_SHIKIMORI_URL": server.shikimori_url,
-            "ANIME_PIPELINE_JIKAN_URL": server.jikan_url,
-            "ANIME_PIPELINE_MAL_URL": server.mal_url,
-            "ANIME_PIPELINE_ANILIST_URL": server.anilist_url,
-            "ANIME_PIPELINE_VIDEO_DIR": str(videos),
-        }
+        env = server.live_env(ANIME_PIPELINE_HOME=str(home), ANIME_PIPELINE_VIDEO_DIR=str(videos))
         defs = build_defs(Settings.from_env(env))
 
         # Version 1 ------------------------------------------------------------------------------

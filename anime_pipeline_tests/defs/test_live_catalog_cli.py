@@ -30,15 +30,9 @@ def test_live_profile_from_the_command_line(tmp_path):
         dagster_home.mkdir()
         env = dict(
             os.environ,
-            DAGSTER_HOME=str(dagster_home),
-            ANIME_PIPELINE_HOME=str(home),
-            ANIME_PIPELINE_PROFILE="live",
-            ANIME_PIPELINE_USER_AGENT="anime_pipeline-tests/1.0 (tests@example.org)",  # Shikimori requires one
-            ANIME_PIPELINE_SHIKIMORI_URL=server.shikimori_url,
-            ANIME_PIPELINE_MAL_URL=server.mal_url,
-            ANIME_PIPELINE_JIKAN_URL=server.jikan_url,
-            ANIME_PIPELINE_ANILIST_URL=server.anilist_url,
-            MAL_CLIENT_ID=secret,
+            **server.live_env(
+                DAGSTER_HOME=str(dagster_home), ANIME_PIPELINE_HOME=str(home), MAL_CLIENT_ID=secret
+            ),
         )
         out = subprocess.run(
             [

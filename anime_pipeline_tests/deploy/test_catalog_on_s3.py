@@ -28,15 +28,7 @@ def test_catalog_runs_in_fresh_dirs_share_the_http_cache_through_the_bucket(s3_e
         server.shikimori_titles = [shikimori_anime(i) for i in IDS]
         server.jikan_synopses = {i: synopsis(i) for i in IDS}
         server.mal_synopses, server.anilist_descriptions = {}, {}
-        env = {
-            **s3_env,
-            "ANIME_PIPELINE_PROFILE": "live",
-            "ANIME_PIPELINE_USER_AGENT": "anime_pipeline-tests/1.0 (tests@example.org)",
-            "ANIME_PIPELINE_SHIKIMORI_URL": server.shikimori_url,
-            "ANIME_PIPELINE_JIKAN_URL": server.jikan_url,
-            "ANIME_PIPELINE_MAL_URL": server.mal_url,
-            "ANIME_PIPELINE_ANILIST_URL": server.anilist_url,
-        }
+        env = server.live_env(**s3_env)
 
         def run(n: int):
             defs = build_defs(

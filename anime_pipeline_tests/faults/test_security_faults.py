@@ -128,17 +128,9 @@ def test_mal_client_id_never_leaks_from_a_live_run(fault, tmp_path):
         server.always(
             "/mal/v2/anime/106", Canned(302, "", {"Location": f"http://localhost:{port}/jikan/v4/anime/106"})
         )
-        env = {
-            "ANIME_PIPELINE_HOME": str(home),
-            "ANIME_PIPELINE_PROFILE": "live",
-            "DAGSTER_HOME": str(dagster_home),
-            "ANIME_PIPELINE_USER_AGENT": "anime_pipeline-tests/1.0 (tests@example.org)",
-            "ANIME_PIPELINE_SHIKIMORI_URL": server.shikimori_url,
-            "ANIME_PIPELINE_ANILIST_URL": server.anilist_url,
-            "ANIME_PIPELINE_MAL_URL": server.mal_url,
-            "ANIME_PIPELINE_JIKAN_URL": server.jikan_url,
-            "MAL_CLIENT_ID": secret,
-        }
+        env = server.live_env(
+            ANIME_PIPELINE_HOME=str(home), DAGSTER_HOME=str(dagster_home), MAL_CLIENT_ID=secret
+        )
         report = tmp_path / "run.json"
         child = subprocess.run(
             [sys.executable, "-c", LIVE_RUN, str(report)],
