@@ -239,15 +239,14 @@ def _write_card(
     hp = lineage.get("hyperparameters") or {}
     if isinstance(hp, str):
         hp = json.loads(hp)
-    names = ("val_loss", "bleu", "rouge_l", "cider", "content_score")
     info = ModelCardInfo(
         model_name=f"{Path(base_model).name}-anime-lora-{Path(adapter_dir).parent.name}",
         base_model=base_model,
         train_samples=train.height if train is not None else 0,
         val_samples=val.height,
         hyperparameters=hp,
-        base_metrics={n: metrics.get(f"{n}_base") for n in names},
-        finetuned_metrics={n: metrics.get(f"{n}_finetuned") for n in names},
+        base_metrics={n: metrics.get(f"{n}_base") for n in METRIC_NAMES},
+        finetuned_metrics={n: metrics.get(f"{n}_finetuned") for n in METRIC_NAMES},
         data_version=str(lineage.get("data_version", "unknown")),
         code_version=str(lineage.get("code_version", "unknown")),
         git_commit=str(lineage.get("git_commit")) if lineage.get("git_commit") else None,
