@@ -12,6 +12,10 @@ directory is configured) with:
   read timeout while reading the body) is not seen by urllib3's Retry (requests reads the body
   later); `HttpClient` retries it itself, with the same backoff, while the call has sent at most
   `total_retries` requests.
+* a deadline on the body: `read_timeout` bounds each socket read, so a server sending a byte every
+  few seconds would hold a request for as long as it likes; the whole body must arrive within
+  `body_timeout` seconds of the headers, else the connection is shut down and the attempt counts
+  as a body that broke off (sent again as above, then a `CatalogHTTPError` of kind "timeout").
 * a per-host sliding-window rate limiter (`RateLimiter`) applied to every request that goes to
   the network, retries included. Cache hits cost nothing. (pyrate-limiter was tried and dropped: it
   waits with its own `time.sleep`, so neither the injected clock nor a bounded wait can reach it.)
@@ -36,10 +40,12 @@ backoff and the re-sends, so tests check waits without racing the wall clock.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
 import re
+import socket
 import threading
 import time
 from collections import Counter, deque
@@ -110,7 +116,8 @@ class HttpConfig:
     user_agent: str = ""  # required: the application's name and a contact (see check_user_agent)
     cache_dir: Path | None = None
     connect_timeout: float = 10.0
-    read_timeout: float = 30.0
+    read_timeout: float = 30.0  # each socket read (headers, every piece of the body)
+    body_timeout: float = 60.0  # the whole body, from the headers on (catalog bodies are KBs)
     total_retries: int = 5
     backoff_factor: float = 1.0
     backoff_jitter: float = 1.0
@@ -137,7 +144,7 @@ class HttpConfig:
     @property
     def worst_case_wait_s(self) -> float:
         """Upper bound of the time one call may take (timeouts, retries, rate limiting)."""
-        per_attempt = self.connect_timeout + self.read_timeout
+        per_attempt = self.connect_timeout + self.read_timeout + self.body_timeout
         per_retry = max(self.backoff_max, self.max_retry_after)
         attempts = self.max_attempts
         return attempts * (per_attempt + self.max_rate_wait) + (attempts - 1) * per_retry
@@ -309,16 +316,54 @@ class _CatalogRetry(Retry):
             self.on_retry()
 
 
-class _CountingAdapter(HTTPAdapter):
-    """Calls `before_send(host)` for every request that really goes to the network."""
+class BodyTimeout(requests.exceptions.ConnectionError):
+    """The response's body did not arrive whole within `HttpConfig.body_timeout` of its headers."""
 
-    def __init__(self, before_send: Callable[[str], None], **kw: Any):
+
+class _CountingAdapter(HTTPAdapter):
+    """Calls `before_send(host)` for every request that really goes to the network, and reads the body
+    (of a non-streamed request) under a deadline of `body_timeout` seconds from the headers."""
+
+    def __init__(self, before_send: Callable[[str], None], body_timeout: float | None = None, **kw: Any):
         self._before_send = before_send
+        self._body_timeout = body_timeout
         super().__init__(**kw)
 
-    def send(self, request, **kw):
+    def send(self, request, stream=False, **kw):
         self._before_send(host_key(request.url or ""))
-        return super().send(request, **kw)
+        if stream or not self._body_timeout:
+            return super().send(request, stream=stream, **kw)
+        resp = super().send(request, stream=True, **kw)
+        _read_body_within(resp, self._body_timeout)
+        return resp
+
+
+def _read_body_within(resp: requests.Response, limit_s: float) -> None:
+    """Read `resp`'s body (requests' own reading: decoding, error mapping) while a timer stands ready to
+    shut the connection down at `limit_s`; a cut body raises BodyTimeout, never passes as complete."""
+    cut = threading.Event()
+    conn = getattr(resp.raw, "connection", None)  # urllib3's HTTPConnection while the body is unread
+
+    def shut() -> None:
+        cut.set()
+        sock = getattr(conn, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked read: EOF
+
+    timer = threading.Timer(limit_s, shut)
+    timer.daemon = True
+    timer.start()
+    try:
+        _ = resp.content
+    except requests.RequestException:
+        if not cut.is_set():
+            raise
+    finally:
+        timer.cancel()
+    if cut.is_set():  # even a body that "ended" at the cut may be short (no Content-Length): never use it
+        resp.close()
+        raise BodyTimeout(f"response body not complete within {limit_s}s of its headers", response=resp)
 
 
 # A UTF-16 surrogate escape (`\ud800`) or a UTF-8-encoded surrogate: json.loads lets both through as lone
@@ -376,7 +421,7 @@ def _cacheable(response: requests.Response) -> bool:
 
 def _broken_body(exc: requests.RequestException) -> bool:
     """The response started but its body broke off: reset or closed mid-body, or a read timeout there."""
-    if isinstance(exc, ChunkedEncodingError):
+    if isinstance(exc, (ChunkedEncodingError, BodyTimeout)):
         return True
     reason = exc.args[0] if exc.args else None
     return isinstance(exc, requests.ConnectionError) and isinstance(reason, ReadTimeoutError)
@@ -500,7 +545,7 @@ class HttpClient:
             on_retry=self._before_retry,
             sleep_fn=self.sleep,
         )
-        adapter = _CountingAdapter(self._before_network, max_retries=retry)
+        adapter = _CountingAdapter(self._before_network, body_timeout=cfg.body_timeout, max_retries=retry)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.headers.update({"User-Agent": self.user_agent, "Accept": "application/json"})
@@ -737,6 +782,13 @@ class HttpClient:
             reason = reason.reason
         cfg = self.config
         attempts = sent or cfg.total_retries + 1
+        if isinstance(exc, BodyTimeout):
+            return CatalogHTTPError(
+                f"{method} {shown}: response body not complete within {cfg.body_timeout}s of its headers "
+                f"(read timeout {cfg.read_timeout}s per read) after {attempts} attempt(s)",
+                url=shown,
+                kind="timeout",
+            )
         if isinstance(exc, ChunkedEncodingError):
             return CatalogHTTPError(
                 f"{method} {shown}: connection broken mid-response after {attempts} attempt(s): "

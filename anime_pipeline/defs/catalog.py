@@ -80,6 +80,7 @@ def make_http_client(api: CatalogApiResource, settings):
             cache_dir=settings.http_cache_dir if api.cache else None,
             connect_timeout=api.connect_timeout_s,
             read_timeout=api.read_timeout_s,
+            body_timeout=api.body_timeout_s,
             total_retries=api.total_retries,
         )
     )

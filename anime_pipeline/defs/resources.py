@@ -81,7 +81,10 @@ class CatalogApiResource(dg.ConfigurableResource):
         default=None,
         description="MAL API client id (secret, MAL_CLIENT_ID). Unset: MAL is skipped, Jikan used.",
     )
-    read_timeout_s: float = Field(default=30.0, description="Read timeout per request, seconds.")
+    read_timeout_s: float = Field(default=30.0, description="Read timeout per socket read, seconds.")
+    body_timeout_s: float = Field(
+        default=60.0, description="The whole response body must arrive within this, seconds."
+    )
     connect_timeout_s: float = Field(default=10.0, description="Connect timeout per request, seconds.")
     total_retries: int = Field(default=5, description="Retries on 429/5xx per request (honours Retry-After).")
     cache: bool = Field(default=True, description="Cache responses on disk under <home>/http-cache.")

@@ -67,3 +67,29 @@ def test_dagster_definitions_validate():
         timeout=300,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_catalog_resource_timeouts_reach_the_http_client(tmp_path):
+    from anime_pipeline.defs.catalog import make_http_client
+    from anime_pipeline.defs.resources import CatalogApiResource
+    from anime_pipeline.settings import Settings
+
+    api = CatalogApiResource(
+        user_agent="my-team-dataset/1.0 (me@example.org)",
+        connect_timeout_s=3.0,
+        read_timeout_s=4.0,
+        body_timeout_s=5.0,
+        total_retries=2,
+        cache=False,
+    )
+    with make_http_client(api, Settings.from_env({"ANIME_PIPELINE_HOME": str(tmp_path)})) as client:
+        cfg = client.config
+        assert (cfg.connect_timeout, cfg.read_timeout, cfg.body_timeout, cfg.total_retries) == (
+            3.0,
+            4.0,
+            5.0,
+            2,
+        )
+        assert cfg.cache_dir is None
+        adapter = client.session.get_adapter("https://shikimori.one/api/graphql")
+        assert adapter._body_timeout == 5.0  # the deadline the adapter enforces on every body

@@ -189,26 +189,35 @@ def test_slow_page_then_fast_keeps_every_title(fault, server, make_client):
     fault.titles_lost = len(set(ids) - set(got))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: the read timeout bounds each socket read, not the whole "
-    "response; a server that drips bytes keeps one request alive "
-    "(see docs/RELIABILITY.md, residual risks)",
-)
 def test_slow_drip_body_is_cut_at_a_total_deadline(fault, server, make_client):
     fault.record(
         "slow-drip body: 1 byte / 0.1 s, each read inside the 0.5 s read timeout",
-        "the request is cut after a total deadline (a few read timeouts)",
+        "the request is cut at the body deadline (1 s) and sent again, then a CatalogHTTPError "
+        "(kind timeout) naming the URL and the deadline",
     )
-    client = make_client(read_timeout=0.5, total_retries=0)
+    client = make_client(read_timeout=0.5, body_timeout=1.0, total_retries=1)
     body = {"data": {"mal_id": 5114}}
     server.always(JIKAN_5114, Trickle(200, body, step=1, interval=0.1))
-    fault.titles_lost = 0
-    fault.note = (
-        f"{len(json.dumps(body))} bytes dripped at 0.1 s each: the whole body is read, no deadline cuts it"
-    )
-    with pytest.raises(CatalogHTTPError):  # fails today: the dripped response arrives whole
+    with pytest.raises(CatalogHTTPError) as info:  # a drip that were let through would arrive whole
         client.get_json(server.jikan_url + "/anime/5114")
+    assert info.value.kind == "timeout"
+    assert "response body not complete within 1.0s of its headers" in str(info.value)
+    assert server.jikan_url + "/anime/5114" in str(info.value)
+    assert server.count(JIKAN_5114) == 2 and len(client.clock.sleeps) == 1  # cut, one backoff, cut again
+    fault.titles_lost = 0
+    fault.note = f"{len(json.dumps(body))} bytes dripped at 0.1 s each: cut at 1 s per attempt, 2 attempts"
+
+
+def test_slow_body_inside_the_deadline_is_used(fault, server, make_client):
+    fault.record(
+        "body 10 bytes / 0.1 s (about 0.3 s in all), deadline 5 s",
+        "the response is used: the deadline cuts only a body that is late",
+    )
+    client = make_client(read_timeout=0.5, body_timeout=5.0, total_retries=0)
+    server.script(JIKAN_5114, Trickle(200, {"data": {"mal_id": 5114}}, step=10, interval=0.1))
+    assert client.get_json(server.jikan_url + "/anime/5114")["data"]["mal_id"] == 5114
+    assert server.count(JIKAN_5114) == 1
+    fault.titles_lost = 0
 
 
 def test_body_stalls_mid_transfer_then_success(fault, server, make_client):
