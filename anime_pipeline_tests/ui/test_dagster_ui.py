@@ -324,8 +324,14 @@ def _open_dialog_image(pg, label: str):
     pg.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=img.element_handle())
     # Blueprint opens a dialog with CSS transitions (its transform scales it in): a bounding box read
     # before they end is scaled down (on a loaded CI machine the 718 px sheet read as 697-710 px, centred).
-    # Measure once nothing on the page is animating.
-    pg.wait_for_function("() => document.getAnimations().every((a) => a.playState !== 'running')")
+    # Measure once the dialog's own transitions have ended (those of its overlay: backdrop, container, dialog;
+    # a spinner elsewhere on the page animates for ever and is not waited for).
+    pg.wait_for_function(
+        "(d) => { const overlay = d.closest('.bp5-overlay') || d;"
+        " return document.getAnimations().every((a) => a.playState !== 'running'"
+        " || !(a.effect && a.effect.target && overlay.contains(a.effect.target))); }",
+        arg=dialog.element_handle(),
+    )
     return dialog, img
 
 
