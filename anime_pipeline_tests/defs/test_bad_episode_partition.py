@@ -6,9 +6,8 @@ import json
 import dagster as dg
 import pytest
 
-from anime_pipeline.definitions import defs
-from anime_pipeline.defs.resources import build_resources
 from anime_pipeline_tests.fixtures.media import make_clip
+from anime_pipeline_tests.fixtures.runs import catalog_then_partitions, step_failure_message
 
 pytestmark = pytest.mark.slow
 
@@ -23,34 +22,17 @@ def test_bad_file_fails_only_its_partition(tmp_path):
         "ANIME_PIPELINE_EPISODE_SOURCE": "local",
         "ANIME_PIPELINE_VIDEO_DIR": str(videos),
     }
-    resources = build_resources(env=env)
-    assets = list(defs.assets) + list(defs.asset_checks)
     with dg.instance_for_test() as instance:
-        assert dg.materialize(
-            assets, selection=["titles", "synopses"], instance=instance, resources=resources
-        ).success
-        results = {
-            key: dg.materialize(
-                assets,
-                selection=["episodes", "frame_shards"],
-                partition_key=key,
-                instance=instance,
-                resources=resources,
-                raise_on_error=False,
-            )
-            for key in (bad, good)
-        }
+        runs = catalog_then_partitions(env, instance, (bad, good), ["episodes", "frame_shards"])
+        results = runs.results
         assert results[good].success and not results[bad].success
-        failure = next(e for e in results[bad].all_events if e.event_type_value == "STEP_FAILURE")
-        message = failure.event_specific_data.error.message
+        message = step_failure_message(results[bad])
         assert f"{bad}.mp4" in message and "MAL id 990002" in message
         assert instance.get_materialized_partitions(dg.AssetKey("frame_shards")) == {good}
         # failures as data: the split names the title left out and the error its episode recorded
-        split = dg.materialize(
-            assets,
-            selection=["train_val_split"],
-            instance=instance,
-            resources=resources,
+        split = runs.materialize(
+            instance,
+            ["train_val_split"],
             run_config={"ops": {"train_val_split": {"config": {"val_fraction": 0.0}}}},
         )
         meta = split.get_asset_materialization_events()[0].step_materialization_data.materialization.metadata

@@ -9,8 +9,7 @@ import json
 import dagster as dg
 import pytest
 
-from anime_pipeline.definitions import defs
-from anime_pipeline.defs.resources import build_resources
+from anime_pipeline_tests.fixtures.runs import catalog_then_partitions, step_failure_message
 from anime_pipeline_tests.media.test_media_manifest import hostile  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
@@ -39,32 +38,13 @@ def test_bad_manifest_rows_fail_only_themselves(tmp_path, hostile):  # noqa: F81
         "ANIME_PIPELINE_MANIFEST": str(manifest),
         "ANIME_PIPELINE_USER_AGENT": "test-team/1.0 (t@example.org)",
     }
-    resources = build_resources(env=env)
-    assets = list(defs.assets) + list(defs.asset_checks)
+    episodes_and_checks = dg.AssetSelection.assets(
+        "episodes"
+    ).without_checks() | dg.AssetSelection.checks_for_assets("episodes")
     with dg.instance_for_test() as instance:
-        assert dg.materialize(
-            assets, selection=["titles", "synopses"], instance=instance, resources=resources
-        ).success
-        results = {
-            key: dg.materialize(
-                assets,
-                selection=dg.AssetSelection.assets("episodes").without_checks()
-                | dg.AssetSelection.checks_for_assets("episodes"),
-                partition_key=key,
-                instance=instance,
-                resources=resources,
-                raise_on_error=False,
-            )
-            for key in (good, creds, redirect)
-        }
+        results = catalog_then_partitions(env, instance, (good, creds, redirect), episodes_and_checks).results
         assert results[good].success and not results[creds].success and not results[redirect].success
-        messages = {
-            k: next(
-                e for e in r.all_events if e.event_type_value == "STEP_FAILURE"
-            ).event_specific_data.error.message
-            for k, r in results.items()
-            if k != good
-        }
+        messages = {k: step_failure_message(r) for k, r in results.items() if k != good}
         assert "manifest.csv: row 3:" in messages[creds] and "credentials" in messages[creds]
         assert f"{base}/to-file.mp4?token=***: download failed" in messages[redirect]
         # the check lists every problem row, the good title's run included
